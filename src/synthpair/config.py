@@ -1,0 +1,154 @@
+"""Configuration is data: frozen dataclasses <-> JSON, with type-checked ``--set a.b=value`` overrides.
+
+Every artifact folder gets the exact config that produced it as ``config.json``. ``from_dict`` rejects
+unknown keys and wrong types, so a typo in a config file or an override is a one-line error instead of a
+silently ignored setting.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+from .errors import fail
+from .io import read_json, write_json_atomic
+
+T = TypeVar("T")
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """Dataclass -> plain JSON-able dict (tuples become lists)."""
+    return json.loads(json.dumps(dataclasses.asdict(cfg)))
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, where)
+            except ValueError as err:
+                errors.append(str(err))
+        raise fail(f"{where}: {value!r} does not match {tp}")
+    if origin is typing.Literal:
+        if value not in args:
+            raise fail(f"{where}: {value!r} is not one of {', '.join(map(repr, args))}")
+        return value
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, dict):
+            raise fail(f"{where}: expected a section (object), got {value!r}")
+        return from_dict(tp, value, where=where)
+    if origin in (tuple,):
+        if not isinstance(value, (list, tuple)):
+            raise fail(f"{where}: expected a list, got {value!r}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(v, args[0], f"{where}[{i}]") for i, v in enumerate(value))
+        if len(args) != len(value):
+            raise fail(f"{where}: expected {len(args)} values, got {len(value)}")
+        return tuple(_coerce(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(args, value)))
+    if origin in (list,):
+        if not isinstance(value, (list, tuple)):
+            raise fail(f"{where}: expected a list, got {value!r}")
+        return [_coerce(v, args[0], f"{where}[{i}]") for i, v in enumerate(value)] if args else list(value)
+    if origin in (dict,):
+        if not isinstance(value, dict):
+            raise fail(f"{where}: expected an object, got {value!r}")
+        return dict(value)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise fail(f"{where}: expected true/false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            raise fail(f"{where}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise fail(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise fail(f"{where}: expected a string, got {value!r}")
+        return value
+    return value
+
+
+def from_dict(cls: type[T], data: dict[str, Any], where: str = "config") -> T:
+    """Build dataclass ``cls`` from ``data``; unknown keys and wrong types are one-line errors."""
+    if not isinstance(data, dict):
+        raise fail(f"{where}: expected an object, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise fail(f"{where}: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(sorted(names))}")
+    kwargs = {k: _coerce(v, hints[k], f"{where}.{k}" if where else k) for k, v in data.items()}
+    try:
+        obj = cls(**kwargs)
+    except (TypeError, ValueError) as err:
+        raise fail(f"{where}: {err}") from None
+    return obj
+
+
+def _parse_scalar(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        low = text.lower()
+        if low in ("true", "false"):
+            return low == "true"
+        if low in ("none", "null"):
+            return None
+        if "," in text:
+            return [_parse_scalar(t) for t in text.split(",") if t != ""]
+        return text
+
+
+def apply_overrides(cfg: T, overrides: list[str] | tuple[str, ...]) -> T:
+    """Return a copy of ``cfg`` with ``key.sub=value`` overrides applied (values parsed as JSON when they can).
+
+    Unknown keys and values of the wrong type are one-line errors naming the override.
+    """
+    data = to_dict(cfg)
+    for item in overrides:
+        if "=" not in item:
+            raise fail(f"--set {item!r}: expected key=value, e.g. --set train.steps=500")
+        key, _, raw = item.partition("=")
+        parts = key.strip().split(".")
+        node: Any = data
+        cls: Any = type(cfg)
+        for i, part in enumerate(parts):
+            if not isinstance(node, dict) or part not in node:
+                valid = ", ".join(sorted(node)) if isinstance(node, dict) else "(none)"
+                raise fail(f"--set {key}: unknown key {'.'.join(parts[:i + 1])!r}; valid keys here: {valid}")
+            if i == len(parts) - 1:
+                node[part] = _parse_scalar(raw)
+            else:
+                node = node[part]
+        del cls
+    return from_dict(type(cfg), data, where="config")
+
+
+def save_config(cfg: Any, path: Path | str) -> None:
+    write_json_atomic(path, {"_type": type(cfg).__name__, **to_dict(cfg)})
+
+
+def load_config(cls: type[T], path: Path | str) -> T:
+    data = dict(read_json(path, "config.json"))
+    data.pop("_type", None)
+    return from_dict(cls, data, where=str(path))
