@@ -1,0 +1,1 @@
+"""Data layer: readers, prepared dataset folders, slicing, normalisation, splits, transforms, phantoms."""

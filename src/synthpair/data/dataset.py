@@ -1,0 +1,185 @@
+"""The prepared dataset folder (see docs/architecture.md): reading it and writing it.
+
+A prepared folder holds ``images/<id>.png`` (uint8, value v ↔ intensity v/127.5 − 1 in [-1, 1]),
+``masks/<id>.png`` (uint8 labels 0..K), ``dataset.json`` (items with their case ids) and ``splits.json``
+(case-level folds). Generated (synthetic) folders use the same layout plus ``manifest.jsonl``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from ..errors import fail
+from ..io import read_json, save_png_atomic, write_json_atomic
+
+FORMAT = "synthpair-dataset"
+FORMAT_VERSION = 1
+
+
+def to_uint8(images: np.ndarray) -> np.ndarray:
+    """Float images in [-1, 1] → uint8 in [0, 255] (round half to even, clipped)."""
+    return np.clip(np.rint((np.asarray(images, dtype=np.float32) + 1.0) * 127.5), 0, 255).astype(np.uint8)
+
+
+def from_uint8(images: np.ndarray) -> np.ndarray:
+    """uint8 [0, 255] → float32 [-1, 1] (exact inverse of :func:`to_uint8` on the uint8 grid)."""
+    return np.asarray(images, dtype=np.float32) / 127.5 - 1.0
+
+
+def read_png(path: Path) -> np.ndarray:
+    """Read a PNG written by synthpair → uint8 (H, W) or (H, W, 3)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            im.load()
+            if im.mode not in ("L", "RGB"):
+                im = im.convert("RGB" if im.mode in ("RGBA", "P", "CMYK") else "L")
+            return np.asarray(im)
+    except FileNotFoundError:
+        raise fail(f"{path}: file missing from the prepared folder; rerun 'synthpair prepare'") from None
+    except OSError as err:
+        raise fail(f"{path}: unreadable image ({err}); rerun the stage that wrote it") from None
+
+
+@dataclass
+class PreparedDataset:
+    """A prepared (or synthetic) dataset folder loaded for training/evaluation."""
+
+    root: Path
+    info: dict[str, Any]
+    splits: dict[str, Any] | None
+    _by_id: dict[str, dict[str, Any]] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def open(cls, root: Path | str, *, require_splits: bool = True) -> "PreparedDataset":
+        root = Path(root)
+        if not root.is_dir():
+            raise fail(f"{root}: prepared dataset folder not found; run 'synthpair prepare SRC --out {root}' first")
+        info = read_json(root / "dataset.json", "dataset.json")
+        if info.get("format") != FORMAT:
+            raise fail(f"{root / 'dataset.json'}: not a synthpair dataset; run 'synthpair prepare' on the source folder")
+        splits = None
+        if (root / "splits.json").is_file():
+            splits = read_json(root / "splits.json", "splits.json")
+        elif require_splits:
+            raise fail(f"{root / 'splits.json'}: missing; rerun 'synthpair prepare' to write the case-level splits")
+        ds = cls(root=root, info=info, splits=splits)
+        ds._by_id = {item["id"]: item for item in info["items"]}
+        return ds
+
+    # --- metadata ---
+    @property
+    def items(self) -> list[dict[str, Any]]:
+        return self.info["items"]
+
+    @property
+    def ids(self) -> list[str]:
+        return [it["id"] for it in self.items]
+
+    @property
+    def channels(self) -> int:
+        return int(self.info["channels"])
+
+    @property
+    def num_classes(self) -> int:
+        """Number of labels including background (2 for a binary lesion mask)."""
+        return int(self.info["num_classes"])
+
+    @property
+    def labels(self) -> dict[str, int]:
+        return dict(self.info["labels"])
+
+    @property
+    def size(self) -> tuple[int, int]:
+        h, w = self.info["size"]
+        return int(h), int(w)
+
+    @property
+    def modality(self) -> str:
+        return str(self.info.get("modality", "unknown"))
+
+    @property
+    def num_folds(self) -> int:
+        return len(self.splits["folds"]) if self.splits else 0
+
+    def case_of(self, item_id: str) -> str:
+        return str(self._by_id[item_id]["case"])
+
+    def spacing_of(self, item_id: str) -> tuple[float, float] | None:
+        sp = self._by_id[item_id].get("spacing")
+        return None if sp is None else (float(sp[0]), float(sp[1]))
+
+    def cases(self) -> list[str]:
+        return sorted({str(it["case"]) for it in self.items})
+
+    def split(self, fold: int) -> tuple[list[str], list[str]]:
+        """Item ids of (train, test) of ``fold``; all items of a case fall on the same side."""
+        if not self.splits:
+            raise fail(f"{self.root}: no splits.json; rerun 'synthpair prepare'")
+        folds = self.splits["folds"]
+        if not 0 <= fold < len(folds):
+            raise fail(f"--fold {fold}: {self.root} has folds 0..{len(folds) - 1}; choose one of them")
+        test_cases = set(folds[fold]["test"])
+        train_cases = set(folds[fold]["train"])
+        train = [it["id"] for it in self.items if it["case"] in train_cases]
+        test = [it["id"] for it in self.items if it["case"] in test_cases]
+        return train, test
+
+    def fold_cases(self, fold: int) -> tuple[list[str], list[str]]:
+        """Case ids of (train, test) of ``fold``."""
+        f = self.splits["folds"][fold]
+        return list(f["train"]), list(f["test"])
+
+    # --- pixels ---
+    def load(self, ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Load items → images float32 (N, C, H, W) in [-1, 1], masks int64 (N, H, W) labels 0..K."""
+        h, w = self.size
+        images = np.empty((len(ids), self.channels, h, w), dtype=np.float32)
+        masks = np.empty((len(ids), h, w), dtype=np.int64)
+        for i, item_id in enumerate(ids):
+            img = read_png(self.root / "images" / f"{item_id}.png")
+            msk = read_png(self.root / "masks" / f"{item_id}.png")
+            if img.ndim == 2:
+                img = img[None]
+            else:
+                img = img.transpose(2, 0, 1)
+            if img.shape != (self.channels, h, w) or msk.shape != (h, w):
+                raise fail(f"{self.root / 'images' / (item_id + '.png')}: shape {img.shape} / mask {msk.shape} "
+                           f"does not match dataset.json ({self.channels}, {h}, {w}); rerun 'synthpair prepare'")
+            images[i] = from_uint8(img)
+            masks[i] = msk
+        return images, masks
+
+
+def write_pair(root: Path, item_id: str, image: np.ndarray, mask: np.ndarray) -> None:
+    """Write one pair: image float (C, H, W) in [-1, 1] (C = 1 or 3), mask int (H, W) labels."""
+    img = to_uint8(image)
+    img = img[0] if img.shape[0] == 1 else img.transpose(1, 2, 0)
+    save_png_atomic(root / "images" / f"{item_id}.png", img)
+    save_png_atomic(root / "masks" / f"{item_id}.png", np.asarray(mask).astype(np.uint8))
+
+
+def dataset_info(*, name: str, modality: str, channels: int, labels: dict[str, int], size: Sequence[int],
+                 normalisation: dict[str, Any], items: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
+    """Build a ``dataset.json`` dict in the documented format."""
+    return {
+        "format": FORMAT,
+        "version": FORMAT_VERSION,
+        "name": name,
+        "modality": modality,
+        "channels": int(channels),
+        "labels": dict(labels),
+        "num_classes": len(labels),
+        "size": [int(size[0]), int(size[1])],
+        "normalisation": normalisation,
+        **extra,
+        "items": items,
+    }
+
+
+def write_dataset_json(root: Path, info: dict[str, Any]) -> None:
+    write_json_atomic(Path(root) / "dataset.json", info)
