@@ -1,0 +1,4 @@
+"""``python -m synthpair`` = the ``synthpair`` CLI (also what torchrun launches)."""
+from .cli.main import main
+
+raise SystemExit(main())

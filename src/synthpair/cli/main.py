@@ -1,0 +1,278 @@
+"""``synthpair <command>``: prepare, train, generate, segment, run, demo, report, replay.
+
+Each command parses its arguments, builds a frozen config (defaults ← ``--config FILE`` ← ``--set k=v``)
+and calls one library function. Errors the user can fix print one line (``synthpair: error: …``) and exit
+with status 2; an interrupt exits 130 and says how to resume.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+def _config_from_args(cls: type, config_file: str | None, overrides: Sequence[str], section: str | None = None,
+                      base: Any = None) -> Any:
+    """defaults (or ``base``) ← JSON file (whole config or its ``section``) ← ``--set`` overrides."""
+    from ..config import apply_overrides, from_dict, to_dict
+    from ..io import read_json
+
+    cfg = base if base is not None else cls()
+    if config_file:
+        data = read_json(config_file, "config file")
+        if section is not None and isinstance(data, dict) and section in data and isinstance(data[section], dict):
+            data = data[section]
+        data = {k: v for k, v in dict(data).items() if k != "_type"}
+        merged = {**to_dict(cfg), **data}
+        cfg = from_dict(cls, merged, where=str(config_file))
+    return apply_overrides(cfg, list(overrides or []))
+
+
+def _with(cfg: Any, **changes: Any) -> Any:
+    """Replace fields whose CLI value was given (None = not given), type-checked like ``--set``."""
+    from ..config import apply_overrides
+
+    import json
+
+    items = [f"{k}={json.dumps(v)}" for k, v in changes.items() if v is not None]
+    return apply_overrides(cfg, items) if items else cfg
+
+
+# ---------------------------------------------------------------- commands
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    from ..data.prepare import PrepareConfig, prepare_dataset
+
+    cfg = _config_from_args(PrepareConfig, args.config, args.set, section="prepare")
+    cfg = _with(cfg, size=args.size, folds=args.folds, seed=args.seed, modality=args.modality, axis=args.axis,
+                empty_fraction=args.empty_fraction,
+                foreground_only=True if args.foreground_only else None,
+                dedup=False if args.no_dedup else None, dedup_threshold=args.dedup_threshold)
+    out = prepare_dataset(args.src, args.out, cfg, overwrite=args.overwrite)
+    print(f"prepared dataset: {out}")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from ..training.trainer import TrainConfig, train_generator
+
+    cfg = _config_from_args(TrainConfig, args.config, args.set, section="train")
+    cfg = _with(cfg, method=args.method, fold=args.fold, steps=args.steps)
+    out = train_generator(args.data, args.out, cfg, resume=args.resume)
+    if out is not None:
+        print(f"generator run: {out}  (weights: {Path(out) / 'export'})")
+    return 0
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from ..synthesis.generate import GenerateConfig, generate
+
+    cfg = _config_from_args(GenerateConfig, args.config, args.set, section="generate")
+    cfg = _with(cfg, n=args.n, sampler=args.sampler, steps=args.steps, seed=args.seed, batch_size=args.batch,
+                eta=args.eta, min_area=args.min_area, keep_empty=True if args.keep_empty else None)
+    out = generate(args.run, args.out, cfg)
+    print(f"synthetic pairs: {out}  (manifest: {Path(out) / 'manifest.jsonl'})")
+    return 0
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from ..synthesis.generate import verify_pair
+
+    same = verify_pair(args.synthetic, args.id)
+    print(f"{args.id}: {'reproduced bit for bit' if same else 'DIFFERS from the stored files'}")
+    return 0 if same else 1
+
+
+def _parse_mix(text: str | None) -> dict[str, Any]:
+    from ..errors import fail
+
+    if not text:
+        return {}
+    out: dict[str, Any] = {}
+    for part in text.split(","):
+        key, sep, value = part.partition("=")
+        if not sep or key.strip() != "ratio":
+            raise fail(f"--mix {text!r}: expected ratio=R (synthetic:real per epoch), e.g. --mix ratio=0.5")
+        try:
+            out["ratio"] = float(value)
+        except ValueError:
+            raise fail(f"--mix {text!r}: ratio must be a number, e.g. --mix ratio=0.5") from None
+    return out
+
+
+def cmd_segment(args: argparse.Namespace) -> int:
+    from ..errors import fail
+    from ..segmentation.train import SegmentConfig, segment
+
+    cfg = _config_from_args(SegmentConfig, args.config, args.set, section="segment")
+    mix = _parse_mix(args.mix)
+    folds = tuple(args.folds) if args.folds else None
+    cfg = _with(cfg, model=args.model, steps=args.steps, folds=list(folds) if folds else None, **mix)
+    if args.synthetic is None and cfg.ratio > 0:
+        raise fail("--mix ratio>0 needs --synthetic SYN (a folder written by 'synthpair generate')")
+    if args.synthetic is not None and not args.mix and cfg.ratio == 0:
+        cfg = _with(cfg, ratio=0.5)
+    results = segment(args.data, args.out, cfg, synthetic_dir=args.synthetic)
+    from ..report.tables import format_summary
+
+    print(format_summary(results))
+    print(f"segmentation results: {Path(args.out) / 'results.json'}")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from ..pipeline import RunConfig, run_pipeline
+
+    cfg = _config_from_args(RunConfig, args.config, args.set)
+    if args.dry_run:
+        from ..io import dumps_json
+        from ..config import to_dict
+
+        print(dumps_json(to_dict(cfg)), end="")
+        return 0
+    run_pipeline(args.src, args.out, cfg, overwrite=args.overwrite)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from ..pipeline import demo_config, run_pipeline
+
+    cfg = _config_from_args(type(demo_config()), args.config, args.set, base=demo_config())
+    if args.dry_run:
+        from ..io import dumps_json
+        from ..config import to_dict
+
+        print(dumps_json(to_dict(cfg)), end="")
+        return 0
+    run_pipeline(None, args.out, cfg, overwrite=args.overwrite)
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from ..report.build import build_report
+
+    path = build_report(args.run_dir)
+    print(f"report: {path}")
+    return 0
+
+
+# ---------------------------------------------------------------- parser
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="synthpair", description=__doc__.split("\n")[0])
+    p.add_argument("--version", action="version", version=_version())
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def common(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--config", metavar="FILE", help="JSON config file (whole config or its section)")
+        sp.add_argument("--set", metavar="KEY=VALUE", action="append", default=[],
+                        help="override a config value, e.g. --set steps=500 (repeatable; unknown keys are errors)")
+
+    sp = sub.add_parser("prepare", help="read a dataset folder and write a prepared folder with case-level splits")
+    sp.add_argument("src", help="images/+masks/ folder, nnU-Net raw folder, or NIfTI images/+labels/ folder")
+    sp.add_argument("--out", required=True)
+    sp.add_argument("--size", type=int)
+    sp.add_argument("--folds", type=int)
+    sp.add_argument("--seed", type=int)
+    sp.add_argument("--modality", help="US, MR, CT, endoscopy, … (default: auto)")
+    sp.add_argument("--axis", type=int, help="slicing axis for volumes (default 2)")
+    sp.add_argument("--foreground-only", action="store_true", help="volumes: keep only slices with foreground")
+    sp.add_argument("--empty-fraction", type=float, help="with --foreground-only: fraction of empty slices to keep")
+    sp.add_argument("--no-dedup", action="store_true", help="skip near-duplicate grouping")
+    sp.add_argument("--dedup-threshold", type=float)
+    sp.add_argument("--overwrite", action="store_true")
+    common(sp)
+    sp.set_defaults(func=cmd_prepare)
+
+    sp = sub.add_parser("train", help="train a generator on the training split of one fold")
+    sp.add_argument("data", help="prepared dataset folder")
+    sp.add_argument("--method", help="generator method (default joint)")
+    sp.add_argument("--out", required=True)
+    sp.add_argument("--fold", type=int)
+    sp.add_argument("--steps", type=int)
+    sp.add_argument("--resume", action="store_true", help="continue exactly from out/checkpoints/state.pt")
+    common(sp)
+    sp.set_defaults(func=cmd_train)
+
+    sp = sub.add_parser("generate", help="sample image+mask pairs from a trained generator (one seed per pair)")
+    sp.add_argument("run", help="generator run folder (written by 'synthpair train')")
+    sp.add_argument("--n", type=int, help="number of pairs to keep")
+    sp.add_argument("--out", required=True)
+    sp.add_argument("--sampler", choices=["ddpm", "ddim"])
+    sp.add_argument("--steps", type=int)
+    sp.add_argument("--eta", type=float)
+    sp.add_argument("--seed", type=int, help="seed of the first pair; pair i uses seed+i")
+    sp.add_argument("--batch", type=int)
+    sp.add_argument("--min-area", type=int, help="drop pairs whose mask has fewer pixels")
+    sp.add_argument("--keep-empty", action="store_true", help="keep pairs with empty/small masks")
+    common(sp)
+    sp.set_defaults(func=cmd_generate)
+
+    sp = sub.add_parser("replay", help="regenerate one synthetic pair from its manifest line and compare")
+    sp.add_argument("synthetic", help="synthetic folder")
+    sp.add_argument("id", help="pair id (manifest 'id')")
+    sp.set_defaults(func=cmd_replay)
+
+    sp = sub.add_parser("segment", help="train segmenters on real (+synthetic) data, evaluate on held-out real")
+    sp.add_argument("data", help="prepared dataset folder")
+    sp.add_argument("--out", required=True)
+    sp.add_argument("--synthetic", help="synthetic folder from 'synthpair generate'")
+    sp.add_argument("--mix", help="mixing strategy, e.g. ratio=0.5 (synthetic:real)")
+    sp.add_argument("--model", help="unet, attention_unet, basic_unet, segresnet, swin_unetr")
+    sp.add_argument("--folds", type=int, nargs="+")
+    sp.add_argument("--steps", type=int)
+    common(sp)
+    sp.set_defaults(func=cmd_segment)
+
+    sp = sub.add_parser("run", help="prepare → train → generate → segment (real vs real+synthetic) → report")
+    sp.add_argument("src", help="dataset source folder")
+    sp.add_argument("--out", required=True)
+    sp.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
+    sp.add_argument("--overwrite", action="store_true", help="start over in a non-empty --out")
+    common(sp)
+    sp.set_defaults(func=cmd_run)
+
+    sp = sub.add_parser("demo", help="the whole pipeline on embedded phantoms, CPU-sized")
+    sp.add_argument("--out", default="runs/demo")
+    sp.add_argument("--dry-run", action="store_true")
+    sp.add_argument("--overwrite", action="store_true")
+    common(sp)
+    sp.set_defaults(func=cmd_demo)
+
+    sp = sub.add_parser("report", help="(re)build the report of a run folder")
+    sp.add_argument("run_dir")
+    sp.set_defaults(func=cmd_report)
+    return p
+
+
+def _version() -> str:
+    from .. import __version__
+
+    return f"synthpair {__version__}"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from ..errors import SynthpairError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except SynthpairError as err:
+        print(f"synthpair: error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("synthpair: interrupted; rerun the same command (with --resume for 'train') to continue",
+              file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""Tables (markdown/CSV/JSON) and figures (sample grids with mask overlays, curves) of a run."""

@@ -1,0 +1,1 @@
+"""Synthesis: batch generation with one seed per pair, manifest, mask filters, replay."""

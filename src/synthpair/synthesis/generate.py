@@ -1,0 +1,323 @@
+"""``synthpair generate``: sample image+mask pairs from a trained generator, with provenance.
+
+* One seed per pair: pair ``i`` of a run with ``--seed s`` uses seed ``s + i`` (counted over *attempts*,
+  so pairs dropped by the mask filter keep their seed numbers). Seeds are drawn in fixed blocks of
+  ``batch_size`` and every manifest line records its ``batch_seeds``, so :func:`regenerate_pair` replays
+  exactly the batch that produced a pair and reproduces it bit for bit on CPU.
+* Masks are decoded by the method (threshold / argmax), cleaned (connected components smaller than
+  ``min_component`` pixels removed), and pairs whose mask is empty or below ``min_area`` pixels are dropped
+  unless ``keep_empty``.
+* Resumable and never half-written: every file is written atomically; after each batch the manifest lines
+  are appended and ``progress.json`` (next seed, pairs kept) is replaced atomically. An interrupted run
+  restarted with the same command continues at the next block of seeds; lines or files beyond the last
+  committed batch are discarded. ``dataset.json`` is written last, so an unfinished folder is never mistaken
+  for a complete one.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from ..config import save_config, to_dict
+from ..data.dataset import dataset_info, read_png, to_uint8, write_dataset_json, write_pair
+from ..errors import fail
+from ..io import check_writable_dir, read_json, translate_os_errors, write_json_atomic
+
+
+@dataclass(frozen=True)
+class GenerateConfig:
+    """Settings of one generation job (saved as ``SYN/generate_config.json``)."""
+
+    n: int = 64                       # pairs to keep
+    sampler: Literal["ddpm", "ddim"] = "ddim"
+    steps: int = 25                   # respaced sampling steps
+    eta: float = 0.0                  # DDIM eta (0 = deterministic given x_T)
+    seed: int = 0                     # seed of the first attempt; attempt i uses seed + i
+    batch_size: int = 16
+    min_area: int = 4                 # minimum foreground pixels of a kept mask
+    min_component: int = 3            # connected components smaller than this are removed
+    keep_empty: bool = False          # keep pairs whose mask is empty / below min_area
+    max_attempts_factor: float = 4.0  # give up after n * factor attempts
+    device: str = "auto"
+    amp: Literal["auto", "bf16", "off"] = "auto"
+
+    def __post_init__(self) -> None:
+        if self.n < 1:
+            raise ValueError("n must be >= 1")
+        if self.steps < 1 or self.batch_size < 1:
+            raise ValueError("steps and batch_size must be >= 1")
+
+
+MANIFEST = "manifest.jsonl"
+PROGRESS = "progress.json"
+
+
+def clean_mask(mask: np.ndarray, min_component: int) -> np.ndarray:
+    """Remove connected components (per label, 4-connectivity) smaller than ``min_component`` pixels.
+
+    mask: int (H, W) labels 0..K → same shape/dtype.
+    """
+    from scipy import ndimage
+
+    if min_component <= 1:
+        return mask
+    out = mask.copy()
+    for label in np.unique(mask):
+        if label == 0:
+            continue
+        comp, n = ndimage.label(mask == label)
+        if n == 0:
+            continue
+        sizes = np.bincount(comp.ravel())
+        small = np.flatnonzero(sizes < min_component)
+        small = small[small != 0]
+        if small.size:
+            out[np.isin(comp, small)] = 0
+    return out
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _generator_provenance(run: Path) -> dict[str, Any]:
+    """What a synthetic pair must know about its generator: run, fold, training cases, weights hash."""
+    export = run / "export"
+    weights = export / "model.safetensors"
+    if not weights.is_file():
+        raise fail(f"{run}: no export/model.safetensors; train the generator first ('synthpair train … --out {run}')")
+    cases_file = run / "training_cases.json"
+    cases = read_json(cases_file, "training_cases.json")
+    export_cfg = read_json(export / "config.json", "export config.json")
+    return {
+        "generator_run": str(run.resolve()),
+        "model_sha256": _sha256(weights),
+        "fold": cases.get("fold"),
+        "train_cases": sorted(cases.get("train_cases", [])),
+        "data": cases.get("data"),
+        "method": export_cfg.get("method", "joint"),
+        "export_config": export_cfg,
+    }
+
+
+def _load_progress(out: Path) -> dict[str, Any] | None:
+    if not (out / PROGRESS).is_file():
+        return None
+    return read_json(out / PROGRESS, PROGRESS)
+
+
+def _committed_lines(out: Path, next_seed: int) -> list[dict[str, Any]]:
+    """Manifest lines of committed batches (seed < next_seed); drops a torn last line and later ones."""
+    path = out / MANIFEST
+    if not path.is_file():
+        return []
+    lines = []
+    for raw in path.read_text(encoding="utf-8").splitlines():
+        try:
+            rec = json.loads(raw)
+        except json.JSONDecodeError:
+            break
+        if rec["seed"] < next_seed:
+            lines.append(rec)
+    return lines
+
+
+def _rewrite_manifest(out: Path, lines: list[dict[str, Any]]) -> None:
+    from ..io import write_text_atomic
+
+    write_text_atomic(out / MANIFEST, "".join(json.dumps(r) + "\n" for r in lines))
+
+
+def _append_lines(out: Path, lines: list[dict[str, Any]]) -> None:
+    with translate_os_errors(out / MANIFEST):
+        with open(out / MANIFEST, "a", encoding="utf-8") as fh:
+            for rec in lines:
+                fh.write(json.dumps(rec) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+
+
+def _remove_stray_files(out: Path, keep_ids: set[str]) -> None:
+    for sub in ("images", "masks"):
+        folder = out / sub
+        if not folder.is_dir():
+            continue
+        for f in folder.iterdir():
+            if f.suffix == ".png" and f.stem not in keep_ids:
+                f.unlink()
+            elif f.name.endswith(".tmp"):
+                f.unlink()
+
+
+def pair_id(seed: int) -> str:
+    """File stem of the pair made from ``seed`` (files are named by seed)."""
+    return f"seed{seed:07d}"
+
+
+def _sample(model_bundle: Any, seeds: list[int], cfg: GenerateConfig, device: str, amp: str
+            ) -> tuple[np.ndarray, np.ndarray]:
+    from ..methods import synthesize_batch
+
+    images, masks = synthesize_batch(model_bundle, seeds, sampler=cfg.sampler, steps=cfg.steps, eta=cfg.eta,
+                                     device=device, amp=amp)
+    return np.asarray(images, dtype=np.float32), np.asarray(masks, dtype=np.int64)
+
+
+def _resolve_device(device: str) -> str:
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def generate(run_dir: Path | str, out_dir: Path | str, cfg: GenerateConfig = GenerateConfig(),
+             progress: bool = True) -> Path:
+    """Sample ``cfg.n`` pairs from the generator in ``run_dir`` into ``out_dir`` (resumes if interrupted).
+
+    Writes ``images/<id>.png`` (uint8, value v ↔ v/127.5 − 1), ``masks/<id>.png`` (labels 0..K),
+    ``manifest.jsonl`` (one line per pair), ``generate_config.json`` and finally ``dataset.json``.
+    Returns ``out_dir``.
+    """
+    from ..networks.export import load_export
+
+    run = Path(run_dir)
+    out = Path(out_dir)
+    if not run.is_dir():
+        raise fail(f"{run}: generator run folder not found; pass the --out folder of 'synthpair train'")
+    prov = _generator_provenance(run)
+    model_bundle = load_export(run / "export")
+    export_cfg = prov["export_config"]
+    data_info = export_cfg.get("data", {})
+
+    check_writable_dir(out)
+    state = _load_progress(out)
+    cfg_file = out / "generate_config.json"
+    if state is None:
+        if any(p.name not in (".synthpair-write-test",) for p in out.iterdir()):
+            raise fail(f"{out}: folder is not empty and holds no unfinished generation; choose a new --out")
+        save_config(cfg, cfg_file)
+        state = {"next_seed": cfg.seed, "kept": 0, "attempted": 0, "model_sha256": prov["model_sha256"],
+                 "complete": False}
+        write_json_atomic(out / PROGRESS, state)
+    else:
+        old = read_json(cfg_file, "generate_config.json")
+        old.pop("_type", None)
+        if old != to_dict(cfg) or state.get("model_sha256") != prov["model_sha256"]:
+            raise fail(f"{out}: holds a generation with other settings or another model; rerun with the same "
+                       f"command to resume, or choose a new --out")
+        if state.get("complete"):
+            print(f"{out}: already complete ({state['kept']} pairs)", file=sys.stderr)
+            return out
+
+    lines = _committed_lines(out, state["next_seed"])
+    _rewrite_manifest(out, lines)
+    _remove_stray_files(out, {r["id"] for r in lines})
+
+    device = _resolve_device(cfg.device)
+    amp = cfg.amp
+    max_attempts = int(np.ceil(cfg.n * cfg.max_attempts_factor))
+    from tqdm import tqdm
+
+    bar = tqdm(total=cfg.n, initial=state["kept"], desc="generate", unit="pair", disable=not progress,
+               file=sys.stderr, dynamic_ncols=True)
+    t0 = time.time()
+    while state["kept"] < cfg.n and state["attempted"] < max_attempts:
+        seeds = list(range(state["next_seed"], state["next_seed"] + cfg.batch_size))
+        images, masks = _sample(model_bundle, seeds, cfg, device, amp)
+        new_lines = []
+        for seed, image, mask in zip(seeds, images, masks):
+            if state["kept"] + len(new_lines) >= cfg.n:
+                break
+            mask = clean_mask(mask, cfg.min_component)
+            area = int((mask > 0).sum())
+            if area < max(cfg.min_area, 1) and not cfg.keep_empty:
+                continue
+            pid = pair_id(seed)
+            write_pair(out, pid, image, mask)
+            new_lines.append({
+                "id": pid, "seed": seed, "batch_seeds": seeds, "method": prov["method"],
+                "sampler": cfg.sampler, "steps": cfg.steps, "eta": cfg.eta, "device": device, "amp": amp,
+                "min_component": cfg.min_component,
+                "model_sha256": prov["model_sha256"], "generator_run": prov["generator_run"],
+                "fold": prov["fold"], "train_cases": prov["train_cases"], "source_case": None,
+                "mask_area": area,
+            })
+        _append_lines(out, new_lines)
+        state = {**state, "next_seed": seeds[-1] + 1, "kept": state["kept"] + len(new_lines),
+                 "attempted": state["attempted"] + len(seeds)}
+        write_json_atomic(out / PROGRESS, state)
+        bar.update(len(new_lines))
+        bar.set_postfix(kept=f"{state['kept']}/{state['attempted']}", pair_s=f"{state['kept'] / max(time.time() - t0, 1e-9):.2f}")
+    bar.close()
+    if state["kept"] < cfg.n:
+        print(f"synthpair: warning: only {state['kept']} of {cfg.n} pairs passed the mask filter after "
+              f"{state['attempted']} attempts (lower --min-area or pass --keep-empty)", file=sys.stderr)
+
+    lines = _committed_lines(out, state["next_seed"])
+    items = [{"id": r["id"], "case": f"synthetic:{r['id']}", "seed": r["seed"], "source_case": r["source_case"],
+              "spacing": None, "foreground_fraction": r["mask_area"] / float(np.prod(data_info.get("size", [1, 1])))}
+             for r in lines]
+    info = dataset_info(
+        name=f"synthetic-{Path(prov['generator_run']).name}", modality=data_info.get("modality", "unknown"),
+        channels=data_info.get("channels", 1), labels=data_info.get("labels", {"background": 0, "lesion": 1}),
+        size=data_info.get("size", [0, 0]), normalisation={"method": "synthetic"}, items=items,
+        synthetic=True, generator_run=prov["generator_run"], model_sha256=prov["model_sha256"],
+        fold=prov["fold"], train_cases=prov["train_cases"])
+    write_dataset_json(out, info)
+    write_json_atomic(out / PROGRESS, {**state, "complete": True})
+    return out
+
+
+def read_manifest(syn_dir: Path | str) -> list[dict[str, Any]]:
+    """All lines of ``SYN/manifest.jsonl`` (one-line error if the folder has none)."""
+    path = Path(syn_dir) / MANIFEST
+    if not path.is_file():
+        raise fail(f"{syn_dir}: has no {MANIFEST}; synthetic folders must come from 'synthpair generate'")
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def regenerate_pair(syn_dir: Path | str, pair: str) -> tuple[np.ndarray, np.ndarray]:
+    """Re-create one pair from its manifest line → (image uint8 like the PNG, mask uint8 labels).
+
+    Replays the recorded batch (``batch_seeds``) with the recorded sampler, steps, eta, device and amp on
+    the generator run the line names; refuses if the weights changed since (sha256 mismatch).
+    """
+    from ..networks.export import load_export
+
+    lines = {r["id"]: r for r in read_manifest(syn_dir)}
+    if pair not in lines:
+        raise fail(f"{syn_dir}: no pair {pair!r} in {MANIFEST}; use an id from its 'id' field")
+    rec = lines[pair]
+    run = Path(rec["generator_run"])
+    if _sha256(run / "export" / "model.safetensors") != rec["model_sha256"]:
+        raise fail(f"{run}: weights changed since {pair} was generated (sha256 differs); cannot replay it")
+    bundle = load_export(run / "export")
+    cfg = GenerateConfig(sampler=rec["sampler"], steps=rec["steps"], eta=rec["eta"], amp=rec["amp"],
+                         batch_size=len(rec["batch_seeds"]))
+    images, masks = _sample(bundle, list(rec["batch_seeds"]), cfg, rec["device"], rec["amp"])
+    i = rec["batch_seeds"].index(rec["seed"])
+    image = to_uint8(images[i])
+    image = image[0] if image.shape[0] == 1 else image.transpose(1, 2, 0)
+    mask = clean_mask(masks[i], rec.get("min_component", 1)).astype(np.uint8)
+    return image, mask
+
+
+def verify_pair(syn_dir: Path | str, pair: str) -> bool:
+    """True when :func:`regenerate_pair` reproduces the stored PNGs exactly."""
+    image, mask = regenerate_pair(syn_dir, pair)
+    stored_image = read_png(Path(syn_dir) / "images" / f"{pair}.png")
+    stored_mask = read_png(Path(syn_dir) / "masks" / f"{pair}.png")
+    return bool(np.array_equal(image, stored_image) and np.array_equal(mask, stored_mask))
