@@ -1,0 +1,241 @@
+"""``synthpair report DIR``: aggregate a run folder into ``DIR/report/``.
+
+Reads the per-case segmentation results of every setting and fold (``DIR/segment/<setting>/fold_<k>/``),
+pools the held-out cases of all folds, and writes
+
+* ``results.json`` — per setting: summary (mean, sd, n per metric), per-case rows, and the paired
+  comparison with real-only on the same cases (mean Δ, Wilcoxon signed-rank p-value, n);
+* ``results.md`` / ``results.csv`` — the table in the layout of EMIT-Diff's Table 2;
+* ``figures/real_pairs.png``, ``figures/synthetic_pairs.png`` (mask contours, a colour per class) and
+  ``figures/loss_curves.png`` (generator and segmenter training losses).
+"""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import fail
+from ..io import ensure_dir, read_json, save_png_atomic, write_json_atomic, write_text_atomic
+from .tables import METRICS, csv_table, markdown_table
+
+
+def _setting_label(dirname: str) -> str:
+    if dirname == "real":
+        return "real-only"
+    m = re.fullmatch(r"ratio_(.+)", dirname)
+    return f"real+synthetic r={m.group(1)}" if m else dirname
+
+
+def _setting_order(dirname: str) -> tuple[int, float, str]:
+    if dirname == "real":
+        return (0, 0.0, dirname)
+    m = re.fullmatch(r"ratio_(.+)", dirname)
+    try:
+        return (1, float(m.group(1)), dirname) if m else (2, 0.0, dirname)
+    except ValueError:
+        return (2, 0.0, dirname)
+
+
+def summarize_rows(rows: list[dict[str, Any]]) -> dict[str, dict[str, float | int | None]]:
+    """Per-case rows → {metric: {"mean", "sd" (sample, ddof=1; 0 for n=1), "n"}} over finite values."""
+    out: dict[str, dict[str, float | int | None]] = {}
+    for m in METRICS:
+        vals = np.array([r[m] for r in rows if r.get(m) is not None], dtype=np.float64)
+        vals = vals[np.isfinite(vals)]
+        if vals.size == 0:
+            out[m] = {"mean": None, "sd": None, "n": 0}
+        else:
+            out[m] = {"mean": float(vals.mean()), "sd": float(vals.std(ddof=1)) if vals.size > 1 else 0.0,
+                      "n": int(vals.size)}
+    return out
+
+
+def paired_comparison(base: list[dict[str, Any]], other: list[dict[str, Any]], metric: str = "dice"
+                      ) -> dict[str, Any]:
+    """Per-case paired comparison of ``other`` against ``base`` on the cases both evaluated.
+
+    Returns mean difference (other − base), Wilcoxon signed-rank two-sided p-value (scipy; None when all
+    differences are zero or n < 2) and the number of paired cases.
+    """
+    from scipy.stats import wilcoxon
+
+    key = lambda r: (r.get("fold"), r["id"])  # noqa: E731
+    b = {key(r): r[metric] for r in base}
+    pairs = [(b[key(r)], r[metric]) for r in other if key(r) in b]
+    if not pairs:
+        return {"metric": metric, "n": 0, "mean_diff": None, "p_value": None}
+    diffs = np.array([o - s for s, o in pairs], dtype=np.float64)
+    p = None
+    if diffs.size >= 2 and np.any(diffs != 0):
+        p = float(wilcoxon(diffs, zero_method="wilcox").pvalue)
+    return {"metric": metric, "n": int(diffs.size), "mean_diff": float(diffs.mean()), "p_value": p}
+
+
+def _load_segment_setting(setting_dir: Path) -> tuple[list[dict[str, Any]], str, list[dict[str, Any]]]:
+    """All folds of one setting → (per-case rows with 'fold', distance unit, loss curves per fold)."""
+    rows: list[dict[str, Any]] = []
+    unit = "pixel"
+    curves = []
+    for fold_dir in sorted(setting_dir.glob("fold_*")):
+        res_file = fold_dir / "results.json"
+        if not res_file.is_file():
+            continue
+        res = read_json(res_file)
+        unit = res.get("distance_unit", unit)
+        for r in res.get("per_case", []):
+            rows.append(dict(r))
+        for loss_file in sorted(fold_dir.rglob("loss.jsonl")):
+            steps, losses = [], []
+            for line in loss_file.read_text(encoding="utf-8").splitlines():
+                if line.strip():
+                    rec = json.loads(line)
+                    steps.append(rec["step"])
+                    losses.append(rec["loss"])
+            curves.append({"fold": fold_dir.name, "step": steps, "loss": losses})
+    return rows, unit, curves
+
+
+def collect_results(run_dir: Path) -> dict[str, Any]:
+    """Aggregate ``run_dir/segment/*`` into the ``results.json`` structure."""
+    seg_root = run_dir / "segment"
+    if not seg_root.is_dir():
+        raise fail(f"{run_dir}: no segment/ folder; run 'synthpair run' (or segment) before 'synthpair report'")
+    settings: dict[str, Any] = {}
+    unit = "pixel"
+    for sdir in sorted((p for p in seg_root.iterdir() if p.is_dir()), key=lambda p: _setting_order(p.name)):
+        rows, unit, curves = _load_segment_setting(sdir)
+        if not rows:
+            continue
+        settings[_setting_label(sdir.name)] = {"dir": str(sdir.relative_to(run_dir)), "summary": summarize_rows(rows),
+                                               "per_case": rows, "loss_curves": curves}
+    if not settings:
+        raise fail(f"{seg_root}: no finished segmentation results; rerun 'synthpair run' to finish them")
+    base = settings.get("real-only")
+    if base is not None:
+        for name, s in settings.items():
+            if name != "real-only":
+                s["vs_real_only"] = {m: paired_comparison(base["per_case"], s["per_case"], m)
+                                     for m in ("dice", "iou")}
+    return {"distance_unit": unit, "settings": settings}
+
+
+def results_table(results: dict[str, Any]) -> str:
+    rows = {name: s["summary"] for name, s in results["settings"].items()}
+    table = markdown_table(rows, unit=results.get("distance_unit", "pixel"))
+    notes = []
+    for name, s in results["settings"].items():
+        cmp_ = s.get("vs_real_only", {}).get("dice")
+        if cmp_ and cmp_["n"]:
+            p = "n/a" if cmp_["p_value"] is None else f"{cmp_['p_value']:.3g}"
+            notes.append(f"- {name} vs real-only: ΔDice = {100 * cmp_['mean_diff']:+.2f} points "
+                         f"(paired over {cmp_['n']} held-out cases, Wilcoxon p = {p})")
+    return table + ("\n" + "\n".join(notes) + "\n" if notes else "")
+
+
+# ------------------------------------------------------------------ figures
+
+def _grid_png(images: np.ndarray, masks: np.ndarray, num_classes: int, path: Path, ncols: int = 8) -> None:
+    from .grid import pair_grid
+
+    save_png_atomic(path, pair_grid(images, masks, ncols=ncols, num_classes=num_classes))
+
+
+def _pairs_figure(folder: Path, out: Path, n: int, num_classes: int, ids: list[str] | None = None) -> bool:
+    from ..data.dataset import PreparedDataset
+
+    if not (folder / "dataset.json").is_file():
+        return False
+    ds = PreparedDataset.open(folder, require_splits=False)
+    ids = (ids or ds.ids)[:n]
+    if not ids:
+        return False
+    images, masks = ds.load(ids)
+    _grid_png(images, masks, num_classes, out)
+    return True
+
+
+def _loss_figure(run_dir: Path, results: dict[str, Any], path: Path) -> bool:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    gen_curves = []
+    for metrics_file in sorted((run_dir / "generator").glob("fold_*/metrics.jsonl")):
+        steps, losses = [], []
+        for line in metrics_file.read_text(encoding="utf-8").splitlines():
+            if line.strip():
+                rec = json.loads(line)
+                if "loss" in rec and "step" in rec:
+                    steps.append(rec["step"])
+                    losses.append(rec["loss"])
+        gen_curves.append((metrics_file.parent.name, steps, losses))
+    if not gen_curves and not results["settings"]:
+        return False
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), dpi=100)
+    for name, steps, losses in gen_curves:
+        axes[0].plot(steps, losses, label=name)
+    axes[0].set_title("generator: diffusion loss")
+    axes[0].set_xlabel("step")
+    axes[0].set_yscale("log")
+    if gen_curves:
+        axes[0].legend(fontsize=8)
+    for name, s in results["settings"].items():
+        for c in s.get("loss_curves", []):
+            axes[1].plot(c["step"], c["loss"], label=f"{name} ({c['fold']})", alpha=0.8)
+    axes[1].set_title("segmenter: Dice+CE loss")
+    axes[1].set_xlabel("step")
+    axes[1].legend(fontsize=7)
+    fig.tight_layout()
+    ensure_dir(path.parent)
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    tmp.replace(path)
+    return True
+
+
+def build_report(run_dir: Path | str) -> Path:
+    """Write ``run_dir/report/`` (tables + figures) and return the path of ``results.md``."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise fail(f"{run_dir}: run folder not found; pass the --out folder of 'synthpair run'")
+    results = collect_results(run_dir)
+    rep = ensure_dir(run_dir / "report")
+    figs = ensure_dir(rep / "figures")
+    num_classes = 2
+    figures = []
+    data_dir = run_dir / "data"
+    if (data_dir / "dataset.json").is_file():
+        from ..data.dataset import PreparedDataset
+
+        ds = PreparedDataset.open(data_dir)
+        num_classes = ds.num_classes
+        train_ids, _ = ds.split(0)
+        if _pairs_figure(data_dir, figs / "real_pairs.png", 16, num_classes, ids=train_ids):
+            figures.append(("Real training pairs (fold 0)", "figures/real_pairs.png"))
+    for syn in sorted((run_dir / "synthetic").glob("fold_*")):
+        if _pairs_figure(syn, figs / f"synthetic_pairs_{syn.name}.png", 16, num_classes):
+            figures.append((f"Synthetic pairs ({syn.name})", f"figures/synthetic_pairs_{syn.name}.png"))
+    if _loss_figure(run_dir, results, figs / "loss_curves.png"):
+        figures.append(("Training losses", "figures/loss_curves.png"))
+
+    summary_only = {"distance_unit": results["distance_unit"],
+                    "settings": {k: {kk: vv for kk, vv in v.items() if kk != "loss_curves"}
+                                 for k, v in results["settings"].items()},
+                    "figures": [f for _, f in figures]}
+    write_json_atomic(rep / "results.json", summary_only)
+    write_text_atomic(rep / "results.csv", csv_table({k: v["summary"] for k, v in results["settings"].items()}))
+    md = ["# synthpair results", "",
+          f"Segmentation on held-out real cases (pooled over folds). Dice/IoU/precision/recall in %, "
+          f"distances in {results['distance_unit']}s; mean ± sd over cases.", "",
+          results_table(results), ""]
+    for title, rel in figures:
+        md += [f"## {title}", "", f"![{title}]({rel})", ""]
+    path = rep / "results.md"
+    write_text_atomic(path, "\n".join(md))
+    return path
