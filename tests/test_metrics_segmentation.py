@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from synthpair.metrics.segmentation import (METRICS, SegmentationMetrics, case_metrics, per_case_metrics,
+from synthpair.metrics.segmentation import (METRICS, SegmentationMetrics, case_metrics, distance_unit, per_case_metrics,
                                             summarize)
 
 
@@ -91,7 +91,7 @@ def test_multiclass_averages_present_classes():
     assert r["hd95"] == pytest.approx(math.hypot(32, 32) / 2)
     assert r["dice_1"] == 1.0 and r["dice_2"] == 0.0 and r["dice_3"] == 1.0
     assert r["recall"] == pytest.approx(0.5) and r["precision"] == pytest.approx(1.0)
-    assert r["id"] == "a" and r["distance_unit"] == "px"
+    assert r["id"] == "a" and r["distance_unit"] == "pixel"
 
 
 def test_accepts_tensors_and_wrapper_matches_pure_function():
@@ -115,7 +115,7 @@ def test_accepts_tensors_and_wrapper_matches_pure_function():
     assert summary["dice"]["mean"] == pytest.approx(dice.mean())
     assert summary["dice"]["sd"] == pytest.approx(dice.std(ddof=1))
     assert summary["dice"]["n"] == 7
-    assert summary["distance_unit"]["unit"] == "mm"
+    assert distance_unit(m.rows) == "mm" and distance_unit([]) == "none"
     assert rows[3]["dice"] == 0.0 and rows[3]["hd95"] == pytest.approx(math.hypot(16, 16))
     m.reset()
     assert m.rows == []

@@ -162,7 +162,7 @@ def _reduce_classes(cls: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 def per_case_metrics(pred: Any, ref: Any, num_classes: int, spacings: SpacingArg = None,
                      ids: Sequence[str] | None = None) -> list[dict[str, Any]]:
-    """One row per case: ``{"id", <metric>: float, ..., "distance_unit": "mm"|"px"}``.
+    """One row per case: ``{"id", <metric>: float, ..., "distance_unit": "mm"|"pixel"}``.
 
     With ``num_classes > 2`` the rows also carry ``<metric>_<class>`` per foreground class (that class's
     value under the empty convention, whether or not it is present). ``ids`` default to ``"0".."N-1"``.
@@ -178,7 +178,7 @@ def per_case_metrics(pred: Any, ref: Any, num_classes: int, spacings: SpacingArg
     for i in range(n):
         row: dict[str, Any] = {"id": ids[i]}
         row.update({name: float(agg[name][i]) for name in METRICS})
-        row["distance_unit"] = "px" if sp[i] is None else "mm"
+        row["distance_unit"] = "pixel" if sp[i] is None else "mm"
         if num_classes > 2:
             for c in range(1, num_classes):
                 row.update({f"{name}_{c}": float(cls[name][i, c - 1]) for name in METRICS})
@@ -189,7 +189,7 @@ def per_case_metrics(pred: Any, ref: Any, num_classes: int, spacings: SpacingArg
 def summarize(rows: Iterable[dict[str, Any]], metrics: Sequence[str] = METRICS) -> dict[str, dict[str, float]]:
     """Rows → ``{metric: {"mean", "sd", "n"}}`` (sd is the sample SD, ddof=1; 0 for n = 1; NaN for n = 0).
 
-    Also ``{"distance_unit": {"unit": "mm"|"px"|"mixed"|"none"}}`` so distance means are read correctly.
+    Every row value is finite by construction, so ``n`` is the number of rows (nothing is skipped).
     """
     rows = list(rows)
     out: dict[str, Any] = {}
@@ -198,9 +198,13 @@ def summarize(rows: Iterable[dict[str, Any]], metrics: Sequence[str] = METRICS) 
         out[name] = {"mean": float(v.mean()) if len(v) else float("nan"),
                      "sd": float(v.std(ddof=1)) if len(v) > 1 else (0.0 if len(v) == 1 else float("nan")),
                      "n": int(len(v))}
-    units = sorted({r.get("distance_unit", "px") for r in rows})
-    out["distance_unit"] = {"unit": units[0] if len(units) == 1 else ("mixed" if units else "none")}
     return out
+
+
+def distance_unit(rows: Iterable[dict[str, Any]]) -> str:
+    """The unit of the HD95/ASSD values of ``rows``: ``"mm"``, ``"pixel"``, ``"mixed"`` or ``"none"`` (no rows)."""
+    units = sorted({r.get("distance_unit", "pixel") for r in rows})
+    return units[0] if len(units) == 1 else ("mixed" if units else "none")
 
 
 class SegmentationMetrics:
