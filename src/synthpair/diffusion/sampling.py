@@ -1,0 +1,131 @@
+"""The one sampling loop (DDPM ancestral and DDIM) on respaced timesteps, written by hand.
+
+The loop takes the network as an argument: ``model(x_t, t, cond) -> output`` (output interpreted by the
+schedule's prediction type). It never branches on the sampler inside the loop: each sampler is a table
+of per-step coefficients ``(c_x0, c_xt, sigma)`` computed once, and every step is
+
+    x0_hat = clip(predict(x_t, t), -1, 1)
+    x_prev = c_x0 * x0_hat + c_xt * x_t + sigma * z,      z ~ N(0, I) from the pair's own generator
+
+- DDPM (Ho et al. 2020, eq. 6–7): the posterior q(x_prev | x_t, x0) of the respaced chain,
+  ``c_x0 = sqrt(abar_prev) beta_t / (1 - abar_t)``, ``c_xt = sqrt(alpha_t) (1 - abar_prev) / (1 - abar_t)``,
+  ``sigma^2 = beta_t (1 - abar_prev) / (1 - abar_t)`` with ``alpha_t = abar_t / abar_prev``, ``beta_t = 1 - alpha_t``.
+- DDIM (Song et al. 2021, eq. 12 and 16): ``x_prev = sqrt(abar_prev) x0 + sqrt(1 - abar_prev - sigma^2) eps + sigma z``,
+  ``sigma = eta sqrt((1 - abar_prev)/(1 - abar_t)) sqrt(1 - abar_t/abar_prev)``; with ``eps = (x_t - sqrt(abar_t) x0)/sqrt(1 - abar_t)``
+  this is the same affine form. ``eta = 0`` is deterministic.
+
+Respacing (Nichol & Dhariwal 2021, sec. 4): ``steps`` timesteps evenly spaced over ``[0, T-1]`` (rounded),
+and the respaced chain uses ``abar`` of the kept steps only.
+
+Extension points (so guidance, RePaint and paired generation do not fork the loop):
+- ``model`` can be any callable with the network signature — classifier-free guidance is a wrapper that
+  calls the network twice and combines the outputs;
+- ``hook(x_prev, i, t_prev)`` is called after every step and returns the state to continue with (RePaint
+  replaces the known region with a noised copy there; paired generation can overwrite channels).
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Callable, Literal, Sequence
+
+import torch
+
+from ..errors import fail
+from .schedule import NoiseSchedule
+
+Sampler = Literal["ddpm", "ddim"]
+Model = Callable[..., torch.Tensor]
+Hook = Callable[[torch.Tensor, int, int], torch.Tensor]
+
+
+def respaced_timesteps(T: int, steps: int) -> list[int]:
+    """``steps`` distinct timesteps evenly spaced over ``[0, T-1]``, descending (first = T-1, last = 0)."""
+    if not 1 <= steps <= T:
+        raise fail(f"steps={steps}: must be between 1 and the {T} training timesteps")
+    if steps == 1:
+        return [T - 1]
+    ts = torch.linspace(0, T - 1, steps, dtype=torch.float64).round().long().tolist()
+    return sorted(set(ts), reverse=True)
+
+
+def step_coefficients(schedule: NoiseSchedule, timesteps: Sequence[int], sampler: Sampler, eta: float
+                      ) -> list[tuple[float, float, float]]:
+    """Per-step ``(c_x0, c_xt, sigma)`` for the descending ``timesteps`` (see module docstring); float64 math."""
+    ab = schedule.alphas_cumprod64
+    coefs = []
+    for i, t in enumerate(timesteps):
+        a_t = float(ab[t])
+        a_prev = float(ab[timesteps[i + 1]]) if i + 1 < len(timesteps) else 1.0
+        alpha = a_t / a_prev
+        beta = 1.0 - alpha
+        if sampler == "ddpm":
+            c_x0 = a_prev ** 0.5 * beta / (1.0 - a_t)
+            c_xt = alpha ** 0.5 * (1.0 - a_prev) / (1.0 - a_t)
+            sigma = (beta * (1.0 - a_prev) / (1.0 - a_t)) ** 0.5
+        elif sampler == "ddim":
+            sigma = eta * ((1.0 - a_prev) / (1.0 - a_t) * (1.0 - a_t / a_prev)) ** 0.5
+            d = max(1.0 - a_prev - sigma ** 2, 0.0) ** 0.5
+            s_t = (1.0 - a_t) ** 0.5
+            c_x0 = a_prev ** 0.5 - d * a_t ** 0.5 / s_t
+            c_xt = d / s_t
+        else:
+            raise fail(f"sampler={sampler!r}: choose 'ddpm' or 'ddim'")
+        coefs.append((c_x0, c_xt, sigma))
+    return coefs
+
+
+def make_predictor(model: Model, schedule: NoiseSchedule, cond: Any = None,
+                   autocast_dtype: torch.dtype | None = None, clip: bool = True
+                   ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """``predict(x_t, t) -> x0_hat`` float32 (B, C, H, W), clipped to [-1, 1]; the network runs under autocast."""
+    def predict(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        ctx = (torch.autocast(x_t.device.type, dtype=autocast_dtype) if autocast_dtype is not None
+               else contextlib.nullcontext())
+        with ctx:
+            out = model(x_t, t, cond)
+        x0, _ = schedule.to_x0_eps(out, x_t, t)
+        return x0.clamp(-1.0, 1.0) if clip else x0
+
+    return predict
+
+
+def _noise(generators: Sequence[torch.Generator] | None, shape: torch.Size, device: torch.device) -> torch.Tensor:
+    """Standard normal (B, ...) where row i comes from ``generators[i]`` (CPU) — per-pair reproducibility."""
+    if generators is None:
+        return torch.randn(shape, device=device)
+    z = torch.stack([torch.randn(shape[1:], generator=g) for g in generators])
+    return z.to(device, non_blocking=True)
+
+
+@torch.inference_mode()
+def sample(model: Model, schedule: NoiseSchedule, x_T: torch.Tensor, *, sampler: Sampler = "ddim",
+           steps: int = 50, eta: float = 0.0, cond: Any = None,
+           generators: list[torch.Generator] | None = None, progress: bool = False,
+           autocast_dtype: torch.dtype | None = None, hook: Hook | None = None) -> torch.Tensor:
+    """Run the reverse process from ``x_T`` to ``x0``.
+
+    x_T: float32 (B, C, H, W) standard normal on the model's device. ``generators``: one CPU
+    ``torch.Generator`` per sample for the stochastic noise (sample i depends only on generators[i]);
+    None draws from the global RNG. Returns float32 (B, C, H, W) in [-1, 1] (the final clipped x0_hat).
+    """
+    if generators is not None and len(generators) != x_T.shape[0]:
+        raise fail(f"generators: got {len(generators)} for a batch of {x_T.shape[0]}; pass one per sample")
+    timesteps = respaced_timesteps(schedule.T, steps)
+    coefs = step_coefficients(schedule, timesteps, sampler, eta)
+    predict = make_predictor(model, schedule, cond, autocast_dtype)
+    B, device = x_T.shape[0], x_T.device
+    t_batches = [torch.full((B,), t, dtype=torch.long, device=device) for t in timesteps]
+    it = range(len(timesteps))
+    if progress:
+        from tqdm.auto import tqdm
+        it = tqdm(it, desc=f"{sampler}-{len(timesteps)}", leave=False)
+    x = x_T.float()
+    for i in it:
+        c_x0, c_xt, sigma = coefs[i]
+        x0 = predict(x, t_batches[i])
+        x = c_x0 * x0 + c_xt * x
+        if sigma > 0.0:
+            x = x + sigma * _noise(generators, x.shape, device)
+        if hook is not None:
+            x = hook(x, i, timesteps[i + 1] if i + 1 < len(timesteps) else -1)
+    return x

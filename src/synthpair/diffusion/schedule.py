@@ -1,0 +1,123 @@
+"""Noise schedules and the forward process of DDPM (Ho et al. 2020), written by hand.
+
+Notation (Ho et al. 2020, "DDPM"): ``beta_t`` the variance added at step t, ``alpha_t = 1 - beta_t``,
+``alphabar_t = prod_{s<=t} alpha_s`` (``alphas_cumprod``). Timesteps are 0-based integers ``t in [0, T-1]``.
+
+- linear schedule: ``beta_t`` evenly spaced in ``[beta_start, beta_end]`` (DDPM sec. 4);
+- cosine schedule: ``alphabar(t) = f(t)/f(0)``, ``f(t) = cos^2(((t/T + s)/(1 + s)) * pi/2)``, ``s = 0.008``,
+  ``beta_t = min(1 - alphabar(t+1)/alphabar(t), 0.999)`` (Nichol & Dhariwal 2021, "Improved DDPM", eq. 17).
+
+Schedules are computed in float64 (numerically exact enough for T=1000) and stored as float32 tensors.
+Prediction types (what the network outputs): ``eps`` (DDPM), ``x0`` (the clean sample) and ``v``
+(Salimans & Ho 2022, "Progressive distillation", sec. 4: ``v = sqrt(abar) eps - sqrt(1 - abar) x0``).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+from ..errors import fail
+
+Prediction = Literal["eps", "v", "x0"]
+
+
+@dataclass(frozen=True)
+class DiffusionConfig:
+    """The diffusion process: schedule kind, number of training steps T and what the network predicts."""
+
+    schedule: Literal["linear", "cosine"] = "cosine"
+    num_timesteps: int = 1000
+    beta_start: float = 1e-4
+    beta_end: float = 0.02
+    prediction: Prediction = "v"
+
+    def __post_init__(self) -> None:
+        if self.num_timesteps < 1:
+            raise fail(f"diffusion.num_timesteps={self.num_timesteps}: must be >= 1")
+        if not 0 < self.beta_start <= self.beta_end < 1:
+            raise fail(f"diffusion.beta_start/beta_end={self.beta_start}/{self.beta_end}: "
+                       "need 0 < beta_start <= beta_end < 1")
+
+
+def linear_betas(T: int, beta_start: float, beta_end: float) -> torch.Tensor:
+    """``beta_t`` evenly spaced in ``[beta_start, beta_end]``, float64 (T,) (DDPM sec. 4)."""
+    return torch.linspace(beta_start, beta_end, T, dtype=torch.float64)
+
+
+def cosine_betas(T: int, s: float = 0.008, max_beta: float = 0.999) -> torch.Tensor:
+    """Cosine schedule of Improved DDPM (eq. 17), betas clipped to ``max_beta``; float64 (T,)."""
+    def f(t: float) -> float:
+        return math.cos((t / T + s) / (1 + s) * math.pi / 2) ** 2
+
+    return torch.tensor([min(1 - f(i + 1) / f(i), max_beta) for i in range(T)], dtype=torch.float64)
+
+
+class NoiseSchedule:
+    """Precomputed schedule quantities (all float32 tensors of shape (T,) on ``device``).
+
+    ``betas``, ``alphas_cumprod`` (alphabar_t), ``sqrt_ab`` (sqrt alphabar_t), ``sqrt_1mab``
+    (sqrt(1 - alphabar_t)). The float64 versions are kept as ``alphas_cumprod64`` for samplers that
+    derive respaced schedules.
+    """
+
+    def __init__(self, cfg: DiffusionConfig, device: torch.device | str = "cpu") -> None:
+        self.cfg = cfg
+        self.T = cfg.num_timesteps
+        self.prediction = cfg.prediction
+        if cfg.schedule == "linear":
+            betas = linear_betas(cfg.num_timesteps, cfg.beta_start, cfg.beta_end)
+        elif cfg.schedule == "cosine":
+            betas = cosine_betas(cfg.num_timesteps)
+        else:
+            raise fail(f"diffusion.schedule={cfg.schedule!r}: choose 'linear' or 'cosine'")
+        ab64 = torch.cumprod(1.0 - betas, dim=0)
+        self.betas64 = betas
+        self.alphas_cumprod64 = ab64
+        self.device = torch.device(device)
+        self.betas = betas.float().to(self.device)
+        self.alphas_cumprod = ab64.float().to(self.device)
+        self.sqrt_ab = ab64.sqrt().float().to(self.device)
+        self.sqrt_1mab = (1.0 - ab64).sqrt().float().to(self.device)
+
+    def to(self, device: torch.device | str) -> "NoiseSchedule":
+        """This schedule with its tensors on ``device`` (a new object; self unchanged)."""
+        return NoiseSchedule(self.cfg, device)
+
+    def _coef(self, values: torch.Tensor, t: torch.Tensor, ndim: int) -> torch.Tensor:
+        """Gather ``values[t]`` and reshape to (B, 1, 1, ...) to broadcast over a batch of ``ndim`` dims."""
+        return values.to(t.device)[t].reshape(-1, *([1] * (ndim - 1)))
+
+    def q_sample(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """Forward noising, DDPM eq. (4): ``x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps``.
+
+        x0, noise: (B, C, H, W); t: int64 (B,) in [0, T-1]. Returns x_t with x0's shape and dtype.
+        """
+        return self._coef(self.sqrt_ab, t, x0.ndim) * x0 + self._coef(self.sqrt_1mab, t, x0.ndim) * noise
+
+    def target(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """The regression target of the configured prediction type: eps, x0 or ``v`` (Salimans & Ho, sec. 4)."""
+        if self.prediction == "eps":
+            return noise
+        if self.prediction == "x0":
+            return x0
+        return self._coef(self.sqrt_ab, t, x0.ndim) * noise - self._coef(self.sqrt_1mab, t, x0.ndim) * x0
+
+    def to_x0_eps(self, out: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Model output → (x0_hat, eps_hat) for the configured prediction type (float32).
+
+        eps:  x0 = (x_t - sqrt(1-abar) eps) / sqrt(abar)                 (inverse of DDPM eq. 4)
+        x0:   eps = (x_t - sqrt(abar) x0) / sqrt(1-abar)
+        v:    x0 = sqrt(abar) x_t - sqrt(1-abar) v;  eps = sqrt(1-abar) x_t + sqrt(abar) v  (Salimans & Ho)
+        ``t`` is int64 (B,) on the schedule's timestep grid.
+        """
+        out = out.float()
+        a = self._coef(self.sqrt_ab, t, x_t.ndim)
+        s = self._coef(self.sqrt_1mab, t, x_t.ndim)
+        if self.prediction == "eps":
+            return (x_t - s * out) / a, out
+        if self.prediction == "x0":
+            return out, (x_t - a * out) / s
+        return a * x_t - s * out, s * x_t + a * out
