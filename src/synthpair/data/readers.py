@@ -1,0 +1,461 @@
+"""Readers for the three source kinds that ``prepare`` accepts.
+
+* ``folder``: ``images/`` + ``masks/`` with matching stems (extensions may differ, e.g. ``.jpg`` image and
+  ``.png`` mask), read with PIL. RGB images whose three channels are identical become grayscale.
+  Masks: binary ``{0, 255}`` (→ ``{0, 1}``) or small integer labels ``0..MAX_LABEL``; masks stored as JPEG
+  are thresholded at 128 (JPEG noise), masks stored losslessly with other values are an error.
+* ``nnunet``: nnU-Net raw — ``dataset.json`` (``labels``, ``channel_names``, ``file_ending``),
+  ``imagesTr/<case>_<XXXX><ending>`` (channel suffixes) and ``labelsTr/<case><ending>``; 2-D
+  (``.png``…) or volumes (``.nii.gz``, sliced like the ``nifti`` kind).
+* ``nifti``: ``images/*.nii(.gz)`` + ``labels/`` or ``masks/`` volumes with the same names, sliced to 2-D
+  along ``axis`` in the voxel-array order (no reorientation), keeping case id, slice index and the
+  in-plane spacing from the header zooms.
+
+Readers yield :class:`SourceGroup` objects — one 2-D image, or the chosen slices of one volume — whose
+items carry raw intensities (float32) and integer label maps. Every problem with the input is a one-line
+:class:`~synthpair.errors.SynthpairError` naming the file and the fix.
+"""
+from __future__ import annotations
+
+import csv
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from ..errors import SynthpairError, fail
+
+IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+VOLUME_EXTS = (".nii.gz", ".nii")
+JPEG_EXTS = (".jpg", ".jpeg")
+MAX_LABEL = 31  # masks with integer values 0..MAX_LABEL are label maps
+CASE_COLUMNS = ("case", "case_id", "patient", "patient_id")
+KEY_COLUMNS = ("stem", "id", "image", "filename", "file", "name")
+
+
+@dataclass
+class RawItem:
+    """One 2-D pair before resizing/normalisation.
+
+    ``image``: float32 (H, W) or (H, W, 3) raw intensities; ``mask``: int64 (H, W) labels 0..K;
+    ``spacing``: (row, col) mm of the *original* grid or None; paths are relative to the source root.
+    """
+
+    id: str
+    case: str
+    image: np.ndarray
+    mask: np.ndarray
+    source_image: str
+    source_mask: str
+    slice_index: int | None = None
+    spacing: tuple[float, float] | None = None
+
+
+@dataclass
+class SourceGroup:
+    """Items normalised together: one 2-D image, or the chosen slices of one volume.
+
+    ``stats``: the array whose intensity statistics define the normalisation (the whole volume for
+    slices, the image itself for 2-D); ``dtype``: the on-disk dtype name (e.g. ``uint8``).
+    """
+
+    items: list[RawItem]
+    stats: np.ndarray
+    dtype: str
+
+
+@dataclass
+class Source:
+    """A detected source folder: its kind, the pairs found, and metadata from the folder."""
+
+    root: Path
+    kind: str  # "folder" | "nnunet" | "nifti"
+    pairs: list[tuple[str, list[Path], Path]]  # (case or stem, image path(s) (channels), mask path)
+    labels: dict[str, int] | None = None
+    modality: str | None = None
+    volumetric: bool = False
+    case_map: dict[str, str] = field(default_factory=dict)
+
+
+# ----------------------------------------------------------------------------------------------------
+# file-level readers
+# ----------------------------------------------------------------------------------------------------
+def split_ext(path: Path) -> tuple[str, str]:
+    """``a.nii.gz`` → ``("a", ".nii.gz")``; ``b.PNG`` → ``("b", ".png")``."""
+    name = path.name
+    if name.lower().endswith(".nii.gz"):
+        return name[:-7], ".nii.gz"
+    return path.stem, path.suffix.lower()
+
+
+def _check_file(path: Path) -> None:
+    if not path.is_file():
+        raise fail(f"{path}: file not found; check the source folder")
+    if path.stat().st_size == 0:
+        raise fail(f"{path}: empty file (0 bytes); re-export it or remove it together with its pair")
+
+
+def read_image_2d(path: Path) -> tuple[np.ndarray, str]:
+    """Read a 2-D image → (float32 (H, W) or (H, W, 3), on-disk dtype name).
+
+    PNG/JPG/BMP/TIFF via PIL; a 2-D NIfTI is accepted too. RGB with identical channels → (H, W).
+    Multi-frame images and 3-D volumes are errors.
+    """
+    path = Path(path)
+    _check_file(path)
+    _, ext = split_ext(path)
+    if ext in VOLUME_EXTS:
+        arr, _ = read_volume(path, allow_2d=True)
+        if arr.ndim != 2:
+            raise fail(f"{path}: 3-D volume of shape {tuple(arr.shape)} where a 2-D image was expected; "
+                       f"put volumes in their own folder (images/ + labels/ with .nii.gz files)")
+        return arr.astype(np.float32), "float32"
+    arr = _read_pil(path)
+    dtype = arr.dtype.name
+    if arr.ndim == 3:
+        if arr.shape[2] == 4:
+            arr = arr[:, :, :3]
+        if arr.shape[2] != 3:
+            raise fail(f"{path}: image with {arr.shape[2]} channels; save it as grayscale or RGB")
+        if np.array_equal(arr[:, :, 0], arr[:, :, 1]) and np.array_equal(arr[:, :, 0], arr[:, :, 2]):
+            arr = arr[:, :, 0]
+    return arr.astype(np.float32), dtype
+
+
+def _read_pil(path: Path) -> np.ndarray:
+    """PIL read → uint8/uint16/int32/float32 (H, W) or (H, W, C); one-line errors for bad files."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            if getattr(im, "n_frames", 1) > 1:
+                raise fail(f"{path}: multi-frame image ({im.n_frames} frames) where a 2-D image was expected; "
+                           f"export one frame per file or use a NIfTI volume folder")
+            im.load()
+            if im.mode in ("P", "PA", "CMYK", "YCbCr", "LAB", "HSV"):
+                im = im.convert("RGB")
+            elif im.mode == "LA":
+                im = im.convert("L")
+            elif im.mode == "1":
+                im = im.convert("L")
+            arr = np.asarray(im)
+    except SynthpairError:
+        raise
+    except UnidentifiedImageError:
+        raise fail(f"{path}: not a readable image; replace it with a valid PNG/JPG or remove the pair") from None
+    except (OSError, SyntaxError, ValueError) as err:
+        raise fail(f"{path}: unreadable or truncated image ({err}); re-export it or remove the pair") from None
+    if arr.dtype == np.uint16 or arr.dtype.kind in "iuf":
+        return arr
+    return arr.astype(np.float32)
+
+
+def mask_to_labels(arr: np.ndarray, path: Path, *, lossy: bool = False) -> np.ndarray:
+    """Raw mask values → int64 labels (H, W).
+
+    ``{0, 255}`` (or ``{0, 1}``, ``{255}``) → binary ``{0, 1}``; integer values in ``0..MAX_LABEL`` are kept
+    as labels. ``lossy=True`` (mask stored as JPEG) thresholds at 128 → ``{0, 1}``. Anything else is an
+    error that says what was found.
+    """
+    arr = np.asarray(arr)
+    if arr.ndim == 3:
+        if np.array_equal(arr[..., 0], arr[..., 1]) and np.array_equal(arr[..., 0], arr[..., 2]):
+            arr = arr[..., 0]
+        else:
+            raise fail(f"{path}: colour mask (channels differ); save the mask as a grayscale label map "
+                       f"(0 background, 1..K classes or 0/255)")
+    if not np.all(np.isfinite(arr)):
+        raise fail(f"{path}: mask contains NaN/inf; fix the label file")
+    if lossy:
+        return (arr > 127).astype(np.int64)
+    values = np.unique(arr)
+    if np.all(np.isin(values, (0, 255))):
+        return (arr == 255).astype(np.int64)
+    if np.all(values == np.round(values)) and values.min() >= 0 and values.max() <= MAX_LABEL:
+        return arr.astype(np.int64)
+    shown = ", ".join(str(v) for v in values[:6]) + (", ..." if len(values) > 6 else "")
+    hint = (" — looks like a JPEG-compressed or interpolated mask" if len(values) > 8 else "")
+    raise fail(f"{path}: mask values {{{shown}}} ({len(values)} distinct) are neither {{0, 255}} nor integer "
+               f"labels 0..{MAX_LABEL}{hint}; re-export the mask losslessly (PNG) with 0/255 or 0..K labels")
+
+
+def read_mask_2d(path: Path) -> np.ndarray:
+    """Read a 2-D mask file → int64 labels (H, W) (see :func:`mask_to_labels`)."""
+    path = Path(path)
+    _check_file(path)
+    _, ext = split_ext(path)
+    if ext in VOLUME_EXTS:
+        arr, _ = read_volume(path, allow_2d=True, what="mask")
+        if arr.ndim != 2:
+            raise fail(f"{path}: 3-D mask volume of shape {tuple(arr.shape)} where a 2-D mask was expected; "
+                       f"put volumes in their own folder (images/ + labels/ with .nii.gz files)")
+        return mask_to_labels(arr, path)
+    return mask_to_labels(_read_pil(path), path, lossy=ext in JPEG_EXTS)
+
+
+def read_volume(path: Path, *, allow_2d: bool = False, what: str = "image") -> tuple[np.ndarray, tuple[float, ...]]:
+    """Read a NIfTI file with nibabel → (float32 array (X, Y, Z) in voxel order, zooms per axis in mm).
+
+    Trailing singleton axes beyond 3 are dropped; 4-D data, a 2-D array (unless ``allow_2d``) and
+    NaN/inf values are errors.
+    """
+    import nibabel as nib
+
+    path = Path(path)
+    _check_file(path)
+    try:
+        img = nib.load(str(path))
+        arr = np.asarray(img.dataobj, dtype=np.float32)
+        zooms = tuple(float(z) for z in img.header.get_zooms())
+    except Exception as err:  # nibabel raises many kinds (ImageFileError, EOFError, zlib errors…)
+        raise fail(f"{path}: unreadable or truncated NIfTI ({type(err).__name__}: {err}); "
+                   f"re-export the volume or remove the case") from None
+    while arr.ndim > 3 and arr.shape[-1] == 1:
+        arr = arr[..., 0]
+    if allow_2d and arr.ndim == 3 and arr.shape[-1] == 1:
+        arr = arr[..., 0]
+    if arr.ndim > 3:
+        raise fail(f"{path}: {arr.ndim}-D {what} of shape {tuple(arr.shape)}; expected a 3-D volume "
+                   f"(split channels/time points into separate files)")
+    if arr.ndim < 3 and not allow_2d:
+        raise fail(f"{path}: 2-D {what} of shape {tuple(arr.shape)} where a 3-D volume was expected; "
+                   f"put 2-D images in an images/ + masks/ folder of PNGs")
+    if not np.all(np.isfinite(arr)):
+        raise fail(f"{path}: {what} contains NaN or inf values; fix or remove the volume")
+    return arr, (zooms + (1.0, 1.0, 1.0))[: max(arr.ndim, 3)]
+
+
+# ----------------------------------------------------------------------------------------------------
+# source detection and listing
+# ----------------------------------------------------------------------------------------------------
+def _listing(folder: Path, exts: tuple[str, ...]) -> dict[str, Path]:
+    """Stem → path for files with one of ``exts`` (hidden files skipped); duplicate stems are errors."""
+    out: dict[str, Path] = {}
+    for p in sorted(folder.iterdir()):
+        if p.name.startswith(".") or not p.is_file():
+            continue
+        stem, ext = split_ext(p)
+        if ext not in exts:
+            continue
+        if stem in out:
+            raise fail(f"{p}: two files with stem {stem!r} ({out[stem].name}, {p.name}); keep only one")
+        out[stem] = p
+    return out
+
+
+def _match(images: dict[str, Path], masks: dict[str, Path], img_dir: Path, mask_dir: Path) -> None:
+    for stem, p in images.items():
+        if stem not in masks:
+            raise fail(f"{p}: image without mask (no {mask_dir}/{stem}.*); add the mask or remove the image")
+    for stem, p in masks.items():
+        if stem not in images:
+            raise fail(f"{p}: mask without image (no {img_dir}/{stem}.*); add the image or remove the mask")
+
+
+def read_case_map(root: Path) -> dict[str, str]:
+    """``metadata.csv`` with a case column (case/case_id/patient/patient_id) → {stem: case}; {} if none."""
+    path = root / "metadata.csv"
+    if not path.is_file():
+        return {}
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as fh:
+            rows = list(csv.DictReader(fh))
+    except (OSError, UnicodeDecodeError, csv.Error) as err:
+        raise fail(f"{path}: unreadable CSV ({err}); fix it or remove it") from None
+    if not rows:
+        return {}
+    cols = {c.strip().lower(): c for c in rows[0].keys() if c}
+    case_col = next((cols[c] for c in CASE_COLUMNS if c in cols), None)
+    if case_col is None:
+        return {}
+    key_col = next((cols[c] for c in KEY_COLUMNS if c in cols), None)
+    if key_col is None:
+        raise fail(f"{path}: has a {case_col!r} column but no image column ({', '.join(KEY_COLUMNS)}); "
+                   f"add a 'stem' column naming each image")
+    out = {}
+    for row in rows:
+        key = split_ext(Path(str(row[key_col]).strip()))[0]
+        case = str(row[case_col]).strip()
+        if key and case:
+            out[key] = case
+    return out
+
+
+def detect_source(src: Path | str) -> Source:
+    """Find the source kind of ``src`` and list its pairs (nothing is read yet except dataset.json)."""
+    root = Path(src)
+    if not root.is_dir():
+        raise fail(f"{root}: source folder not found; pass a folder with images/ + masks/, an nnU-Net raw "
+                   f"folder or images/ + labels/ NIfTI volumes")
+    if (root / "imagesTr").is_dir():
+        return _detect_nnunet(root)
+    img_dir = root / "images"
+    mask_dir = next((root / d for d in ("masks", "labels") if (root / d).is_dir()), None)
+    if not img_dir.is_dir() or mask_dir is None:
+        missing = "images/" if not img_dir.is_dir() else "masks/ (or labels/)"
+        raise fail(f"{root}: no {missing} folder; expected images/ + masks/ (2-D), images/ + labels/ "
+                   f"(NIfTI volumes) or an nnU-Net raw folder (imagesTr/, labelsTr/, dataset.json)")
+    images = _listing(img_dir, IMAGE_EXTS + VOLUME_EXTS)
+    masks = _listing(mask_dir, IMAGE_EXTS + VOLUME_EXTS)
+    if not images:
+        raise fail(f"{img_dir}: no images found (.png/.jpg/.tif/.nii.gz); add images or choose another folder")
+    if not masks:
+        raise fail(f"{mask_dir}: no masks found; add one mask per image with the same file stem")
+    _match(images, masks, img_dir, mask_dir)
+    volumetric = all(split_ext(p)[1] in VOLUME_EXTS for p in images.values())
+    if volumetric:
+        for stem, p in masks.items():
+            if split_ext(p)[1] not in VOLUME_EXTS:
+                raise fail(f"{p}: 2-D mask for the volume {images[stem].name}; provide a NIfTI label volume")
+    case_map = {} if volumetric else read_case_map(root)
+    pairs = [(stem, [images[stem]], masks[stem]) for stem in sorted(images)]
+    return Source(root=root, kind="nifti" if volumetric else "folder", pairs=pairs, volumetric=volumetric,
+                  case_map=case_map)
+
+
+def _detect_nnunet(root: Path) -> Source:
+    import json
+
+    djson = root / "dataset.json"
+    if not djson.is_file():
+        raise fail(f"{djson}: missing; an nnU-Net raw folder needs dataset.json with labels and channel_names")
+    try:
+        meta = json.loads(djson.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise fail(f"{djson}: not valid JSON ({err}); fix it") from None
+    labels = meta.get("labels")
+    if not isinstance(labels, dict) or not all(isinstance(v, int) for v in labels.values()):
+        raise fail(f"{djson}: 'labels' must map names to integer labels (region-based labels are not supported)")
+    labels = {str(k): int(v) for k, v in sorted(labels.items(), key=lambda kv: kv[1])}
+    channel_names = meta.get("channel_names") or meta.get("modality") or {}
+    ending = str(meta.get("file_ending", ".nii.gz")).lower()
+    img_dir, lab_dir = root / "imagesTr", root / "labelsTr"
+    if not lab_dir.is_dir():
+        raise fail(f"{lab_dir}: missing; an nnU-Net raw folder needs labelsTr/ next to imagesTr/")
+    files = [p for p in sorted(img_dir.iterdir()) if p.is_file() and not p.name.startswith(".")
+             and p.name.lower().endswith(ending)]
+    if not files:
+        raise fail(f"{img_dir}: no '*_0000{ending}' images; add images or fix file_ending in {djson.name}")
+    by_case: dict[str, dict[int, Path]] = {}
+    for p in files:
+        stem = p.name[: -len(ending)]
+        case, _, ch = stem.rpartition("_")
+        if not case or not (len(ch) == 4 and ch.isdigit()):
+            raise fail(f"{p}: nnU-Net image names are <case>_<XXXX>{ending} (channel suffix); rename it")
+        by_case.setdefault(case, {})[int(ch)] = p
+    n_ch = len(channel_names) if channel_names else max(len(v) for v in by_case.values())
+    if n_ch not in (1, 3):
+        raise fail(f"{djson}: {n_ch} channels; synthpair supports 1 (grayscale) or 3 (RGB) channels")
+    labels_found = {p.name[: -len(ending)]: p
+                    for p in sorted(lab_dir.iterdir()) if p.is_file() and p.name.lower().endswith(ending)}
+    pairs = []
+    for case, chans in sorted(by_case.items()):
+        if sorted(chans) != list(range(n_ch)):
+            raise fail(f"{img_dir}/{case}_0000{ending}: case {case!r} has channels {sorted(chans)}, expected "
+                       f"0..{n_ch - 1}; add the missing channel files")
+        if case not in labels_found:
+            raise fail(f"{chans[0]}: image without label (no {lab_dir}/{case}{ending}); add it or remove the case")
+        pairs.append((case, [chans[k] for k in range(n_ch)], labels_found[case]))
+    for case, p in labels_found.items():
+        if case not in by_case:
+            raise fail(f"{p}: label without image (no {img_dir}/{case}_0000{ending}); add it or remove the label")
+    modality = None
+    if isinstance(channel_names, dict):
+        modality = str(channel_names.get("0", channel_names.get(0, ""))) or None
+    return Source(root=root, kind="nnunet", pairs=pairs, labels=labels, modality=modality,
+                  volumetric=ending in VOLUME_EXTS)
+
+
+# ----------------------------------------------------------------------------------------------------
+# reading pairs
+# ----------------------------------------------------------------------------------------------------
+def _rel(root: Path, p: Path) -> str:
+    return str(p.relative_to(root))
+
+
+def choose_slices(mask_vol: np.ndarray, axis: int, foreground_only: bool, empty_fraction: float,
+                  rng: np.random.Generator) -> list[int]:
+    """Slice indices along ``axis`` to keep: all, or those with foreground plus a seeded random
+    ``empty_fraction`` (0..1, rounded) of the empty ones. Sorted ascending."""
+    n = mask_vol.shape[axis]
+    if not foreground_only:
+        return list(range(n))
+    other = tuple(a for a in range(mask_vol.ndim) if a != axis)
+    has_fg = np.any(mask_vol > 0, axis=other)
+    fg = np.flatnonzero(has_fg)
+    empty = np.flatnonzero(~has_fg)
+    k = int(round(empty_fraction * len(empty)))
+    picked = rng.choice(empty, size=k, replace=False) if k > 0 else np.array([], dtype=int)
+    return sorted(int(i) for i in np.concatenate([fg, picked]))
+
+
+def _read_2d_pair(source: Source, stem: str, img_paths: list[Path], mask_path: Path) -> SourceGroup:
+    chans = [read_image_2d(p) for p in img_paths]
+    if len(chans) == 1:
+        image, dtype = chans[0]
+    else:
+        for (c, _), p in zip(chans, img_paths):
+            if c.ndim != 2:
+                raise fail(f"{p}: channel file must be single-channel grayscale")
+            if c.shape != chans[0][0].shape:
+                raise fail(f"{p}: channel size {c.shape} differs from {img_paths[0].name} {chans[0][0].shape}")
+        image, dtype = np.stack([c for c, _ in chans], axis=-1), chans[0][1]
+    mask = read_mask_2d(mask_path)
+    if image.shape[:2] != mask.shape:
+        raise fail(f"{img_paths[0]}: image size {image.shape[:2]} differs from mask {mask_path.name} "
+                   f"{mask.shape}; resize the mask to the image (nearest neighbour) or fix the pair")
+    if not np.all(np.isfinite(image)):
+        raise fail(f"{img_paths[0]}: image contains NaN or inf values; fix or remove it")
+    case = source.case_map.get(stem, stem)
+    item = RawItem(id=stem, case=case, image=image, mask=mask, source_image=_rel(source.root, img_paths[0]),
+                   source_mask=_rel(source.root, mask_path))
+    return SourceGroup(items=[item], stats=image, dtype=dtype)
+
+
+def _read_volume_pair(source: Source, case: str, img_paths: list[Path], mask_path: Path, *, axis: int,
+                      foreground_only: bool, empty_fraction: float, seed: int) -> SourceGroup:
+    vols = [read_volume(p) for p in img_paths]
+    vol, zooms = vols[0]
+    if axis not in (0, 1, 2):
+        raise fail(f"axis={axis}: slicing axis must be 0, 1 or 2")
+    for (v, _), p in zip(vols[1:], img_paths[1:]):
+        if v.shape != vol.shape:
+            raise fail(f"{p}: channel volume shape {v.shape} differs from {img_paths[0].name} {vol.shape}")
+    mvol, _ = read_volume(mask_path, what="label volume")
+    if mvol.shape != vol.shape:
+        raise fail(f"{img_paths[0]}: volume shape {vol.shape} differs from label {mask_path.name} {mvol.shape}; "
+                   f"resample the labels to the image grid")
+    if np.any(mvol != np.round(mvol)) or mvol.min() < 0 or mvol.max() > MAX_LABEL:
+        raise fail(f"{mask_path}: label volume values must be integers 0..{MAX_LABEL}; fix the label file")
+    mvol = mvol.astype(np.int64)
+    rng = np.random.default_rng([int(seed), zlib.crc32(case.encode())])
+    keep = choose_slices(mvol, axis, foreground_only, empty_fraction, rng)
+    r_ax, c_ax = [a for a in range(3) if a != axis]
+    spacing = (float(zooms[r_ax]), float(zooms[c_ax]))
+    items = []
+    for i in keep:
+        chans = [np.take(v, i, axis=axis) for v, _ in vols]
+        image = chans[0] if len(chans) == 1 else np.stack(chans, axis=-1)
+        items.append(RawItem(id=f"{case}_s{i:04d}", case=case, image=image.astype(np.float32),
+                             mask=np.take(mvol, i, axis=axis), source_image=_rel(source.root, img_paths[0]),
+                             source_mask=_rel(source.root, mask_path), slice_index=i, spacing=spacing))
+    stats = vol if len(vols) == 1 else np.stack([v for v, _ in vols], axis=-1)
+    return SourceGroup(items=items, stats=stats, dtype="float32")
+
+
+def iter_source(source: Source, *, axis: int = 2, foreground_only: bool = False, empty_fraction: float = 0.0,
+                seed: int = 0) -> Iterator[SourceGroup]:
+    """Read the pairs of ``source`` one by one (a volume yields its chosen slices as one group)."""
+    for key, img_paths, mask_path in source.pairs:
+        if source.volumetric:
+            yield _read_volume_pair(source, key, img_paths, mask_path, axis=axis, foreground_only=foreground_only,
+                                    empty_fraction=empty_fraction, seed=seed)
+        else:
+            yield _read_2d_pair(source, key, img_paths, mask_path)
+
+
+def source_summary(source: Source) -> dict[str, Any]:
+    """Small JSON-able description of a source (kind, number of pairs) for logs and dataset.json."""
+    return {"kind": source.kind, "pairs": len(source.pairs), "volumetric": source.volumetric}
