@@ -1,0 +1,85 @@
+"""The ``Method`` protocol and the method registry.
+
+A method says (1) which network it needs for a dataset, (2) its training loss for a batch of real pairs,
+(3) how to sample pairs from seeds. The trainer and the generator only talk to this protocol.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Protocol, Sequence, runtime_checkable
+
+import torch
+from torch import nn
+
+from ..errors import fail
+
+
+@dataclass(frozen=True)
+class DataInfo:
+    """What a method needs to know about the data: image channels C, labels incl. background, (H, W)."""
+
+    channels: int
+    num_classes: int
+    size: tuple[int, int]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"channels": self.channels, "num_classes": self.num_classes, "size": list(self.size)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "DataInfo":
+        return cls(int(d["channels"]), int(d["num_classes"]), (int(d["size"][0]), int(d["size"][1])))
+
+
+@runtime_checkable
+class Method(Protocol):
+    """A generation method (see :mod:`synthpair.methods.joint` for the reference implementation)."""
+
+    name: str
+
+    def build_network(self, data: DataInfo, net_cfg: Any) -> nn.Module:
+        """The network with signature ``forward(x_t, t, cond=None)`` for this data."""
+
+    def training_loss(self, model: Callable[..., torch.Tensor], schedule: Any, images: torch.Tensor,
+                      masks: torch.Tensor, generator: torch.Generator, *, data: DataInfo,
+                      shard: tuple[int, int] = (0, 1)) -> torch.Tensor:
+        """Scalar loss on a batch. images float32 (B, C, H, W) in [-1, 1]; masks int64 (B, H, W).
+
+        All random draws (t, noise) are made for the whole batch from ``generator`` (a CPU generator whose
+        state is checkpointed) so that every DDP rank draws the same numbers; the loss is then computed on
+        rows ``rank::world`` of ``shard = (rank, world)``. The caller sets autocast around this call.
+        """
+
+    def sample(self, model: Callable[..., torch.Tensor], schedule: Any, seeds: Sequence[int], *, data: DataInfo,
+               sampler: str = "ddim", steps: int = 25, eta: float = 0.0, device: torch.device | str = "cpu",
+               autocast_dtype: torch.dtype | None = None, progress: bool = False
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pairs from seeds → (images float32 (B, C, H, W) in [-1, 1], masks int64 (B, H, W)), on CPU.
+
+        Pair i depends only on ``seeds[i]``: its initial noise and sampler noise come from
+        ``torch.Generator().manual_seed(seeds[i])`` on CPU.
+        """
+
+
+_REGISTRY: dict[str, Callable[[], Method]] = {}
+
+
+def register_method(name: str, factory: Callable[[], Method]) -> None:
+    """Register a method factory under ``name`` (later methods: mask2image, dsdm, pig, controlnet)."""
+    _REGISTRY[name] = factory
+
+
+def available_methods() -> list[str]:
+    _load_builtin()
+    return sorted(_REGISTRY)
+
+
+def get_method(name: str) -> Method:
+    """The method called ``name``; unknown names are a one-line error listing the valid ones."""
+    _load_builtin()
+    if name not in _REGISTRY:
+        raise fail(f"method {name!r}: unknown; choose one of {', '.join(sorted(_REGISTRY))}")
+    return _REGISTRY[name]()
+
+
+def _load_builtin() -> None:
+    from . import joint  # noqa: F401  (registers itself)

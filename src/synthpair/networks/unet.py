@@ -1,0 +1,66 @@
+"""The denoising U-Net: MONAI's ``DiffusionModelUNet`` behind the network signature ``forward(x_t, t, cond)``.
+
+Every diffusion network in synthpair answers ``forward(x_t (B, C_in, H, W) float, t int64 (B,), cond=None)
+-> (B, C_out, H, W)``; the math in :mod:`synthpair.diffusion` only relies on that.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import fail
+
+
+@dataclass(frozen=True)
+class UNetConfig:
+    """MONAI ``DiffusionModelUNet`` hyper-parameters (2D). ``channels[i]`` must be divisible by ``norm_num_groups``."""
+
+    channels: tuple[int, ...] = (32, 64, 64)
+    attention_levels: tuple[bool, ...] = (False, False, True)
+    num_res_blocks: int = 1
+    num_head_channels: int = 32
+    norm_num_groups: int = 16
+    resblock_updown: bool = False
+    use_flash_attention: bool = True
+
+    def __post_init__(self) -> None:
+        if len(self.channels) != len(self.attention_levels):
+            raise fail(f"net.channels {list(self.channels)} and net.attention_levels {list(self.attention_levels)} "
+                       "must have the same length")
+        bad = [c for c in self.channels if c % self.norm_num_groups]
+        if bad:
+            raise fail(f"net.channels {list(self.channels)}: each must be divisible by "
+                       f"net.norm_num_groups={self.norm_num_groups}")
+
+
+class DiffusionUNet(nn.Module):
+    """Thin wrapper: ``forward(x_t, t, cond=None)``; ``cond`` is unused by the unconditional (joint) U-Net."""
+
+    def __init__(self, cfg: UNetConfig, in_channels: int, out_channels: int) -> None:
+        super().__init__()
+        from monai.networks.nets import DiffusionModelUNet
+
+        from ._einops_compat import ensure_rearrange
+
+        ensure_rearrange()  # MONAI attention needs einops; a tiny equivalent is used when it is missing
+        self.cfg = cfg
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.unet = DiffusionModelUNet(
+            spatial_dims=2, in_channels=in_channels, out_channels=out_channels,
+            num_res_blocks=cfg.num_res_blocks, channels=tuple(cfg.channels),
+            attention_levels=tuple(cfg.attention_levels), norm_num_groups=cfg.norm_num_groups,
+            num_head_channels=cfg.num_head_channels, resblock_updown=cfg.resblock_updown,
+            use_flash_attention=cfg.use_flash_attention)
+
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor, cond: Any = None) -> torch.Tensor:
+        """x_t: (B, in_channels, H, W); t: int64 (B,) in [0, T-1] → (B, out_channels, H, W)."""
+        return self.unet(x_t, t)
+
+
+def build_unet(cfg: UNetConfig, in_channels: int, out_channels: int) -> DiffusionUNet:
+    """Build the wrapped MONAI U-Net (H and W must be divisible by 2**(len(channels)-1))."""
+    return DiffusionUNet(cfg, in_channels, out_channels)

@@ -1,0 +1,398 @@
+"""Train a diffusion generator on the training split of one fold and write the RUN folder.
+
+RUN layout (docs/architecture.md): ``config.json`` (this TrainConfig), ``env.json``, ``log.txt``,
+``metrics.jsonl`` (one object per logged step), ``samples/step_<n>.png`` (EMA previews),
+``checkpoints/state.pt`` (everything needed for an exact resume), ``training_cases.json`` and ``export/``
+(EMA weights, see :mod:`synthpair.networks.export`).
+
+Randomness: batch indices, flips, timesteps and noise are all drawn from ONE CPU ``torch.Generator``
+seeded with ``cfg.seed`` and saved in the checkpoint. Every DDP rank draws the same numbers for the whole
+global batch and uses rows ``rank::world`` (a DistributedSampler-equivalent shard), so a resumed run and a
+straight run see identical batches and, on CPU, give identical losses and weights. Only rank 0 writes files.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import platform
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from ..config import save_config, to_dict
+from ..data.dataset import PreparedDataset
+from ..diffusion.schedule import DiffusionConfig, NoiseSchedule
+from ..errors import fail
+from ..io import ensure_dir, save_png_atomic, translate_os_errors, write_bytes_atomic, write_json_atomic
+from ..methods import DataInfo, get_method
+from ..methods.generate import resolve_autocast
+from ..networks.unet import UNetConfig
+from .ema import ema_decay_at, ema_update, make_ema
+
+# Keys that may differ between a checkpoint and the config it is resumed with (they do not change the math).
+RESUME_FREE_KEYS = ("steps", "log_every", "preview_every", "preview_n", "preview_steps", "checkpoint_every",
+                    "device")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that defines a generator training run (saved as RUN/config.json)."""
+
+    method: str = "joint"
+    fold: int = 0
+    steps: int = 1000
+    batch_size: int = 16
+    lr: float = 2e-4
+    weight_decay: float = 0.0
+    warmup_steps: int = 50          # linear LR warm-up, then constant (so resuming to more steps is exact)
+    ema_decay: float = 0.999
+    ema_warmup: bool = True         # decay min(ema_decay, (1+s)/(10+s)), see training/ema.py
+    grad_clip: float = 1.0          # max global grad norm; 0 disables
+    amp: Literal["auto", "bf16", "off"] = "auto"
+    seed: int = 0
+    log_every: int = 10
+    preview_every: int = 250        # 0: only at the end
+    preview_n: int = 16
+    preview_steps: int = 25         # DDIM steps of the preview samples
+    checkpoint_every: int = 250     # 0: only at the end (and on Ctrl-C)
+    augment_flips: bool = True      # random horizontal/vertical flips of image and mask together
+    net: UNetConfig = field(default_factory=UNetConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    device: str = "auto"            # auto | cpu | cuda | cuda:<i>
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size"):
+            if getattr(self, name) < 1:
+                raise fail(f"train.{name}={getattr(self, name)}: must be >= 1")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise fail(f"train.ema_decay={self.ema_decay}: must be in [0, 1)")
+
+
+def config_hash(cfg: TrainConfig) -> str:
+    """sha256 of the config without the keys that may change on resume (RESUME_FREE_KEYS)."""
+    d = {k: v for k, v in to_dict(cfg).items() if k not in RESUME_FREE_KEYS}
+    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()
+
+
+# ----------------------------------------------------------------------------------------------- helpers
+def _dist_info() -> tuple[int, int, int]:
+    """(rank, world, local_rank); initialises the process group under torchrun (gloo on CPU, nccl on CUDA)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1, 0
+    if not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        dist.init_process_group(backend=backend)
+    return dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def _device(spec: str, local_rank: int, world: int) -> torch.device:
+    if spec == "auto":
+        spec = "cuda" if torch.cuda.is_available() else "cpu"
+    dev = torch.device(spec)
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise fail(f"train.device={spec}: CUDA is not available on this machine; use device=cpu or auto")
+        if world > 1 and dev.index is None:
+            dev = torch.device("cuda", local_rank)
+        torch.cuda.set_device(dev)
+    return dev
+
+
+def _git_hash() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).resolve().parent)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _env_info(device: torch.device, autocast: torch.dtype | None, world: int) -> dict[str, Any]:
+    import monai
+
+    import synthpair
+
+    return {"synthpair": synthpair.__version__, "torch": torch.__version__, "monai": monai.__version__,
+            "python": platform.python_version(), "platform": platform.platform(), "git": _git_hash(),
+            "device": str(device), "cuda": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(), "threads": torch.get_num_threads(),
+            "autocast": str(autocast) if autocast else None, "world_size": world}
+
+
+def _flip(images: torch.Tensor, masks: torch.Tensor, flips: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Flip rows i with flips[i, 0] horizontally and with flips[i, 1] vertically (image and mask together)."""
+    fh = flips[:, 0].to(images.device)
+    fv = flips[:, 1].to(images.device)
+    images = torch.where(fh.view(-1, 1, 1, 1), images.flip(-1), images)
+    masks = torch.where(fh.view(-1, 1, 1), masks.flip(-1), masks)
+    images = torch.where(fv.view(-1, 1, 1, 1), images.flip(-2), images)
+    masks = torch.where(fv.view(-1, 1, 1), masks.flip(-2), masks)
+    return images, masks
+
+
+def draw_batch(n: int, batch_size: int, generator: torch.Generator, flips: bool
+               ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Indices of one global batch (without replacement when it fits) and per-row flip flags (B, 2)."""
+    if batch_size <= n:
+        idx = torch.randperm(n, generator=generator)[:batch_size]
+    else:
+        idx = torch.randint(0, n, (batch_size,), generator=generator)
+    flip = torch.rand((batch_size, 2), generator=generator) < 0.5 if flips else None
+    return idx, flip
+
+
+class _RunLog:
+    """log.txt + metrics.jsonl (rank 0 only; other ranks get a no-op instance)."""
+
+    def __init__(self, out: Path | None) -> None:
+        self.out = out
+
+    def line(self, text: str) -> None:
+        if self.out is None:
+            return
+        with translate_os_errors(self.out / "log.txt"), open(self.out / "log.txt", "a", encoding="utf-8") as fh:
+            fh.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {text}\n")
+
+    def metrics(self, record: dict[str, Any]) -> None:
+        if self.out is None:
+            return
+        with translate_os_errors(self.out / "metrics.jsonl"), \
+                open(self.out / "metrics.jsonl", "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(record) + "\n")
+
+    def truncate_metrics(self, step: int) -> None:
+        """Drop metrics logged after ``step`` (a resumed run logs them again)."""
+        path = None if self.out is None else self.out / "metrics.jsonl"
+        if path is None or not path.is_file():
+            return
+        keep = [ln for ln in path.read_text(encoding="utf-8").splitlines()
+                if ln.strip() and json.loads(ln).get("step", 0) <= step]
+        path.write_text("".join(ln + "\n" for ln in keep), encoding="utf-8")
+
+
+# ------------------------------------------------------------------------------------------- checkpoint
+def _save_checkpoint(path: Path, *, model: nn.Module, ema: nn.Module, opt: torch.optim.Optimizer,
+                     sched: Any, gen_state: torch.Tensor, step: int, cfg: TrainConfig) -> None:
+    state = {"step": step, "config_hash": config_hash(cfg), "config": to_dict(cfg),
+             "model": model.state_dict(), "ema": ema.state_dict(), "optimizer": opt.state_dict(),
+             "scheduler": sched.state_dict(), "generator": gen_state, "torch_rng": torch.get_rng_state(),
+             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    write_bytes_atomic(path, buf.getvalue())
+
+
+def _load_checkpoint(path: Path, cfg: TrainConfig) -> dict[str, Any]:
+    if not path.is_file():
+        raise fail(f"{path}: no checkpoint to resume from; start a new run without --resume (in an empty --out)")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001  (corrupt/truncated file → one line)
+        raise fail(f"{path}: unreadable checkpoint ({type(err).__name__}); delete it and train from scratch") from None
+    if state.get("config_hash") != config_hash(cfg):
+        old = state.get("config", {})
+        new = to_dict(cfg)
+
+        def flat(d: dict[str, Any], pre: str = "") -> dict[str, Any]:
+            out: dict[str, Any] = {}
+            for k, v in d.items():
+                out.update(flat(v, f"{pre}{k}.") if isinstance(v, dict) else {f"{pre}{k}": v})
+            return out
+
+        fo, fn = flat(old), flat(new)
+        diff = sorted(k for k in set(fo) | set(fn)
+                      if fo.get(k) != fn.get(k) and k.split(".")[0] not in RESUME_FREE_KEYS)
+        shown = ", ".join(f"{k} ({fo.get(k)!r} -> {fn.get(k)!r})" for k in diff[:6]) or "unknown keys"
+        raise fail(f"{path}: checkpoint was written with a different config: {shown}; "
+                   "resume with the run's own config.json or start a new --out")
+    return state
+
+
+# ------------------------------------------------------------------------------------------------ train
+def train_generator(data_dir: Path | str, out_dir: Path | str, cfg: TrainConfig = TrainConfig(),
+                    resume: bool = False, progress: bool = True) -> Path:
+    """Train ``cfg.method`` on the training split of fold ``cfg.fold`` of DATA; write the RUN folder; return it.
+
+    ``resume=True`` continues from ``out_dir/checkpoints/state.pt`` exactly (same losses and weights as an
+    uninterrupted run on CPU); ``cfg.steps`` may be larger than the checkpoint's. Works under
+    ``torchrun --nproc_per_node=N`` (each rank computes rows ``rank::N`` of every global batch of
+    ``cfg.batch_size``). Ctrl-C saves a checkpoint before exiting.
+    """
+    data_dir, out = Path(data_dir), Path(out_dir)
+    rank, world, local_rank = _dist_info()
+    is_main = rank == 0
+    if cfg.batch_size % world:
+        raise fail(f"train.batch_size={cfg.batch_size}: must be divisible by the {world} DDP processes")
+    # Every rank checks before rank 0 writes anything (no rank sees another's files).
+    ckpt_path = out / "checkpoints" / "state.pt"
+    non_empty = out.is_file() or (out.is_dir() and any(out.iterdir()))
+    if non_empty and not resume:
+        raise fail(f"{out}: output folder already exists and is not empty; choose a new --out or pass --resume")
+    state = _load_checkpoint(ckpt_path, cfg) if resume else None
+    if world > 1:
+        dist.barrier()
+
+    ds = PreparedDataset.open(data_dir)
+    train_ids, _ = ds.split(cfg.fold)
+    if not train_ids:
+        raise fail(f"{data_dir}: fold {cfg.fold} has no training items; check splits.json")
+    train_cases, _ = ds.fold_cases(cfg.fold)
+    info = DataInfo(ds.channels, ds.num_classes, ds.size)
+    method = get_method(cfg.method)
+    device = _device(cfg.device, local_rank, world)
+    autocast = resolve_autocast(cfg.amp, device)
+    images_np, masks_np = ds.load(train_ids)
+    images = torch.from_numpy(images_np).to(device)
+    masks = torch.from_numpy(masks_np).to(device)
+
+    torch.manual_seed(cfg.seed)  # identical initial weights on every rank
+    model = method.build_network(info, cfg.net).to(device)
+    ema = make_ema(model)
+    schedule = NoiseSchedule(cfg.diffusion, device=device)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    warm = max(cfg.warmup_steps, 0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warm) if warm else 1.0)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    step = 0
+    if state is not None:
+        model.load_state_dict(state["model"])
+        ema.load_state_dict(state["ema"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        gen.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        if torch.cuda.is_available() and state["cuda_rng"]:
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        step = int(state["step"])
+        del state
+    net: nn.Module = model
+    if world > 1:
+        net = nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
+
+    log = _RunLog(out if is_main else None)
+    if is_main:
+        ensure_dir(out / "samples")
+        ensure_dir(out / "checkpoints")
+        save_config(cfg, out / "config.json")
+        write_json_atomic(out / "env.json", _env_info(device, autocast, world))
+        write_json_atomic(out / "training_cases.json", {
+            "fold": cfg.fold, "data": str(data_dir.resolve()), "cases": sorted(train_cases),
+            "items": list(train_ids), "num_items": len(train_ids)})
+        if resume:
+            log.truncate_metrics(step)
+            log.line(f"resume from step {step} -> {cfg.steps}")
+        else:
+            n_params = sum(p.numel() for p in model.parameters())
+            log.line(f"start: method={cfg.method} fold={cfg.fold} items={len(train_ids)} params={n_params} "
+                     f"device={device} autocast={autocast} world={world}")
+
+    def checkpoint(at_step: int, gen_state: torch.Tensor) -> None:
+        if is_main:
+            _save_checkpoint(ckpt_path, model=model, ema=ema, opt=opt, sched=sched, gen_state=gen_state,
+                             step=at_step, cfg=cfg)
+
+    def preview(at_step: int) -> None:
+        if not is_main or cfg.preview_n < 1:
+            return
+        from ..report.grid import pair_grid
+
+        imgs, msks = method.sample(ema, schedule, list(range(cfg.preview_n)), data=info, sampler="ddim",
+                                   steps=min(cfg.preview_steps, cfg.diffusion.num_timesteps), device=device,
+                                   autocast_dtype=autocast)
+        save_png_atomic(out / "samples" / f"step_{at_step}.png",
+                        pair_grid(imgs.numpy(), msks.numpy(), ncols=8, num_classes=info.num_classes))
+
+    bar = None
+    if is_main and progress:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=cfg.steps, initial=step, desc="train", dynamic_ncols=True)
+    loss_sum, n_loss, t_last = 0.0, 0, time.perf_counter()
+    gen_state = gen.get_state()
+    updating = False
+    model.train()
+    try:
+        while step < cfg.steps:
+            gen_state = gen.get_state()  # state at the start of this step: what a Ctrl-C checkpoint stores
+            idx, flips = draw_batch(len(train_ids), cfg.batch_size, gen, cfg.augment_flips)
+            idx_d = idx.to(device)
+            x, m = images[idx_d], masks[idx_d]
+            if flips is not None:
+                x, m = _flip(x, m, flips)
+            with torch.autocast(device.type, dtype=autocast, enabled=autocast is not None):
+                loss = method.training_loss(net, schedule, x, m, gen, data=info, shard=(rank, world))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = (nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip) if cfg.grad_clip > 0
+                         else torch.tensor(0.0))
+            updating = True
+            opt.step()
+            sched.step()
+            ema_update(ema, model, ema_decay_at(step, cfg.ema_decay, cfg.ema_warmup))
+            step += 1
+            updating = False
+            loss_sum += float(loss.detach())
+            n_loss += 1
+            if step % max(cfg.log_every, 1) == 0 or step == cfg.steps:
+                mean_loss = loss_sum / n_loss
+                if world > 1:
+                    t = torch.tensor([mean_loss], dtype=torch.float64, device=device)
+                    dist.all_reduce(t)
+                    mean_loss = float(t) / world
+                now = time.perf_counter()
+                ips = n_loss * cfg.batch_size / max(now - t_last, 1e-9)
+                rec = {"step": step, "loss": mean_loss, "lr": sched.get_last_lr()[0],
+                       "grad_norm": float(grad_norm), "img_per_s": ips}
+                log.metrics(rec)
+                log.line(f"step {step} loss {mean_loss:.5f} lr {rec['lr']:.2e} img/s {ips:.1f}")
+                if bar is not None:
+                    bar.set_postfix(loss=f"{mean_loss:.4f}", img_s=f"{ips:.1f}")
+                loss_sum, n_loss, t_last = 0.0, 0, now
+            if bar is not None:
+                bar.update(1)
+            if cfg.preview_every and step % cfg.preview_every == 0 and step != cfg.steps:
+                preview(step)
+            if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step != cfg.steps:
+                checkpoint(step, gen.get_state())
+    except KeyboardInterrupt:
+        if not updating:
+            checkpoint(step, gen_state)
+            log.line(f"interrupted at step {step}; checkpoint saved, continue with --resume")
+        else:
+            log.line(f"interrupted during an update at step {step}; last periodic checkpoint kept")
+        raise
+    finally:
+        if bar is not None:
+            bar.close()
+
+    checkpoint(step, gen.get_state())
+    preview(step)
+    if is_main:
+        from ..networks.export import save_export
+
+        save_export(out / "export", ema, {
+            "method": cfg.method, "net": to_dict(cfg.net), "diffusion": to_dict(cfg.diffusion),
+            "data": info.to_dict(), "labels": ds.labels, "fold": cfg.fold, "step": step,
+            "train_config_hash": config_hash(cfg)})
+        log.line(f"done: {step} steps; export written to {out / 'export'}")
+    if world > 1:
+        dist.barrier()
+    return out
+
+
+def load_train_config(path: Path | str) -> TrainConfig:
+    """TrainConfig from a JSON file (RUN/config.json or a user file); unknown keys are errors."""
+    from ..config import load_config
+
+    return load_config(TrainConfig, path)
+
+
+__all__ = ["TrainConfig", "train_generator", "config_hash", "load_train_config", "draw_batch"]

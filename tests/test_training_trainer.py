@@ -1,0 +1,163 @@
+"""Trainer: RUN folder contents, exact resume, config-mismatch errors, EMA math, export round trip, DDP."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import write_tiny_prepared
+from synthpair.diffusion import DiffusionConfig
+from synthpair.errors import SynthpairError
+from synthpair.networks import UNetConfig
+from synthpair.training import TrainConfig, train_generator
+from synthpair.training.ema import ema_decay_at, ema_update, make_ema
+
+TINY = TrainConfig(steps=6, batch_size=4, log_every=1, preview_every=0, preview_n=4, preview_steps=3,
+                   checkpoint_every=0, amp="off", warmup_steps=2,
+                   net=UNetConfig(channels=(8, 16), attention_levels=(False, True), num_head_channels=8,
+                                  norm_num_groups=8),
+                   diffusion=DiffusionConfig(num_timesteps=50))
+
+
+def _losses(run: Path) -> list[tuple[int, float]]:
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    return [(r["step"], r["loss"]) for r in map(json.loads, lines)]
+
+
+def _weights(run: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(run / "export" / "model.safetensors"))
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    return write_tiny_prepared(tmp_path_factory.mktemp("tiny") / "data")
+
+
+@pytest.fixture(scope="module")
+def straight_run(data, tmp_path_factory) -> Path:
+    return train_generator(data, tmp_path_factory.mktemp("runs") / "straight", TINY, progress=False)
+
+
+def test_run_folder_contract(straight_run, data):
+    for name in ("config.json", "env.json", "log.txt", "metrics.jsonl", "training_cases.json",
+                 "checkpoints/state.pt", "samples/step_6.png", "export/config.json", "export/model.safetensors",
+                 "export/version.json"):
+        assert (straight_run / name).is_file(), name
+    assert [s for s, _ in _losses(straight_run)] == list(range(1, 7))
+    cases = json.loads((straight_run / "training_cases.json").read_text())
+    splits = json.loads((data / "splits.json").read_text())
+    assert cases["cases"] == sorted(splits["folds"][0]["train"]) and cases["fold"] == 0
+    state = torch.load(straight_run / "checkpoints" / "state.pt", weights_only=True)
+    assert state["step"] == 6 and {"model", "ema", "optimizer", "scheduler", "generator"} <= set(state)
+    exp = json.loads((straight_run / "export" / "config.json").read_text())
+    assert exp["method"] == "joint" and exp["data"] == {"channels": 1, "num_classes": 2, "size": [16, 16]}
+
+
+def test_resume_is_exact(straight_run, data, tmp_path):
+    run = tmp_path / "halves"
+    train_generator(data, run, dataclasses.replace(TINY, steps=3), progress=False)
+    assert len(_losses(run)) == 3
+    train_generator(data, run, TINY, resume=True, progress=False)
+    assert _losses(run) == _losses(straight_run)  # identical per-step losses (exact floats)
+    a, b = _weights(run), _weights(straight_run)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resume_with_other_config_names_keys(straight_run, data, tmp_path):
+    import shutil
+
+    run = tmp_path / "copy"
+    shutil.copytree(straight_run, run)
+    with pytest.raises(SynthpairError, match=r"state\.pt.*lr") as err:
+        train_generator(data, run, dataclasses.replace(TINY, lr=1e-3, steps=8), resume=True, progress=False)
+    assert "\n" not in str(err.value)
+
+
+def test_new_run_into_non_empty_out_fails(straight_run, data):
+    with pytest.raises(SynthpairError, match="not empty"):
+        train_generator(data, straight_run, TINY, progress=False)
+
+
+def test_ema_update_by_hand():
+    lin = torch.nn.Linear(1, 1, bias=False)
+    with torch.no_grad():
+        lin.weight.fill_(2.0)
+    ema = make_ema(lin)
+    with torch.no_grad():
+        lin.weight.fill_(4.0)
+    d = ema_decay_at(0, 0.999)
+    assert d == pytest.approx(1 / 10)  # warm-up: (1+0)/(10+0)
+    ema_update(ema, lin, d)
+    assert ema.weight.item() == pytest.approx(0.1 * 2.0 + 0.9 * 4.0)
+    assert ema_decay_at(10_000, 0.999) == 0.999 and ema_decay_at(0, 0.9, warmup=False) == 0.9
+
+
+def test_export_round_trip_and_synthesize_batch(straight_run):
+    from synthpair.methods import synthesize_batch
+    from synthpair.networks.export import load_export
+
+    model, cfg = load_export(straight_run / "export")
+    x, t = torch.randn(2, 2, 16, 16), torch.tensor([3, 40])
+    from synthpair.methods import DataInfo, get_method
+
+    ema_state = torch.load(straight_run / "checkpoints" / "state.pt", weights_only=True)["ema"]
+    ref = get_method("joint").build_network(DataInfo(1, 2, (16, 16)), TINY.net)
+    ref.load_state_dict(ema_state)
+    ref.eval()
+    with torch.no_grad():
+        assert torch.equal(model(x, t), ref(x, t))  # the export holds exactly the EMA weights
+    a = synthesize_batch((model, cfg), [3, 1, 4], steps=4, amp="off")
+    b = synthesize_batch(straight_run / "export", [3, 1, 4], steps=4, amp="off")
+    assert a[0].shape == (3, 1, 16, 16) and a[1].shape == (3, 16, 16) and a[1].dtype == torch.int64
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    c = synthesize_batch((model, cfg), [3, 1, 4], sampler="ddpm", steps=4, amp="off")
+    d = synthesize_batch((model, cfg), [3, 1, 4], sampler="ddpm", steps=4, amp="off")
+    assert torch.equal(c[0], d[0]) and not torch.equal(c[0], a[0])
+
+
+def test_load_export_errors(straight_run, tmp_path):
+    import shutil
+
+    from synthpair.networks.export import load_export
+
+    with pytest.raises(SynthpairError, match="not found"):
+        load_export(tmp_path / "nope")
+    bad = tmp_path / "export"
+    shutil.copytree(straight_run / "export", bad)
+    raw = bytearray((bad / "model.safetensors").read_bytes())
+    raw[-1] ^= 0xFF
+    (bad / "model.safetensors").write_bytes(bytes(raw))
+    with pytest.raises(SynthpairError, match="sha256"):
+        load_export(bad)
+    (bad / "model.safetensors").unlink()
+    with pytest.raises(SynthpairError, match="weights file missing"):
+        load_export(bad)
+
+
+@pytest.mark.ddp
+def test_ddp_two_processes(data, tmp_path):
+    run = tmp_path / "ddp"
+    sets = ["steps=2", "batch_size=4", "log_every=1", "preview_n=2", "preview_steps=2", "amp=off",
+            "net.channels=8,16", "net.attention_levels=false,true", "net.num_head_channels=8",
+            "net.norm_num_groups=8", "diffusion.num_timesteps=50"]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone",
+           "-m", "synthpair.training.ddp_entry", str(data), str(run), "--no-progress"]
+    for s in sets:
+        cmd += ["--set", s]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert [s for s, _ in _losses(run)] == [1, 2]  # one metrics line per step: rank 0 alone wrote
+    assert (run / "export" / "model.safetensors").is_file()
+    log = (run / "log.txt").read_text()
+    assert log.count("start:") == 1 and "world=2" in log
+    assert sorted(p.name for p in run.iterdir()) == ["checkpoints", "config.json", "env.json", "export", "log.txt",
+                                                     "metrics.jsonl", "samples", "training_cases.json"]
