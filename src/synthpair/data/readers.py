@@ -1,7 +1,8 @@
 """Readers for the three source kinds that ``prepare`` accepts.
 
 * ``folder``: ``images/`` + ``masks/`` with matching stems (extensions may differ, e.g. ``.jpg`` image and
-  ``.png`` mask), read with PIL. RGB images whose three channels are identical become grayscale.
+  ``.png`` mask), read with PIL. RGB images whose three channels are identical (for JPEG: within ±3)
+  become grayscale.
   Masks: binary ``{0, 255}`` (→ ``{0, 1}``) or small integer labels ``0..MAX_LABEL``; masks stored as JPEG
   are thresholded at 128 (JPEG noise), masks stored losslessly with other values are an error.
 * ``nnunet``: nnU-Net raw — ``dataset.json`` (``labels``, ``channel_names``, ``file_ending``),
@@ -121,7 +122,14 @@ def read_image_2d(path: Path) -> tuple[np.ndarray, str]:
             raise fail(f"{path}: image with {arr.shape[2]} channels; save it as grayscale or RGB")
         if np.array_equal(arr[:, :, 0], arr[:, :, 1]) and np.array_equal(arr[:, :, 0], arr[:, :, 2]):
             arr = arr[:, :, 0]
+        elif ext in JPEG_EXTS and _channel_spread(arr) <= 3:  # gray saved as RGB JPEG: chroma noise only
+            arr = np.rint(arr.astype(np.float32).mean(axis=2)).astype(arr.dtype)
     return arr.astype(np.float32), dtype
+
+
+def _channel_spread(arr: np.ndarray) -> float:
+    a = arr.astype(np.int32)
+    return float(max(np.abs(a[..., 0] - a[..., 1]).max(), np.abs(a[..., 0] - a[..., 2]).max()))
 
 
 def _read_pil(path: Path) -> np.ndarray:
