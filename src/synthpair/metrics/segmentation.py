@@ -114,8 +114,8 @@ def class_metrics(pred: Any, ref: Any, num_classes: int, spacings: SpacingArg = 
 
     out: dict[str, np.ndarray] = {}
     # ignore_empty=False: both empty → 1, exactly one empty → 0 (the convention above).
-    out["dice"] = compute_dice(yp, yr, include_background=True, ignore_empty=False).double().numpy()
-    out["iou"] = compute_iou(yp, yr, include_background=True, ignore_empty=False).double().numpy()
+    out["dice"] = compute_dice(yp.double(), yr.double(), include_background=True, ignore_empty=False).double().numpy()
+    out["iou"] = compute_iou(yp.double(), yr.double(), include_background=True, ignore_empty=False).double().numpy()
     cm = get_confusion_matrix(yp, yr, include_background=True).double().numpy()  # (N, K-1, [tp, fp, tn, fn])
     tp, fp, fn = cm[..., 0], cm[..., 1], cm[..., 3]
     with np.errstate(invalid="ignore", divide="ignore"):

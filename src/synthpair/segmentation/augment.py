@@ -1,0 +1,33 @@
+"""Paired augmentation on tensors: the image and its mask move together (no interpolation, no resampling)."""
+from __future__ import annotations
+
+import torch
+
+
+def flip_rot(images: torch.Tensor, masks: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Apply one random element of the dihedral group per sample to image and mask alike.
+
+    Args:
+        images: float ``(B, C, H, W)``; masks: int ``(B, H, W)``.
+        generator: CPU generator; draws 3 integers per sample (hflip, vflip, quarter turns), so the result
+            is a deterministic function of the generator state.
+
+    Returns augmented copies with the same shapes (quarter turns only by 0/180° when ``H != W``).
+    """
+    b, _, h, w = images.shape
+    draws = torch.randint(0, 4, (b, 3), generator=generator)
+    out_i, out_m = images.clone(), masks.clone()
+    for i in range(b):
+        img, msk = images[i], masks[i]
+        if draws[i, 0] % 2:
+            img, msk = img.flip(-1), msk.flip(-1)
+        if draws[i, 1] % 2:
+            img, msk = img.flip(-2), msk.flip(-2)
+        k = int(draws[i, 2]) if h == w else 2 * (int(draws[i, 2]) % 2)
+        if k:
+            img, msk = torch.rot90(img, k, (-2, -1)), torch.rot90(msk, k, (-2, -1))
+        out_i[i], out_m[i] = img, msk
+    return out_i, out_m
+
+
+AUGMENTATIONS = {"flip_rot": flip_rot, "none": None}

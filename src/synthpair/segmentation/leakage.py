@@ -1,0 +1,98 @@
+"""Leakage guard: a synthetic folder may only be mixed into training for folds whose test cases it never saw.
+
+A synthetic folder (SYN, docs/architecture.md) carries ``manifest.jsonl``, one JSON object per pair, whose
+``train_cases`` list every real case the generator saw (mask sources and reference images included), plus
+``source_case`` (the case the pair's mask came from) and optionally ``reference_case`` /
+``reference_cases``. If any of these cases lies in the evaluation (test) split of a fold being evaluated,
+the held-out numbers of that fold would be inflated, so :func:`check_synthetic` refuses the folder.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+from ..data.dataset import PreparedDataset
+from ..errors import fail
+
+CASE_FIELDS: tuple[str, ...] = ("train_cases", "source_case", "reference_case", "reference_cases")
+"""Manifest fields naming real cases a pair depends on (str or list of str)."""
+
+
+def read_manifest(syn_dir: Path | str) -> list[dict[str, Any]]:
+    """Read ``SYN/manifest.jsonl`` → one dict per line; one-line errors for a missing/invalid manifest."""
+    syn_dir = Path(syn_dir)
+    path = syn_dir / "manifest.jsonl"
+    if not path.is_file():
+        raise fail(f"{syn_dir}: has no manifest.jsonl; synthetic folders must come from `synthpair generate`")
+    records = []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise fail(f"{path}:{n}: not valid JSON ({err}); regenerate the folder with `synthpair generate`") from None
+        if not isinstance(rec, dict) or "id" not in rec:
+            raise fail(f"{path}:{n}: expected an object with an 'id'; regenerate the folder with `synthpair generate`")
+        if not isinstance(rec.get("train_cases"), list):
+            raise fail(f"{path}:{n}: no 'train_cases' list, so leakage cannot be ruled out; regenerate the folder "
+                       f"with `synthpair generate`")
+        records.append(rec)
+    if not records:
+        raise fail(f"{path}: empty manifest; regenerate the folder with `synthpair generate`")
+    return records
+
+
+def manifest_cases(records: Iterable[dict[str, Any]]) -> set[str]:
+    """Every real case id named by the :data:`CASE_FIELDS` of the manifest records."""
+    cases: set[str] = set()
+    for rec in records:
+        for key in CASE_FIELDS:
+            val = rec.get(key)
+            if val is None:
+                continue
+            cases.update(str(v) for v in (val if isinstance(val, list) else [val]) if v is not None)
+    return cases
+
+
+def check_no_leakage(syn_dir: Path | str, records: Sequence[dict[str, Any]], real: PreparedDataset,
+                     folds: Sequence[int]) -> None:
+    """Refuse when a case of the manifest lies in the test split of any fold in ``folds``."""
+    seen = manifest_cases(records)
+    for k in folds:
+        real.split(k)  # validates the fold number with a one-line error
+        test = set(real.fold_cases(k)[1])
+        bad = sorted(seen & test)
+        if bad:
+            shown = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+            raise fail(f"{syn_dir}: synthetic pairs depend on {len(bad)} case(s) of the evaluation split of fold {k} "
+                       f"({shown}); generate them from a generator trained on fold {k} (its train_cases exclude "
+                       f"the test cases), or evaluate another fold")
+
+
+def check_synthetic(syn_dir: Path | str, real: PreparedDataset, folds: Sequence[int]) -> PreparedDataset:
+    """Open a synthetic folder and check it may be mixed into training for ``folds`` of ``real``.
+
+    Checks: ``manifest.jsonl`` exists and covers every item, no leakage into any evaluated test split,
+    same channels and size as the real data, no more classes than the real data. Returns the opened
+    folder (``PreparedDataset.open(syn_dir, require_splits=False)``).
+    """
+    syn_dir = Path(syn_dir)
+    records = read_manifest(syn_dir)
+    syn = PreparedDataset.open(syn_dir, require_splits=False)
+    missing = sorted(set(syn.ids) - {str(r["id"]) for r in records})
+    if missing:
+        raise fail(f"{syn_dir}: {len(missing)} item(s) of dataset.json have no manifest line (e.g. {missing[0]}), so "
+                   f"their provenance is unknown; regenerate the folder with `synthpair generate`")
+    if syn.channels != real.channels:
+        raise fail(f"{syn_dir}: {syn.channels} channel(s) but the real data {real.root} has {real.channels}; "
+                   f"generate from a generator trained on this dataset")
+    if syn.size != real.size:
+        raise fail(f"{syn_dir}: size {syn.size[0]}×{syn.size[1]} but the real data {real.root} is "
+                   f"{real.size[0]}×{real.size[1]}; generate from a generator trained on this dataset")
+    if syn.num_classes > real.num_classes:
+        raise fail(f"{syn_dir}: {syn.num_classes} classes but the real data {real.root} has {real.num_classes}; "
+                   f"generate from a generator trained on this dataset")
+    check_no_leakage(syn_dir, records, real, folds)
+    return syn
