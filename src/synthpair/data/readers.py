@@ -335,7 +335,7 @@ def _detect_nnunet(root: Path) -> Source:
         raise fail(f"{djson}: not valid JSON ({err}); fix it") from None
     labels = meta.get("labels")
     if not isinstance(labels, dict) or not all(isinstance(v, int) for v in labels.values()):
-        raise fail(f"{djson}: 'labels' must map names to integer labels (region-based labels are not supported)")
+        raise fail(f'{djson}: "labels" must map names to integer labels (region-based labels are not supported); write e.g. {{"background": 0, "lesion": 1}}')
     labels = {str(k): int(v) for k, v in sorted(labels.items(), key=lambda kv: kv[1])}
     channel_names = meta.get("channel_names") or meta.get("modality") or {}
     ending = str(meta.get("file_ending", ".nii.gz")).lower()
