@@ -118,6 +118,8 @@ def test_export_round_trip_and_synthesize_batch(straight_run):
     b = synthesize_batch(straight_run / "export", [3, 1, 4], steps=4, amp="off")
     assert a[0].shape == (3, 1, 16, 16) and a[1].shape == (3, 16, 16) and a[1].dtype == torch.int64
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    alone = synthesize_batch((model, cfg), [1], steps=4, amp="off")  # pair 1 depends only on its seed
+    assert torch.allclose(alone[0][0], a[0][1], atol=1e-4)
     c = synthesize_batch((model, cfg), [3, 1, 4], sampler="ddpm", steps=4, amp="off")
     d = synthesize_batch((model, cfg), [3, 1, 4], sampler="ddpm", steps=4, amp="off")
     assert torch.equal(c[0], d[0]) and not torch.equal(c[0], a[0])
