@@ -85,3 +85,34 @@ def write_nnunet_folder(root: Path, n_cases: int = 3, shape=(20, 24, 10), zooms=
         "channel_names": {"0": channel}, "labels": {"background": 0, "liver": 1, "tumour": 2},
         "numTraining": n_cases, "file_ending": ".nii.gz"}))
     return root
+
+
+def write_dicom(path: Path, arr: np.ndarray, *, spacing=(0.7, 0.6), z: float = 0.0, instance: int = 1,
+                modality: str = "CT", intercept: float = -1024.0, frames: int = 1) -> Path:
+    """A minimal single-frame (or ``frames``-frame) int16 DICOM file with spacing, position and rescale."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.Modality = modality
+    data = np.asarray(arr, np.int16)
+    ds.Rows, ds.Columns = data.shape[-2:]
+    if frames > 1:
+        ds.NumberOfFrames = frames
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
+    ds.PixelSpacing = [str(spacing[0]), str(spacing[1])]
+    ds.ImageOrientationPatient = ["1", "0", "0", "0", "1", "0"]
+    ds.ImagePositionPatient = ["0", "0", str(z)]
+    ds.InstanceNumber = instance
+    ds.RescaleSlope, ds.RescaleIntercept = "1", str(intercept)
+    ds.PixelData = data.tobytes()
+    ds.save_as(str(path), enforce_file_format=True)
+    return path

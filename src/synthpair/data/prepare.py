@@ -208,6 +208,10 @@ def prepare_dataset(src: Path | str, out: Path | str, cfg: PrepareConfig | None 
             items.append(meta)
 
         cases = [m["case"] for m in items]
+        if dup_groups and len(set(cases)) < cfg.folds:
+            raise fail(f"{src}: only {len(set(cases))} case(s) after merging {len(dup_groups)} near-duplicate "
+                       f"group(s) but {cfg.folds} folds requested; lower --folds, add data, or disable dedup "
+                       f"(--no-dedup) if the images are not really duplicates")
         splits = kfold_by_case(cases, cfg.folds, cfg.seed, where=str(src))
         method = sorted(method_used)[0] if len(method_used) == 1 else "mixed"
         norm = describe(method, low=cfg.low_percentile, high=cfg.high_percentile, ct_center=cfg.ct_center,

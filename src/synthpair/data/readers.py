@@ -10,7 +10,12 @@
   (``.png``…) or volumes (``.nii.gz``, sliced like the ``nifti`` kind).
 * ``nifti``: ``images/*.nii(.gz)`` + ``labels/`` or ``masks/`` volumes with the same names, sliced to 2-D
   along ``axis`` in the voxel-array order (no reorientation), keeping case id, slice index and the
-  in-plane spacing from the header zooms.
+  in-plane spacing from the header zooms. A DICOM series may stand in for an image volume:
+  ``images/<case>/*.dcm`` (one slice per file, pydicom, sorted along the slice normal) gives an array
+  (rows, cols, slices) with rescale slope/intercept applied; its label volume ``labels/<case>.nii.gz``
+  must have that same array shape and order.
+
+Single 2-D DICOM files (``images/*.dcm``) are read in the ``folder`` kind with their ``PixelSpacing``.
 
 Readers yield :class:`SourceGroup` objects — one 2-D image, or the chosen slices of one volume — whose
 items carry raw intensities (float32) and integer label maps. Every problem with the input is a one-line
@@ -28,7 +33,7 @@ import numpy as np
 
 from ..errors import SynthpairError, fail
 
-IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm")
 VOLUME_EXTS = (".nii.gz", ".nii")
 JPEG_EXTS = (".jpg", ".jpeg")
 MAX_LABEL = 31  # masks with integer values 0..MAX_LABEL are label maps
@@ -98,21 +103,25 @@ def _check_file(path: Path) -> None:
         raise fail(f"{path}: empty file (0 bytes); re-export it or remove it together with its pair")
 
 
-def read_image_2d(path: Path) -> tuple[np.ndarray, str]:
-    """Read a 2-D image → (float32 (H, W) or (H, W, 3), on-disk dtype name).
+def read_image_2d(path: Path) -> tuple[np.ndarray, str, tuple[float, float] | None]:
+    """Read a 2-D image → (float32 (H, W) or (H, W, 3), on-disk dtype name, spacing (row, col) mm or None).
 
-    PNG/JPG/BMP/TIFF via PIL; a 2-D NIfTI is accepted too. RGB with identical channels → (H, W).
+    PNG/JPG/BMP/TIFF via PIL (no spacing); a 2-D NIfTI (header zooms) and a single-frame DICOM
+    (``PixelSpacing``, rescale applied) are accepted too. RGB with identical channels → (H, W).
     Multi-frame images and 3-D volumes are errors.
     """
     path = Path(path)
     _check_file(path)
     _, ext = split_ext(path)
     if ext in VOLUME_EXTS:
-        arr, _ = read_volume(path, allow_2d=True)
+        arr, zooms = read_volume(path, allow_2d=True)
         if arr.ndim != 2:
             raise fail(f"{path}: 3-D volume of shape {tuple(arr.shape)} where a 2-D image was expected; "
                        f"put volumes in their own folder (images/ + labels/ with .nii.gz files)")
-        return arr.astype(np.float32), "float32"
+        return arr.astype(np.float32), "float32", (zooms[0], zooms[1])
+    if ext == ".dcm":
+        arr, spacing, ds = read_dicom(path)
+        return arr, ("uint8" if int(getattr(ds, "BitsAllocated", 16)) == 8 and arr.min() >= 0 else "float32"), spacing
     arr = _read_pil(path)
     dtype = arr.dtype.name
     if arr.ndim == 3:
@@ -124,7 +133,70 @@ def read_image_2d(path: Path) -> tuple[np.ndarray, str]:
             arr = arr[:, :, 0]
         elif ext in JPEG_EXTS and _channel_spread(arr) <= 3:  # gray saved as RGB JPEG: chroma noise only
             arr = np.rint(arr.astype(np.float32).mean(axis=2)).astype(arr.dtype)
-    return arr.astype(np.float32), dtype
+    return arr.astype(np.float32), dtype, None
+
+
+def read_dicom(path: Path) -> tuple[np.ndarray, tuple[float, float] | None, Any]:
+    """One single-frame DICOM file → (float32 (H, W) or (H, W, 3) with rescale slope/intercept applied,
+    ``PixelSpacing`` (row, col) mm or None, the pydicom dataset). Multi-frame files are errors."""
+    import pydicom
+
+    path = Path(path)
+    _check_file(path)
+    try:
+        ds = pydicom.dcmread(str(path))
+        arr = np.asarray(ds.pixel_array)
+    except Exception as err:  # pydicom raises InvalidDicomError, AttributeError (no pixels), codec errors…
+        raise fail(f"{path}: unreadable DICOM ({type(err).__name__}: {err}); re-export it or remove it") from None
+    frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
+    samples = int(getattr(ds, "SamplesPerPixel", 1) or 1)
+    if frames > 1 or arr.ndim > (3 if samples > 1 else 2):
+        raise fail(f"{path}: multi-frame DICOM ({frames} frames, shape {tuple(arr.shape)}) where a 2-D image was "
+                   f"expected; export one frame per file (a series folder images/<case>/*.dcm) or a NIfTI volume")
+    arr = arr.astype(np.float32) * float(getattr(ds, "RescaleSlope", 1) or 1) + float(getattr(ds, "RescaleIntercept", 0) or 0)
+    spacing = None
+    if "PixelSpacing" in ds and len(ds.PixelSpacing) == 2:
+        spacing = (float(ds.PixelSpacing[0]), float(ds.PixelSpacing[1]))
+    if arr.ndim == 3 and samples == 3 and np.array_equal(arr[..., 0], arr[..., 1]) and np.array_equal(arr[..., 0], arr[..., 2]):
+        arr = arr[..., 0]
+    return arr.astype(np.float32), spacing, ds
+
+
+def read_dicom_series(folder: Path) -> tuple[np.ndarray, tuple[float, float, float], str | None]:
+    """A folder of single-slice DICOM files → (float32 (rows, cols, slices), zooms (row, col, slice) mm,
+    the DICOM Modality or None). Slices are sorted along the slice normal (ImagePositionPatient ·
+    normal of ImageOrientationPatient), else by InstanceNumber, else by file name."""
+    folder = Path(folder)
+    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() == ".dcm")
+    if not files:
+        raise fail(f"{folder}: DICOM series folder without .dcm files; add the slices or remove the folder")
+    slices = []
+    for p in files:
+        arr, spacing, ds = read_dicom(p)
+        if arr.ndim != 2:
+            raise fail(f"{p}: colour DICOM slice in a series; only grayscale series are supported")
+        pos = None
+        if "ImagePositionPatient" in ds and "ImageOrientationPatient" in ds:
+            iop = np.asarray([float(v) for v in ds.ImageOrientationPatient])
+            pos = float(np.dot(np.cross(iop[:3], iop[3:]), [float(v) for v in ds.ImagePositionPatient]))
+        inst = int(getattr(ds, "InstanceNumber", 0) or 0)
+        slices.append((pos, inst, p.name, arr, spacing, ds))
+        if arr.shape != slices[0][3].shape:
+            raise fail(f"{p}: slice size {arr.shape} differs from {files[0].name} {slices[0][3].shape}; "
+                       f"a series must have one image size")
+    if all(s[0] is not None for s in slices):
+        slices.sort(key=lambda s: (s[0], s[1], s[2]))
+        gaps = np.diff([s[0] for s in slices])
+    else:
+        slices.sort(key=lambda s: (s[1], s[2]))
+        gaps = np.array([])
+    dz = float(np.median(np.abs(gaps))) if len(gaps) and np.median(np.abs(gaps)) > 0 else \
+        float(getattr(slices[0][5], "SliceThickness", 1.0) or 1.0)
+    sp = slices[0][4] or (1.0, 1.0)
+    vol = np.stack([s[3] for s in slices], axis=-1)
+    if not np.all(np.isfinite(vol)):
+        raise fail(f"{folder}: series contains NaN or inf values; fix or remove it")
+    return vol, (sp[0], sp[1], dz), (str(getattr(slices[0][5], "Modality", "")) or None)
 
 
 def _channel_spread(arr: np.ndarray) -> float:
@@ -242,7 +314,13 @@ def _listing(folder: Path, exts: tuple[str, ...]) -> dict[str, Path]:
     """Stem → path for files with one of ``exts`` (hidden files skipped); duplicate stems are errors."""
     out: dict[str, Path] = {}
     for p in sorted(folder.iterdir()):
-        if p.name.startswith(".") or not p.is_file():
+        if p.name.startswith("."):
+            continue
+        if p.is_dir():
+            if any(q.suffix.lower() == ".dcm" for q in p.iterdir()):
+                out[p.name] = p  # a DICOM series (one volume)
+            continue
+        if not p.is_file():
             continue
         stem, ext = split_ext(p)
         if ext not in exts:
@@ -312,7 +390,16 @@ def detect_source(src: Path | str) -> Source:
     if not masks:
         raise fail(f"{mask_dir}: no masks found; add one mask per image with the same file stem")
     _match(images, masks, img_dir, mask_dir)
-    volumetric = all(split_ext(p)[1] in VOLUME_EXTS for p in images.values())
+    volumetric = all(p.is_dir() or split_ext(p)[1] in VOLUME_EXTS for p in images.values())
+    series = [p for p in images.values() if p.is_dir()]
+    if series and not volumetric:
+        raise fail(f"{series[0]}: DICOM series folder next to 2-D images in {img_dir}; keep 2-D images and "
+                   f"volumes (NIfTI files or DICOM series folders) in separate source folders")
+    modality = None
+    dcm = next((q for p in images.values() for q in ([p] if p.is_file() else sorted(p.iterdir()))
+                if q.suffix.lower() == ".dcm"), None)
+    if dcm is not None:
+        modality = _dicom_modality(dcm)
     if volumetric:
         for stem, p in masks.items():
             if split_ext(p)[1] not in VOLUME_EXTS:
@@ -320,7 +407,16 @@ def detect_source(src: Path | str) -> Source:
     case_map = {} if volumetric else read_case_map(root)
     pairs = [(stem, [images[stem]], masks[stem]) for stem in sorted(images)]
     return Source(root=root, kind="nifti" if volumetric else "folder", pairs=pairs, volumetric=volumetric,
-                  case_map=case_map)
+                  case_map=case_map, modality=modality)
+
+
+def _dicom_modality(path: Path) -> str | None:
+    import pydicom
+
+    try:
+        return str(pydicom.dcmread(str(path), stop_before_pixels=True).get("Modality", "")) or None
+    except Exception:  # unreadable files are reported with their name when the pixels are read
+        return None
 
 
 def _detect_nnunet(root: Path) -> Source:
@@ -400,7 +496,9 @@ def choose_slices(mask_vol: np.ndarray, axis: int, foreground_only: bool, empty_
 
 
 def _read_2d_pair(source: Source, stem: str, img_paths: list[Path], mask_path: Path) -> SourceGroup:
-    chans = [read_image_2d(p) for p in img_paths]
+    read = [read_image_2d(p) for p in img_paths]
+    spacing = read[0][2]
+    chans = [(a, d) for a, d, _ in read]
     if len(chans) == 1:
         image, dtype = chans[0]
     else:
@@ -418,13 +516,13 @@ def _read_2d_pair(source: Source, stem: str, img_paths: list[Path], mask_path: P
         raise fail(f"{img_paths[0]}: image contains NaN or inf values; fix or remove it")
     case = source.case_map.get(stem, stem)
     item = RawItem(id=stem, case=case, image=image, mask=mask, source_image=_rel(source.root, img_paths[0]),
-                   source_mask=_rel(source.root, mask_path))
+                   source_mask=_rel(source.root, mask_path), spacing=spacing)
     return SourceGroup(items=[item], stats=image, dtype=dtype)
 
 
 def _read_volume_pair(source: Source, case: str, img_paths: list[Path], mask_path: Path, *, axis: int,
                       foreground_only: bool, empty_fraction: float, seed: int) -> SourceGroup:
-    vols = [read_volume(p) for p in img_paths]
+    vols = [read_dicom_series(p)[:2] if p.is_dir() else read_volume(p) for p in img_paths]
     vol, zooms = vols[0]
     if axis not in (0, 1, 2):
         raise fail(f"axis={axis}: slicing axis must be 0, 1 or 2")
