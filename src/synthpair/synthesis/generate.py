@@ -105,11 +105,19 @@ def _generator_provenance(run: Path) -> dict[str, Any]:
         "generator_run": str(run.resolve()),
         "model_sha256": _sha256(weights),
         "fold": cases.get("fold"),
-        "train_cases": sorted(cases.get("train_cases", [])),
+        "train_cases": sorted(cases.get("train_cases", cases.get("cases", []))),
         "data": cases.get("data"),
         "method": export_cfg.get("method", "joint"),
         "export_config": export_cfg,
     }
+
+
+def _labels(data_info: dict[str, Any]) -> dict[str, int]:
+    """Label names of the generator's data (export config), or generic names from ``num_classes``."""
+    if data_info.get("labels"):
+        return {str(k): int(v) for k, v in data_info["labels"].items()}
+    k = int(data_info.get("num_classes", 2))
+    return {"background": 0, **({"lesion": 1} if k == 2 else {f"class{i}": i for i in range(1, k)})}
 
 
 def _load_progress(out: Path) -> dict[str, Any] | None:
@@ -200,7 +208,7 @@ def generate(run_dir: Path | str, out_dir: Path | str, cfg: GenerateConfig = Gen
     prov = _generator_provenance(run)
     model_bundle = load_export(run / "export")
     export_cfg = prov["export_config"]
-    data_info = export_cfg.get("data", {})
+    data_info = {**export_cfg.get("data", {}), **{k: export_cfg[k] for k in ("labels", "modality") if k in export_cfg}}
 
     check_writable_dir(out)
     state = _load_progress(out)
@@ -272,12 +280,15 @@ def generate(run_dir: Path | str, out_dir: Path | str, cfg: GenerateConfig = Gen
              for r in lines]
     info = dataset_info(
         name=f"synthetic-{Path(prov['generator_run']).name}", modality=data_info.get("modality", "unknown"),
-        channels=data_info.get("channels", 1), labels=data_info.get("labels", {"background": 0, "lesion": 1}),
+        channels=data_info.get("channels", 1), labels=_labels(data_info),
         size=data_info.get("size", [0, 0]), normalisation={"method": "synthetic"}, items=items,
         synthetic=True, generator_run=prov["generator_run"], model_sha256=prov["model_sha256"],
         fold=prov["fold"], train_cases=prov["train_cases"])
     write_dataset_json(out, info)
     write_json_atomic(out / PROGRESS, {**state, "complete": True})
+    if progress:
+        print(f"generated {state['kept']} pairs from {state['attempted']} seeds in {time.time() - t0:.1f}s",
+              file=sys.stderr)
     return out
 
 
