@@ -30,14 +30,19 @@ def _os_error(path: Path | str, err: OSError) -> SynthpairError:
 
 
 @contextlib.contextmanager
-def translate_os_errors(path: Path | str) -> Iterator[None]:
-    """Turn OSErrors raised inside the block into one-line SynthpairErrors naming ``path``."""
+def translate_os_errors(path: Path | str, *, name_given_path: bool = False) -> Iterator[None]:
+    """Turn OSErrors raised inside the block into one-line SynthpairErrors.
+
+    The message names the file the OS complained about, or ``path`` when ``name_given_path`` (used where
+    the OS would name an internal temporary file the user never asked for).
+    """
     try:
         yield
     except SynthpairError:
         raise
     except OSError as err:
-        raise _os_error(getattr(err, "filename", None) or path, err) from None
+        named = path if name_given_path else (getattr(err, "filename", None) or path)
+        raise _os_error(named, err) from None
 
 
 def ensure_dir(path: Path | str) -> Path:
@@ -125,12 +130,12 @@ def atomic_output_dir(out: Path | str, *, overwrite: bool = False) -> Iterator[P
     exists_non_empty = out.is_file() or (out.is_dir() and any(out.iterdir()))
     if exists_non_empty and not overwrite:
         raise fail(f"{out}: output folder already exists and is not empty; choose a new --out or pass --overwrite")
-    with translate_os_errors(out):
+    with translate_os_errors(out, name_given_path=True):
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
     try:
         yield tmp
-        with translate_os_errors(out):
+        with translate_os_errors(out, name_given_path=True):
             if out.exists():
                 shutil.rmtree(out) if out.is_dir() else out.unlink()
             os.replace(tmp, out)
