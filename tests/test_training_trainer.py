@@ -163,3 +163,25 @@ def test_ddp_two_processes(data, tmp_path):
     assert log.count("start:") == 1 and "world=2" in log
     assert sorted(p.name for p in run.iterdir()) == ["checkpoints", "config.json", "env.json", "export", "log.txt",
                                                      "metrics.jsonl", "samples", "training_cases.json"]
+
+
+def test_ctrl_c_checkpoint_resumes_exactly(straight_run, data, tmp_path, monkeypatch):
+    from synthpair.methods.joint import JointMethod
+
+    real = JointMethod.training_loss
+    calls = {"n": 0}
+
+    def interrupt_on_fourth(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise KeyboardInterrupt
+        return real(self, *args, **kwargs)
+
+    run = tmp_path / "interrupted"
+    monkeypatch.setattr(JointMethod, "training_loss", interrupt_on_fourth)
+    with pytest.raises(KeyboardInterrupt):
+        train_generator(data, run, TINY, progress=False)
+    monkeypatch.setattr(JointMethod, "training_loss", real)
+    assert torch.load(run / "checkpoints" / "state.pt", weights_only=True)["step"] == 3
+    train_generator(data, run, TINY, resume=True, progress=False)
+    assert _losses(run) == _losses(straight_run)

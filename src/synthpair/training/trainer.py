@@ -316,12 +316,11 @@ def train_generator(data_dir: Path | str, out_dir: Path | str, cfg: TrainConfig 
         from tqdm.auto import tqdm
         bar = tqdm(total=cfg.steps, initial=step, desc="train", dynamic_ncols=True)
     loss_sum, n_loss, t_last = 0.0, 0, time.perf_counter()
-    gen_state = gen.get_state()
+    gen_state = gen.get_state()  # the state at `step`; a Ctrl-C checkpoint stores this pair
     updating = False
     model.train()
     try:
         while step < cfg.steps:
-            gen_state = gen.get_state()  # state at the start of this step: what a Ctrl-C checkpoint stores
             idx, flips = draw_batch(len(train_ids), cfg.batch_size, gen, cfg.augment_flips)
             idx_d = idx.to(device)
             x, m = images[idx_d], masks[idx_d]
@@ -338,6 +337,7 @@ def train_generator(data_dir: Path | str, out_dir: Path | str, cfg: TrainConfig 
             sched.step()
             ema_update(ema, model, ema_decay_at(step, cfg.ema_decay, cfg.ema_warmup))
             step += 1
+            gen_state = gen.get_state()  # always the generator state that belongs to `step` (for Ctrl-C)
             updating = False
             loss_sum += float(loss.detach())
             n_loss += 1
@@ -361,7 +361,7 @@ def train_generator(data_dir: Path | str, out_dir: Path | str, cfg: TrainConfig 
             if cfg.preview_every and step % cfg.preview_every == 0 and step != cfg.steps:
                 preview(step)
             if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step != cfg.steps:
-                checkpoint(step, gen.get_state())
+                checkpoint(step, gen_state)
     except KeyboardInterrupt:
         if not updating:
             checkpoint(step, gen_state)
