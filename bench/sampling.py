@@ -6,6 +6,7 @@ size and number of network calls, under ``torch.inference_mode()``. Repeats are 
 Other processes' CPU load during each repeat is read from /proc/stat (busy ticks minus our own CPU time).
 
     python bench/sampling.py [--size 64] [--batch 8] [--steps 20] [--repeats 5] [--amp off|bf16]
+                             [--quiet-below 0.08] [--max-wait 30]
 """
 from __future__ import annotations
 
@@ -44,6 +45,18 @@ def timed(fn) -> tuple[float, float | None]:
     return wall, max(0.0, (total_busy - own) / (wall * ncpu))
 
 
+def wait_for_quiet(threshold: float, max_wait: float) -> float | None:
+    """Sleep until other processes use < ``threshold`` of the machine (0.5 s probes), at most ``max_wait`` s.
+
+    Returns the last measured load (None without /proc/stat)."""
+    deadline = time.perf_counter() + max_wait
+    while True:
+        _, load = timed(lambda: time.sleep(0.5))
+        if load is None or load < threshold or time.perf_counter() > deadline:
+            return load
+        time.sleep(1.0)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size", type=int, default=64)
@@ -53,6 +66,9 @@ def main() -> None:
     ap.add_argument("--channels", default="32,64,64")
     ap.add_argument("--amp", choices=["off", "bf16"], default="off")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--quiet-below", type=float, default=0.08,
+                    help="before each round wait until other processes use less than this share of the machine")
+    ap.add_argument("--max-wait", type=float, default=30.0, help="longest wait for a quiet machine per round (s)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -98,6 +114,7 @@ def main() -> None:
     times: dict[str, list[float]] = {k: [] for k in fns}
     loads: list[float] = []
     for _ in range(args.repeats):
+        wait_for_quiet(args.quiet_below, args.max_wait)
         for name, fn in fns.items():
             wall, load = timed(fn)
             times[name].append(wall)

@@ -74,7 +74,6 @@ def load_export(export_dir: Path | str, device: torch.device | str = "cpu") -> t
     Errors (one line, naming the file): folder/config/weights missing, sha256 mismatch with
     ``version.json``, unreadable safetensors, or weights that do not fit the configured network.
     """
-    from safetensors import SafetensorError
     from safetensors.torch import load
 
     from ..config import from_dict
@@ -92,7 +91,7 @@ def load_export(export_dir: Path | str, device: torch.device | str = "cpu") -> t
         raise fail(f"{weights}: sha256 does not match version.json (corrupt or replaced); re-export or retrain the run")
     try:
         state = load(raw)
-    except (SafetensorError, Exception) as err:  # safetensors raises its own error type or a generic one
+    except Exception as err:  # noqa: BLE001  (safetensors raises its own error types for bad headers/data)
         raise fail(f"{weights}: unreadable safetensors file ({err}); re-export or retrain the run") from None
     method = get_method(cfg["method"])
     net_cfg = from_dict(UNetConfig, cfg["net"], where=f"{export_dir / 'config.json'}:net")
