@@ -198,8 +198,9 @@ def _train_fold(ds: PreparedDataset, fold: int, cfg: SegmentConfig, syn_pool: tu
     save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
               str(fold_dir / "model.safetensors"), metadata={"model": cfg.model, "fold": str(fold)})
     write_text_atomic(fold_dir / "loss.jsonl", "".join(json.dumps(r) + "\n" for r in losses))
-    return {"fold": fold, "n_train_real": len(train_ids) if cfg.mixing == "ratio" else 0,
-            "n_synthetic": mixing.describe()["n_synthetic"], "n_test": len(test_ids), "mixing": mixing.describe(),
+    mix = mixing.describe()
+    return {"fold": fold, "n_train_real": mix["n_real"], "n_synthetic": mix["n_synthetic"], "n_test": len(test_ids),
+            "mixing": mix,
             "final_loss": losses[-1]["loss"], "train_seconds": round(train_s, 3), "eval_seconds": round(eval_s, 3),
             "distance_unit": distance_unit(rows), "summary": summarize(rows), "per_case": rows}
 
