@@ -131,7 +131,8 @@ def test_synthetic_folder_checks(tiny_data, tmp_path):
     ds = PreparedDataset.open(tiny_data)
     train_cases, _ = ds.fold_cases(0)
     no_manifest = write_syn(tmp_path / "nomani", train_cases, manifest=False)
-    with pytest.raises(SynthpairError, match="has no manifest.jsonl; synthetic folders must come from `synthpair generate`"):
+    expected = "has no manifest.jsonl; synthetic folders must come from `synthpair generate`"
+    with pytest.raises(SynthpairError, match=expected):
         check_synthetic(no_manifest, ds, [0])
     with pytest.raises(SynthpairError, match="size 32×32 but the real data"):
         check_synthetic(write_syn(tmp_path / "big", train_cases, size=32), ds, [0])
@@ -140,8 +141,8 @@ def test_synthetic_folder_checks(tiny_data, tmp_path):
     with pytest.raises(SynthpairError, match="3 classes"):
         check_synthetic(write_syn(tmp_path / "multi", train_cases, num_classes=3), ds, [0])
     with pytest.raises(SynthpairError, match="ratio=0"):
-        segment(tiny_data, tmp_path / "s", SegmentConfig(steps=2), synthetic_dir=write_syn(tmp_path / "ok", train_cases),
-                progress=False)
+        segment(tiny_data, tmp_path / "s", SegmentConfig(steps=2), progress=False,
+                synthetic_dir=write_syn(tmp_path / "ok", train_cases))
     with pytest.raises(SynthpairError, match="needs a synthetic folder"):
         segment(tiny_data, tmp_path / "s", SegmentConfig(steps=2, ratio=0.5), progress=False)
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 import torch
 
 
-def flip_rot(images: torch.Tensor, masks: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+def flip_rot(images: torch.Tensor, masks: torch.Tensor,
+             generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """Apply one random element of the dihedral group per sample to image and mask alike.
 
     Args:
