@@ -14,6 +14,11 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q $(TORCH_SPEC)
 	$(BIN)/python -m pip install -q -e ".[test]"
+	@# Headless Chromium for the report browser test (pytest -m browser); optional, root + apt only, never fatal.
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  command -v chromium >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq chromium) \
+	  || echo "chromium not installed: browser test will be skipped"; \
+	else command -v chromium >/dev/null 2>&1 || echo "chromium not installed (needs root + apt): browser test will be skipped"; fi
 	touch $(STAMP)
 
 install: $(STAMP)

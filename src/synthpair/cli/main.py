@@ -1,4 +1,4 @@
-"""``synthpair <command>``: prepare, train, generate, segment, run, demo, report, replay.
+"""``synthpair <command>``: prepare, train, generate, segment, run, demo, report, replay, evaluate.
 
 Each command parses its arguments, builds a frozen config (defaults ← ``--config FILE`` ← ``--set k=v``)
 and calls one library function. Errors the user can fix print one line (``synthpair: error: …``) and exit
@@ -249,6 +249,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("report", help="(re)build the report of a run folder")
     sp.add_argument("run_dir")
     sp.set_defaults(func=cmd_report)
+
+    from .evaluate import add_parser as add_evaluate
+
+    add_evaluate(sub)
     return p
 
 

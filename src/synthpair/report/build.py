@@ -20,6 +20,7 @@ import numpy as np
 
 from ..errors import fail
 from ..io import ensure_dir, read_json, save_png_atomic, write_json_atomic, write_text_atomic
+from ..metrics.statistics import paired_comparison, summarize_rows  # noqa: F401 (re-exported)
 from .tables import METRICS, csv_table, markdown_table
 
 
@@ -38,41 +39,6 @@ def _setting_order(dirname: str) -> tuple[int, float, str]:
         return (1, float(m.group(1)), dirname) if m else (2, 0.0, dirname)
     except ValueError:
         return (2, 0.0, dirname)
-
-
-def summarize_rows(rows: list[dict[str, Any]]) -> dict[str, dict[str, float | int | None]]:
-    """Per-case rows → {metric: {"mean", "sd" (sample, ddof=1; 0 for n=1), "n"}} over finite values."""
-    out: dict[str, dict[str, float | int | None]] = {}
-    for m in METRICS:
-        vals = np.array([r[m] for r in rows if r.get(m) is not None], dtype=np.float64)
-        vals = vals[np.isfinite(vals)]
-        if vals.size == 0:
-            out[m] = {"mean": None, "sd": None, "n": 0}
-        else:
-            out[m] = {"mean": float(vals.mean()), "sd": float(vals.std(ddof=1)) if vals.size > 1 else 0.0,
-                      "n": int(vals.size)}
-    return out
-
-
-def paired_comparison(base: list[dict[str, Any]], other: list[dict[str, Any]], metric: str = "dice"
-                      ) -> dict[str, Any]:
-    """Per-case paired comparison of ``other`` against ``base`` on the cases both evaluated.
-
-    Returns mean difference (other − base), Wilcoxon signed-rank two-sided p-value (scipy; None when all
-    differences are zero or n < 2) and the number of paired cases.
-    """
-    from scipy.stats import wilcoxon
-
-    key = lambda r: (r.get("fold"), r["id"])  # noqa: E731
-    b = {key(r): r[metric] for r in base}
-    pairs = [(b[key(r)], r[metric]) for r in other if key(r) in b]
-    if not pairs:
-        return {"metric": metric, "n": 0, "mean_diff": None, "p_value": None}
-    diffs = np.array([o - s for s, o in pairs], dtype=np.float64)
-    p = None
-    if diffs.size >= 2 and np.any(diffs != 0):
-        p = float(wilcoxon(diffs, zero_method="wilcox").pvalue)
-    return {"metric": metric, "n": int(diffs.size), "mean_diff": float(diffs.mean()), "p_value": p}
 
 
 def _load_segment_setting(setting_dir: Path) -> tuple[list[dict[str, Any]], str, list[dict[str, Any]]]:
