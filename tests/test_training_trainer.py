@@ -145,7 +145,7 @@ def test_load_export_errors(straight_run, tmp_path):
 
 
 @pytest.mark.ddp
-def test_ddp_two_processes(data, tmp_path):
+def test_ddp_two_processes(data, straight_run, tmp_path):
     run = tmp_path / "ddp"
     sets = ["steps=2", "batch_size=4", "log_every=1", "preview_n=2", "preview_steps=2", "amp=off",
             "net.channels=8,16", "net.attention_levels=false,true", "net.num_head_channels=8",
@@ -158,6 +158,8 @@ def test_ddp_two_processes(data, tmp_path):
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert [s for s, _ in _losses(run)] == [1, 2]  # one metrics line per step: rank 0 alone wrote
+    # rows rank::2 of the same global batch on each rank, averaged → the single-process loss of step 1
+    assert _losses(run)[0][1] == pytest.approx(_losses(straight_run)[0][1], rel=1e-5)
     assert (run / "export" / "model.safetensors").is_file()
     log = (run / "log.txt").read_text()
     assert log.count("start:") == 1 and "world=2" in log
