@@ -6,8 +6,13 @@ pools the held-out cases of all folds, and writes
 * ``results.json`` — per setting: summary (mean, sd, n per metric), per-case rows, and the paired
   comparison with real-only on the same cases (mean Δ, Wilcoxon signed-rank p-value, n);
 * ``results.md`` / ``results.csv`` — the table in the layout of EMIT-Diff's Table 2;
-* ``figures/real_pairs.png``, ``figures/synthetic_pairs.png`` (mask contours, a colour per class) and
-  ``figures/loss_curves.png`` (generator and segmenter training losses).
+* ``per_case.csv`` — every held-out case of every setting and fold;
+* ``generation.{json,csv,md}``, ``memorisation.csv`` — generation metrics of each ``synthetic/fold_k``
+  against the real training split of fold k, with the real-vs-real baseline (:mod:`.generation`);
+* ``figures/real_pairs.png``, ``figures/synthetic_pairs_fold_k.png`` (mask contours, a colour per class),
+  ``figures/loss_curves.png`` (generator and segmenter training losses), ``figures/dice_vs_ratio.png``
+  (when several ratios ran), ``figures/memorisation_fold_k.png`` (closest synthetic/real pairs);
+* ``report.html`` — all of the above in one self-contained page (:mod:`.page`, :mod:`.html`).
 """
 from __future__ import annotations
 
@@ -165,8 +170,54 @@ def _loss_figure(run_dir: Path, results: dict[str, Any], path: Path) -> bool:
     return True
 
 
-def build_report(run_dir: Path | str) -> Path:
-    """Write ``run_dir/report/`` (tables + figures) and return the path of ``results.md``."""
+def _dice_ratio_figure(results: dict[str, Any], path: Path) -> bool:
+    """Dice (mean ± sd over held-out cases) against the synthetic:real ratio; needs ≥ 2 ratios."""
+    pts = []
+    for name, s in results["settings"].items():
+        m = re.fullmatch(r"real\+synthetic r=(.+)", name)
+        r = 0.0 if name == "real-only" else (float(m.group(1)) if m else None)
+        d = s["summary"].get("dice", {})
+        if r is not None and d.get("mean") is not None:
+            pts.append((r, d["mean"], d["sd"] or 0.0))
+    if sum(1 for r, *_ in pts if r > 0) < 2:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    pts.sort()
+    x, y, e = (np.array(v) for v in zip(*pts))
+    fig, ax = plt.subplots(figsize=(5, 3.4), dpi=100)
+    ax.errorbar(x, 100 * y, yerr=100 * e, marker="o", capsize=3)
+    ax.set_xlabel("synthetic : real ratio (0 = real-only)")
+    ax.set_ylabel("Dice (%) on held-out real cases")
+    ax.set_title("Dice vs synthetic ratio (mean ± sd over cases)")
+    fig.tight_layout()
+    ensure_dir(path.parent)
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    tmp.replace(path)
+    return True
+
+
+def _per_case_csv(results: dict[str, Any]) -> str:
+    import csv
+    import io
+
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["setting", "fold", "id"] + list(METRICS))
+    for name, s in results["settings"].items():
+        for r in s["per_case"]:
+            w.writerow([name, r.get("fold", ""), r["id"]] + [r.get(m, "") for m in METRICS])
+    return buf.getvalue()
+
+
+def build_report(run_dir: Path | str, html: bool = True) -> Path:
+    """Write ``run_dir/report/`` (tables as JSON/CSV/MD, figures, generation metrics, ``report.html``) and
+    return the path of ``results.md``."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise fail(f"{run_dir}: run folder not found; pass the --out folder of 'synthpair run'")
@@ -189,6 +240,17 @@ def build_report(run_dir: Path | str) -> Path:
             figures.append((f"Synthetic pairs ({syn.name})", f"figures/synthetic_pairs_{syn.name}.png"))
     if _loss_figure(run_dir, results, figs / "loss_curves.png"):
         figures.append(("Training losses", "figures/loss_curves.png"))
+    if _dice_ratio_figure(results, figs / "dice_vs_ratio.png"):
+        figures.append(("Dice vs synthetic ratio", "figures/dice_vs_ratio.png"))
+
+    from .generation import run_generation_metrics
+
+    generation = run_generation_metrics(run_dir, rep)
+    for g in generation:
+        if g.get("grid") is not None:
+            rel = f"figures/memorisation_{g['fold']}.png"
+            save_png_atomic(rep / rel, g["grid"])
+            g["grid_path"] = rel
 
     summary_only = {"distance_unit": results["distance_unit"],
                     "settings": {k: {kk: vv for kk, vv in v.items() if kk != "loss_curves"}
@@ -196,12 +258,20 @@ def build_report(run_dir: Path | str) -> Path:
                     "figures": [f for _, f in figures]}
     write_json_atomic(rep / "results.json", summary_only)
     write_text_atomic(rep / "results.csv", csv_table({k: v["summary"] for k, v in results["settings"].items()}))
+    write_text_atomic(rep / "per_case.csv", _per_case_csv(results))
     md = ["# synthpair results", "",
           f"Segmentation on held-out real cases (pooled over folds). Dice/IoU/precision/recall in %, "
           f"distances in {results['distance_unit']}s; mean ± sd over cases.", "",
           results_table(results), ""]
+    for g in generation:
+        if "md" in g:
+            md += [f"## Generation metrics ({g['fold']})", "", g["md"]]
     for title, rel in figures:
         md += [f"## {title}", "", f"![{title}]({rel})", ""]
     path = rep / "results.md"
     write_text_atomic(path, "\n".join(md))
+    if html:
+        from .page import render_run_report
+
+        write_text_atomic(rep / "report.html", render_run_report(run_dir, results, figures, generation))
     return path
