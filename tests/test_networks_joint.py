@@ -44,16 +44,6 @@ def test_unet_wrapper_shapes_and_attention():
         UNetConfig(channels=(8, 12), attention_levels=(False, False), norm_num_groups=8)
 
 
-def test_einops_fallback_matches_reference_layout():
-    from synthpair.networks._einops_compat import Rearrange
-
-    x = torch.arange(2 * 3 * 12.0).view(2, 3, 12)
-    q = Rearrange("b h (qkv l d) -> qkv b l h d", qkv=3, l=2)(x)  # d = 2
-    assert q.shape == (3, 2, 2, 3, 2) and q[1, 0, 1, 2, 0] == x[0, 2, 1 * 4 + 1 * 2 + 0]
-    y = Rearrange("b h (l d) -> b l h d", l=3)(x)
-    assert torch.equal(Rearrange("b l h d -> b h (l d)")(y), x)
-
-
 def test_get_method_unknown_lists_valid():
     assert get_method("joint").name == "joint"
     with pytest.raises(SynthpairError, match="joint"):

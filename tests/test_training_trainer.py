@@ -151,7 +151,7 @@ def test_ddp_two_processes(data, straight_run, tmp_path):
             "net.channels=8,16", "net.attention_levels=false,true", "net.num_head_channels=8",
             "net.norm_num_groups=8", "diffusion.num_timesteps=50"]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone",
-           "-m", "synthpair.training.ddp_entry", str(data), str(run), "--no-progress"]
+           "-m", "synthpair", "train", str(data), "--method", "joint", "--out", str(run), "--no-progress"]
     for s in sets:
         cmd += ["--set", s]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

@@ -63,9 +63,14 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     from ..training.trainer import TrainConfig, train_generator
 
-    cfg = _config_from_args(TrainConfig, args.config, args.set, section="train")
+    from ..config import load_config
+
+    saved = Path(args.out) / "config.json"
+    # --resume starts from the run's own config, so overrides given at the start need not be repeated
+    base = load_config(TrainConfig, saved) if args.resume and saved.is_file() else None
+    cfg = _config_from_args(TrainConfig, args.config, args.set, section="train", base=base)
     cfg = _with(cfg, method=args.method, fold=args.fold, steps=args.steps)
-    out = train_generator(args.data, args.out, cfg, resume=args.resume)
+    out = train_generator(args.data, args.out, cfg, resume=args.resume, progress=not args.no_progress)
     if out is not None:
         print(f"generator run: {out}  (weights: {Path(out) / 'export'})")
     return 0
@@ -197,7 +202,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--out", required=True)
     sp.add_argument("--fold", type=int)
     sp.add_argument("--steps", type=int)
-    sp.add_argument("--resume", action="store_true", help="continue exactly from out/checkpoints/state.pt")
+    sp.add_argument("--resume", action="store_true",
+                    help="continue exactly from out/checkpoints/state.pt (starts from out/config.json)")
+    sp.add_argument("--no-progress", action="store_true", help="no progress bar (logs still go to log.txt)")
     common(sp)
     sp.set_defaults(func=cmd_train)
 
@@ -276,6 +283,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("synthpair: interrupted; rerun the same command (with --resume for 'train') to continue",
               file=sys.stderr)
         return EXIT_INTERRUPTED
+    finally:
+        _close_distributed()
+
+
+def _close_distributed() -> None:
+    """Under torchrun, leave the process group cleanly (the trainer joins it on first use)."""
+    if "torch.distributed" in sys.modules:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -43,9 +43,6 @@ class DiffusionUNet(nn.Module):
         super().__init__()
         from monai.networks.nets import DiffusionModelUNet
 
-        from ._einops_compat import ensure_rearrange
-
-        ensure_rearrange()  # MONAI attention needs einops; a tiny equivalent is used when it is missing
         self.cfg = cfg
         self.in_channels = in_channels
         self.out_channels = out_channels
