@@ -50,6 +50,7 @@ def test_evaluate_images_writes_every_metric_with_baseline(sets: dict[str, Path]
     assert "unreliable" in stdout and np.isfinite(d["synthetic_vs_real"]["kid"]["mean"])
     for k in ("psnr", "ssim", "ms_ssim", "mae", "mse", "rmse", "nmae"):
         assert res["paired"][k]["n"] == 10 and np.isfinite(res["paired"][k]["mean"])
+        assert res["paired"]["real_vs_real"][k]["n"] == 12  # baseline: each real image vs its nearest other one
     assert res["diversity"]["ms_ssim_synthetic"]["n"] == 45 and res["diversity"]["ms_ssim_real"]["n"] == 66
     assert set(res["masks"]["class_1"]) == {"area", "components", "perimeter", "compactness"}
     assert len(res["memorisation"]["rows"]) == 10 and res["resize_policy"].startswith("same size")
@@ -91,3 +92,17 @@ def test_missing_weights_and_bad_folders_fail_in_one_line(sets: dict[str, Path],
     one_line_error(code, err, "--weights")
     code, _, err = run_cli(["evaluate", "images", "--real", str(tmp_path), "--synthetic", str(sets["syn"])], capsys)
     one_line_error(code, err, str(tmp_path), "dataset.json")
+
+
+def test_manifest_source_case_and_faithfulness_are_used(sets: dict[str, Path], tmp_path: Path) -> None:
+    from synthpair.evaluation import evaluate_images, generation_table
+
+    syn = write_tiny_prepared(tmp_path / "syn_src", n=6, size=24, seed=11)
+    lines = [json.dumps({"id": f"img{k:03d}", "seed": k, "source_case": f"case{k + 2:03d}", "faithfulness": 0.5 + k / 20})
+             for k in range(6)]
+    (syn / "manifest.jsonl").write_text("\n".join(lines) + "\n")
+    with pytest.warns(Warning):
+        res = evaluate_images(sets["real"], syn)
+    assert res["paired"]["reference"].startswith("the source real image")
+    assert res["faithfulness"]["n"] == 6 and res["faithfulness"]["mean"] == pytest.approx(0.625)
+    assert "mask faithfulness (Dice)" in generation_table(res)

@@ -32,13 +32,14 @@ def make_fake_run(root: Path) -> Path:
     write_text_atomic(run / "generator" / "fold_0" / "metrics.jsonl",
                       "".join(json.dumps({"step": s, "loss": 1.0 / s}) + "\n" for s in range(1, 20)))
     rng = np.random.default_rng(0)
-    test_ids = ["img000", "img003", "img006", "img009"]
+    test_ids = {0: ["img000", "img003", "img006", "img009"], 1: ["img001", "img004", "img007", "img010"]}
     for setting, shift in (("real", 0.0), ("ratio_0.5", 0.02), ("ratio_1", 0.03)):
-        fold = run / "segment" / setting / "fold_0"
-        rows = [{"id": i, "fold": 0, **{m: float(rng.uniform(0.5, 0.9) + shift) for m in METRICS}} for i in test_ids]
-        write_json_atomic(fold / "results.json", {"distance_unit": "pixel", "per_case": rows})
-        write_text_atomic(fold / "fold_0" / "loss.jsonl",
-                          "".join(json.dumps({"step": s, "loss": 2.0 / s}) + "\n" for s in range(1, 10)))
+        for k, cases in test_ids.items():
+            fold = run / "segment" / setting / f"fold_{k}"
+            rows = [{"id": i, "fold": k, **{m: float(rng.uniform(0.5, 0.9) + shift) for m in METRICS}} for i in cases]
+            write_json_atomic(fold / "results.json", {"distance_unit": "pixel", "per_case": rows})
+            write_text_atomic(fold / f"fold_{k}" / "loss.jsonl",
+                              "".join(json.dumps({"step": s, "loss": 2.0 / s}) + "\n" for s in range(1, 10)))
     write_json_atomic(run / "config.json", {"folds": [0], "ratios": [0.5, 1.0], "marker": "config-marker-123"})
     write_json_atomic(run / "env.json", {"synthpair": "0.1.0", "torch": "env-marker-456"})
     return run
@@ -65,6 +66,7 @@ def test_report_html_has_every_section_and_is_self_contained(report: Path) -> No
     assert "Dice vs synthetic ratio" in page and "generator: diffusion loss" not in page  # figure is an image
     assert "config-marker-123" in page and "env-marker-456" in page
     assert "Mask statistics" in page and "compactness" in page
+    assert "Spread across folds" in page
 
 
 def test_report_tables_and_memorised_copy(report: Path) -> None:
@@ -77,7 +79,8 @@ def test_report_tables_and_memorised_copy(report: Path) -> None:
     copy = next(r for r in gen["memorisation"]["rows"] if r["id"] == "img002")
     assert copy["flagged"] and copy["ssim_nn_id"] == "img001" and copy["ssim"] == pytest.approx(1.0)
     res = json.loads((report / "results.json").read_text())
-    assert res["settings"]["real+synthetic r=0.5"]["vs_real_only"]["dice"]["n"] == 4
+    assert res["settings"]["real+synthetic r=0.5"]["vs_real_only"]["dice"]["n"] == 8  # 2 folds × 4 cases
+    assert res["settings"]["real-only"]["across_folds"]["dice"]["n"] == 2
     for fig in ("real_pairs.png", "synthetic_pairs_fold_0.png", "loss_curves.png", "dice_vs_ratio.png",
                 "memorisation_fold_0.png"):
         assert (report / "figures" / fig).stat().st_size > 500, fig

@@ -11,8 +11,12 @@ Both folders use the prepared-dataset layout (docs/architecture.md); images are 
   distance when ``--extractor inception --weights`` gives a network);
 * ``paired``: PSNR, SSIM, MS-SSIM, MAE, MSE, RMSE, NMAE (images mapped to [0, 1], data range 1) of each
   synthetic image against its source real image when the manifest names one (``source_id``), else against
-  its nearest real training image by SSIM (a closeness measure, stated in ``paired.reference``);
-* ``masks``: area / components / perimeter / compactness, real vs synthetic;
+  its nearest real training image by SSIM (a closeness measure, stated in ``paired.reference``); beside it
+  the real-vs-real baseline: each real image against its SSIM-nearest *other* real image. PSNR of an exact
+  copy is infinite and left out of the mean (``n_infinite_psnr`` counts them);
+* ``masks``: area / components / perimeter / compactness, real vs synthetic; ``faithfulness``: the mean ±
+  sd of the manifest's per-pair mask faithfulness (Dice of a reference segmenter, written by mask-conditioned
+  generation) when present, else None;
 * ``memorisation``: nearest real training image per synthetic image by features and by SSIM, flags.
 
 Compatibility policy: the channel counts must agree (a clear error otherwise: converting grey↔RGB would
@@ -60,7 +64,9 @@ class ImageSet:
     ids: list[str]
     num_classes: int
     root: Path | None = None
-    source_ids: list[str | None] | None = None
+    source_ids: list[str | None] | None = None     # manifest "source_id", else the item of "source_case"
+    cases: list[str] | None = None                 # case id of each item (real sets)
+    faithfulness: list[float | None] | None = None  # manifest "faithfulness" (mask-conditioned generation)
 
 
 def load_set(root: Path | str, ids: list[str] | None = None, what: str = "dataset") -> ImageSet:
@@ -76,16 +82,40 @@ def load_set(root: Path | str, ids: list[str] | None = None, what: str = "datase
     if len(ids) < 2:
         raise fail(f"{root}: {len(ids)} image(s); the {what} set needs at least 2 images to compare distributions")
     images, masks = ds.load(ids)
-    source = None
+    source = faith = None
     man = root / "manifest.jsonl"
     if man.is_file():
         by_id = {}
         for line in man.read_text(encoding="utf-8").splitlines():
             if line.strip():
                 rec = json.loads(line)
-                by_id[rec.get("id")] = rec.get("source_id")
-        source = [by_id.get(i) for i in ids]
-    return ImageSet(images, masks, ids, ds.num_classes, root, source)
+                by_id[rec.get("id")] = rec
+        recs = [by_id.get(i, {}) for i in ids]
+        source = [r.get("source_id") or (f"case:{r['source_case']}" if r.get("source_case") else None) for r in recs]
+        faith = [r.get("faithfulness") for r in recs]
+    return ImageSet(images, masks, ids, ds.num_classes, root, source, [ds.case_of(i) for i in ids], faith)
+
+
+def _source_index(real: ImageSet, syn: ImageSet) -> np.ndarray | None:
+    """Index of each synthetic pair's source real image (manifest ``source_id``, or ``source_case`` when that
+    case has exactly one image in the real set), or None when any pair has none."""
+    if not syn.source_ids:
+        return None
+    index = {i: k for k, i in enumerate(real.ids)}
+    by_case: dict[str, list[int]] = {}
+    for k, c in enumerate(real.cases or []):
+        by_case.setdefault(c, []).append(k)
+    out = []
+    for s in syn.source_ids:
+        if s is None:
+            return None
+        if s.startswith("case:") and len(by_case.get(s[5:], [])) == 1:
+            out.append(by_case[s[5:]][0])
+        elif s in index:
+            out.append(index[s])
+        else:
+            return None
+    return np.array(out)
 
 
 def _resize(images: np.ndarray, masks: np.ndarray, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
@@ -170,17 +200,24 @@ def evaluate_arrays(real: ImageSet, syn: ImageSet, cfg: EvalConfig = EvalConfig(
         r["feat_nn_id"] = real.ids[r["feat_nn"]]
         r["ssim_nn_id"] = real.ids[r["ssim_nn"]]
     res["memorisation"] = mem
-    index = {i: k for k, i in enumerate(real.ids)}
-    if syn.source_ids and all(s in index for s in syn.source_ids):
-        ref_idx = np.array([index[s] for s in syn.source_ids])  # type: ignore[index]
-        reference = "source real image named in the manifest (source_id)"
+    src = _source_index(real, syn)
+    if src is not None:
+        ref_idx = src
+        reference = "the source real image of each pair's mask (manifest source_id / source_case)"
     else:
         ref_idx = np.array([r["ssim_nn"] for r in mem["rows"]])
         reference = "nearest real training image by SSIM (unpaired generation: a closeness measure, not fidelity)"
+    finite = lambda v: mean_sd(np.where(np.isinf(v), np.nan, v))  # noqa: E731 (PSNR of an exact copy is inf)
     vals = paired_metrics(to_unit(syn.images), to_unit(real.images[ref_idx]))
-    res["paired"] = {"reference": reference, **{k: mean_sd(np.where(np.isinf(vals[k]), np.nan, vals[k]))
-                                               for k in PAIRED_METRICS}}
+    base = paired_metrics(to_unit(real.images), to_unit(real.images[np.array(mem["real_ssim_nn"])]))
+    res["paired"] = {"reference": reference, **{k: finite(vals[k]) for k in PAIRED_METRICS},
+                     "real_vs_real": {k: finite(base[k]) for k in PAIRED_METRICS},
+                     "real_vs_real_reference": "each real training image vs its SSIM-nearest other real image",
+                     "n_infinite_psnr": int(np.isinf(vals["psnr"]).sum())}
     res["masks"] = compare_mask_stats(real.masks, syn.masks, max(real.num_classes, syn.num_classes))
+    faith = [f for f in (syn.faithfulness or []) if f is not None]
+    res["faithfulness"] = ({**mean_sd(faith), "source": "manifest 'faithfulness': Dice of a reference segmenter "
+                                                        "trained on real data vs the generating mask"} if faith else None)
     res["warnings"] = sorted(set(caught))
     return res
 
@@ -246,8 +283,14 @@ def generation_rows(res: dict[str, Any]) -> list[dict[str, str]]:
     p = res["paired"]
     for k in PAIRED_METRICS:
         arrow = "↑" if k in ("psnr", "ssim", "ms_ssim") else "↓"
+        rr_k = p.get("real_vs_real", {}).get(k)
         rows.append({"metric": f"{k.upper().replace('_', '-')} vs reference {arrow}", "synthetic": _fmt(p[k]),
-                     "synthetic (half-size)": "", "real-vs-real baseline": "", "n": str(p[k]["n"])})
+                     "synthetic (half-size)": "", "real-vs-real baseline": _fmt(rr_k),
+                     "n": f"{p[k]['n']} / {rr_k['n'] if rr_k else '–'}"})
+    f = res.get("faithfulness")
+    if f:
+        rows.append({"metric": "mask faithfulness (Dice) ↑", "synthetic": _fmt(f), "synthetic (half-size)": "",
+                     "real-vs-real baseline": "", "n": str(f["n"])})
     m = res["memorisation"]
     rows.append({"metric": "memorisation: flagged near-copies", "synthetic": f"{m['n_flagged']} / {m['n_synthetic']}",
                  "synthetic (half-size)": "",

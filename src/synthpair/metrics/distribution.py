@@ -107,8 +107,18 @@ def kid(real: Any, fake: Any, subsets: int = 100, subset_size: int = 1000, seed:
         v = mmd2_unbiased(r, f, degree)
         return {"mean": v, "sd": 0.0, "subsets": 1, "subset_size": size}
     rng = np.random.default_rng(seed)
-    vals = np.array([mmd2_unbiased(r[rng.choice(r.shape[0], size, replace=False)],
-                                   f[rng.choice(f.shape[0], size, replace=False)], degree) for _ in range(subsets)])
+    draws = [(rng.choice(r.shape[0], size, replace=False), rng.choice(f.shape[0], size, replace=False))
+             for _ in range(subsets)]
+    if max(r.shape[0], f.shape[0]) <= 4000:
+        # kernel matrices once, then each subset sums its blocks (same numbers, ~10× faster than recomputing)
+        kxx, kyy, kxy = polynomial_kernel(r, r, degree), polynomial_kernel(f, f, degree), polynomial_kernel(r, f, degree)
+        dxx, dyy = np.diag(kxx), np.diag(kyy)
+        m = size
+        vals = np.array([(kxx[np.ix_(i, i)].sum() - dxx[i].sum()) / (m * (m - 1))
+                         + (kyy[np.ix_(j, j)].sum() - dyy[j].sum()) / (m * (m - 1))
+                         - 2.0 * kxy[np.ix_(i, j)].mean() for i, j in draws])
+    else:
+        vals = np.array([mmd2_unbiased(r[i], f[j], degree) for i, j in draws])
     return {"mean": float(vals.mean()), "sd": float(vals.std(ddof=1)) if subsets > 1 else 0.0,
             "subsets": int(subsets), "subset_size": size}
 

@@ -15,13 +15,13 @@ features ``(N, D)`` float64. Two are built in:
     variation), over-smoothing or noise (gradient and spectral bands). Groups (``RADIOMICS_NAMES``):
 
     * first order (14): mean, sd, skewness, kurtosis, percentiles 5/25/50/75/95, IQR, 1–99 % range, mean
-      absolute deviation, 32-bin entropy and uniformity;
+      absolute deviation, 32-bin entropy and uniformity (percentiles from a 1024-bin histogram);
     * GLCM (16 = 8 × 2 distances): the symmetric, normalised grey-level co-occurrence matrix of the image
       quantised to 16 levels, averaged over the four directions 0°/45°/90°/135°, at distances 1 and 3:
       contrast, dissimilarity, homogeneity, ASM, correlation, entropy, cluster shade, cluster prominence;
     * LBP (10): histogram of rotation-invariant uniform local binary patterns (8 neighbours, radius 1;
       Ojala et al. 2002);
-    * gradient (5): Sobel magnitude mean, sd, 90th percentile; Laplacian variance and mean |Laplacian|;
+    * gradient (5): Sobel magnitude mean, sd, edge density (share > 0.25); Laplacian variance and mean |·|;
     * spectrum (4): share of the (non-DC) power in four radial frequency bands (octaves up to Nyquist);
     * local variation (4): mean local sd and mean local coefficient of variation in 3×3 and 7×7 windows
       (speckle statistics);
@@ -91,7 +91,7 @@ GLCM = ("contrast", "dissimilarity", "homogeneity", "asm", "correlation", "entro
 GLCM_DISTANCES = (1, 3)
 GLCM_LEVELS = 16
 LBP_BINS = 10
-GRADIENT = ("sobel_mean", "sobel_sd", "sobel_p90", "laplacian_var", "laplacian_absmean")
+GRADIENT = ("sobel_mean", "sobel_sd", "edge_density", "laplacian_var", "laplacian_absmean")
 SPECTRUM_BANDS = 4
 LOCAL = ("local_sd_3", "local_cv_3", "local_sd_7", "local_cv_7")
 
@@ -108,17 +108,29 @@ def radiomics_names(channels: int = 1) -> list[str]:
     return names
 
 
+def _hist_percentiles(x: np.ndarray, qs: tuple[float, ...], bins: int = 1024) -> np.ndarray:
+    """Percentiles (len(qs), N) of rows of x (N, P) in [0, 1] from a ``bins``-bin histogram (exact to 1/bins;
+    images come from the uint8 grid, so this is the sort-free equivalent of np.percentile)."""
+    n, p = x.shape
+    idx = np.minimum((x * bins).astype(np.int64), bins - 1) + (np.arange(n) * bins)[:, None]
+    cdf = np.cumsum(np.bincount(idx.ravel(), minlength=n * bins).reshape(n, bins), axis=1)
+    out = np.stack([(cdf < q / 100.0 * p).sum(1) for q in qs])
+    return (np.minimum(out, bins - 1) + 0.5) / bins
+
+
 def _first_order(g: np.ndarray) -> np.ndarray:
     n = g.shape[0]
-    x = g.reshape(n, -1).astype(np.float64)
-    mu = x.mean(1, keepdims=True)
-    d = x - mu
-    sd = np.sqrt((d ** 2).mean(1))
+    x = g.reshape(n, -1)
+    mu = x.mean(1, dtype=np.float64)[:, None]
+    d = (x - mu).astype(np.float32)
+    d2 = d * d
+    var = d2.mean(1, dtype=np.float64)
+    sd = np.sqrt(var)
     safe = np.maximum(sd, 1e-12)
-    skew = (d ** 3).mean(1) / safe ** 3
-    kurt = (d ** 4).mean(1) / safe ** 4
-    p = np.percentile(x, [1, 5, 25, 50, 75, 95, 99], axis=1)
-    mad = np.abs(d).mean(1)
+    skew = (d2 * d).mean(1, dtype=np.float64) / safe ** 3
+    kurt = (d2 * d2).mean(1, dtype=np.float64) / safe ** 4
+    p = _hist_percentiles(x, (1, 5, 25, 50, 75, 95, 99))
+    mad = np.abs(d).mean(1, dtype=np.float64)
     bins = np.clip((x * 32).astype(np.int64), 0, 31) + 32 * np.arange(n)[:, None]
     hist = np.bincount(bins.ravel(), minlength=32 * n).reshape(n, 32) / x.shape[1]
     ent = -(hist * np.log2(np.where(hist > 0, hist, 1.0))).sum(1)
@@ -177,13 +189,15 @@ def _lbp_hist(g: np.ndarray) -> np.ndarray:
 
 
 def _gradient(t: torch.Tensor) -> np.ndarray:
-    sob = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]], dtype=t.dtype)
-    lap = torch.tensor([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]], dtype=t.dtype)
-    k = torch.stack([sob, sob.T, lap])[:, None]
-    x = F.conv2d(F.pad(t[:, None], (1, 1, 1, 1), mode="replicate"), k)
-    mag = torch.sqrt(x[:, 0] ** 2 + x[:, 1] ** 2).flatten(1)
-    lp = x[:, 2].flatten(1)
-    return torch.stack([mag.mean(1), mag.std(1), torch.quantile(mag, 0.9, dim=1), lp.var(1), lp.abs().mean(1)],
+    """Sobel magnitude (mean, sd, edge density = share of pixels with magnitude > 0.25) and the Laplacian
+    (variance, mean |·|) on the interior pixels, by array slicing (no convolution)."""
+    c = t[:, 1:-1, 1:-1]
+    up, dn, lf, rt = t[:, :-2, 1:-1], t[:, 2:, 1:-1], t[:, 1:-1, :-2], t[:, 1:-1, 2:]
+    gx = (t[:, :-2, 2:] + 2 * rt + t[:, 2:, 2:]) - (t[:, :-2, :-2] + 2 * lf + t[:, 2:, :-2])
+    gy = (t[:, 2:, :-2] + 2 * dn + t[:, 2:, 2:]) - (t[:, :-2, :-2] + 2 * up + t[:, :-2, 2:])
+    mag = torch.sqrt(gx * gx + gy * gy).flatten(1)
+    lp = (up + dn + lf + rt - 4 * c).flatten(1)
+    return torch.stack([mag.mean(1), mag.std(1), (mag > 0.25).float().mean(1), lp.var(1), lp.abs().mean(1)],
                        1).double().numpy()
 
 
@@ -202,13 +216,18 @@ def _spectrum(t: torch.Tensor) -> np.ndarray:
 
 
 def _local(t: torch.Tensor) -> np.ndarray:
+    """Local sd and coefficient of variation in k×k windows (valid positions; box filters as banded matmuls)."""
+    from .image import _band
+
     feats = []
-    x = t[:, None]
+    h, w = t.shape[-2:]
     for k in (3, 7):
-        m = F.avg_pool2d(F.pad(x, (k // 2,) * 4, mode="replicate"), k, stride=1)
-        m2 = F.avg_pool2d(F.pad(x * x, (k // 2,) * 4, mode="replicate"), k, stride=1)
+        box = torch.full((k,), 1.0 / k, dtype=t.dtype)
+        bh, bw = _band(h, box).T, _band(w, box)
+        m = bh @ (t @ bw)
+        m2 = bh @ ((t * t) @ bw)
         sd = (m2 - m * m).clamp_min(0).sqrt()
-        feats += [sd.mean(dim=(1, 2, 3)), (sd / (m + 0.05)).mean(dim=(1, 2, 3))]
+        feats += [sd.mean(dim=(1, 2)), (sd / (m + 0.05)).mean(dim=(1, 2))]
     return torch.stack(feats, 1).double().numpy()
 
 

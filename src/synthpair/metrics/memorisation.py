@@ -15,9 +15,10 @@ using synthetic MR images — a comparison of GANs and diffusion models") and Da
 in medical diffusion models), with the real-vs-real distances as the yardstick instead of a fixed cut-off.
 
 SSIM search: computing SSIM against every training image is O(N·M) full-resolution filters, so candidates
-are first preselected by pixel-space L2 on 32×32 area-downsampled thumbnails (``candidates`` nearest, 16 by
+are first preselected by pixel-space L2 on 32×32 area-downsampled thumbnails (``candidates`` nearest, 8 by
 default), and the exact full-resolution SSIM decides among them; an exact copy has L2 = 0 and is always a
-candidate.
+candidate. The Gaussian local statistics of every image are computed once (memory: 2 float32 maps per real
+image, ≈ 110 MB for 2,000 images at 128×128) so that each comparison only filters the cross term.
 """
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .image import ssim, to_unit
+from .image import local_stats, ssim_from_stats, to_unit
 
 
 def _cdist(a: np.ndarray, b: np.ndarray, chunk: int = 1024) -> np.ndarray:
@@ -68,7 +69,7 @@ def _thumbs(images: np.ndarray, size: int = 32) -> np.ndarray:
     return t.flatten(1).double().numpy()
 
 
-def ssim_nearest(query: np.ndarray, reference: np.ndarray, candidates: int = 16, exclude_self: bool = False
+def ssim_nearest(query: np.ndarray, reference: np.ndarray, candidates: int = 8, exclude_self: bool = False
                  ) -> tuple[np.ndarray, np.ndarray]:
     """Most SSIM-similar reference image per query image (both (N, C, H, W) in [-1, 1]) → (index, ssim)."""
     q, r = np.asarray(query, dtype=np.float32), np.asarray(reference, dtype=np.float32)
@@ -79,25 +80,36 @@ def ssim_nearest(query: np.ndarray, reference: np.ndarray, candidates: int = 16,
     cand = np.argpartition(d, k - 1, axis=1)[:, :k] if k < r.shape[0] else np.tile(np.arange(r.shape[0]), (len(q), 1))
     if exclude_self and k >= r.shape[0] - 1:
         cand = np.stack([np.array([j for j in range(r.shape[0]) if j != i]) for i in range(len(q))])
-    qu, ru = to_unit(q), to_unit(r)
-    s = ssim(np.repeat(qu, cand.shape[1], axis=0), ru[cand.ravel()]).reshape(cand.shape)
+    if min(q.shape[-2:]) < 11:
+        raise ValueError(f"memorisation: SSIM needs images of at least 11×11 pixels, got {q.shape[-2:]}")
+    qu, ru = torch.from_numpy(to_unit(q)), torch.from_numpy(to_unit(r))
+    mu_r, sq_r = local_stats(ru)  # each reference image's local statistics once, not once per comparison
+    s = np.empty(cand.shape, dtype=np.float64)
+    step = 256
+    for i in range(0, len(q), step):
+        qa = qu[i:i + step]
+        mu_q, sq_q = local_stats(qa)
+        for c in range(cand.shape[1]):
+            j = torch.from_numpy(cand[i:i + step, c])
+            s[i:i + step, c] = ssim_from_stats(mu_q, sq_q, mu_r[j], sq_r[j], qa, ru[j])[0].double().numpy()
     best = s.argmax(1)
     return cand[np.arange(len(q)), best], s[np.arange(len(q)), best]
 
 
 def memorisation(real_images: np.ndarray, real_features: np.ndarray, syn_images: np.ndarray,
-                 syn_features: np.ndarray, quantile: float = 0.05, candidates: int = 16) -> dict[str, Any]:
+                 syn_features: np.ndarray, quantile: float = 0.05, candidates: int = 8) -> dict[str, Any]:
     """Nearest real training image per synthetic image, by features and by SSIM, with copy flags.
 
     real_images (N, C, H, W) / syn_images (M, C, H, W) in [-1, 1]; features (N, D) / (M, D) already on one
     scale (z-scored with the real statistics). Returns ``{"thresholds": {...}, "real_nn": {...}, "rows":
     [one dict per synthetic image: index, feat_nn, feat_dist, ssim_nn, ssim, flag_feat, flag_ssim,
-    flagged]}, "n_flagged", "n_synthetic", "n_real"}``.
+    flagged]}, "real_ssim_nn" (each real image's SSIM-nearest other real image), "n_flagged", "n_synthetic",
+    "n_real"}``.
     """
     if len(real_images) < 2:
         raise ValueError("memorisation: need at least 2 real training images for the real-vs-real yardstick")
     _, rr_d = feature_nearest(real_features, real_features, exclude_self=True)
-    _, rr_s = ssim_nearest(real_images, real_images, candidates, exclude_self=True)
+    rr_si, rr_s = ssim_nearest(real_images, real_images, candidates, exclude_self=True)
     thr_d = float(np.quantile(rr_d, quantile))
     thr_s = float(np.quantile(rr_s, 1.0 - quantile))
     f_idx, f_d = feature_nearest(syn_features, real_features)
@@ -111,6 +123,7 @@ def memorisation(real_images: np.ndarray, real_features: np.ndarray, syn_images:
             "thresholds": {"feat_dist": thr_d, "ssim": thr_s},
             "real_nn": {"feat_dist_median": float(np.median(rr_d)), "feat_dist_min": float(rr_d.min()),
                         "ssim_median": float(np.median(rr_s)), "ssim_max": float(rr_s.max())},
+            "real_ssim_nn": [int(j) for j in rr_si],
             "rows": rows, "n_flagged": int(sum(r["flagged"] for r in rows)), "n_synthetic": len(rows),
             "n_real": int(len(real_images))}
 

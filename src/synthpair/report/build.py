@@ -70,6 +70,17 @@ def _load_segment_setting(setting_dir: Path) -> tuple[list[dict[str, Any]], str,
     return rows, unit, curves
 
 
+def _spread(rows: list[dict[str, Any]], key: str) -> dict[str, Any] | None:
+    """Mean ± sd of the per-``key`` means (folds or repeated seeds) when rows carry ≥ 2 values of ``key``."""
+    from ..metrics.statistics import across_seeds
+
+    groups: dict[Any, list[dict[str, Any]]] = {}
+    for r in rows:
+        if r.get(key) is not None:
+            groups.setdefault(r[key], []).append(r)
+    return across_seeds(groups, METRICS) if len(groups) >= 2 else None
+
+
 def collect_results(run_dir: Path) -> dict[str, Any]:
     """Aggregate ``run_dir/segment/*`` into the ``results.json`` structure."""
     seg_root = run_dir / "segment"
@@ -82,7 +93,9 @@ def collect_results(run_dir: Path) -> dict[str, Any]:
         if not rows:
             continue
         settings[_setting_label(sdir.name)] = {"dir": str(sdir.relative_to(run_dir)), "summary": summarize_rows(rows),
-                                               "per_case": rows, "loss_curves": curves}
+                                               "per_case": rows, "loss_curves": curves,
+                                               "across_folds": _spread(rows, "fold"),
+                                               "across_seeds": _spread(rows, "seed")}
     if not settings:
         raise fail(f"{seg_root}: no finished segmentation results; rerun 'synthpair run' to finish them")
     base = settings.get("real-only")

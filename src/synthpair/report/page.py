@@ -112,6 +112,13 @@ def _segmentation_section(results: dict[str, Any]) -> str:
                          "Wilcoxon p": "n/a" if c["p_value"] is None else f"{c['p_value']:.3g}"})
     if rows:
         out.append("<h4>Paired comparison with real-only (same cases, Wilcoxon signed-rank)</h4>" + table(rows))
+    for key, label in (("across_folds", "folds"), ("across_seeds", "repeated seeds")):
+        spread = [{"setting": name, **{m: f"{100 * v['mean']:.2f} ± {100 * v['sd']:.2f} (n={v['n']})"
+                                       for m, v in s[key].items() if m in ("dice", "iou") and v["mean"] is not None}}
+                  for name, s in results["settings"].items() if s.get(key)]
+        if spread:
+            out.append(f"<h4>Spread across {label} (mean ± sd of the per-{label.split()[-1][:-1]} means, %)</h4>"
+                       + table(spread))
     out.append('<p class="note">Tables also in results.{json,csv,md} and per_case.csv next to this page.</p>')
     return "".join(out)
 
