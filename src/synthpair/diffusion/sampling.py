@@ -26,6 +26,7 @@ Extension points (so guidance, RePaint and paired generation do not fork the loo
 from __future__ import annotations
 
 import contextlib
+import math
 from typing import Any, Callable, Literal, Sequence
 
 import torch
@@ -75,18 +76,40 @@ def step_coefficients(schedule: NoiseSchedule, timesteps: Sequence[int], sampler
 
 
 def make_predictor(model: Model, schedule: NoiseSchedule, cond: Any = None,
-                   autocast_dtype: torch.dtype | None = None, clip: bool = True
-                   ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """``predict(x_t, t) -> x0_hat`` float32 (B, C, H, W), clipped to [-1, 1]; the network runs under autocast."""
+                   autocast_dtype: torch.dtype | None = None, clip: bool = True,
+                   variance_channels: int | None = None) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """``predict(x_t, t) -> x0_hat`` float32 (B, C, H, W), clipped to [-1, 1]; the network runs under autocast.
+
+    With ``variance_channels = C`` the network outputs 2·C channels (mean, learned variance ``v`` in [-1, 1],
+    Improved DDPM); ``predict`` then returns x0_hat and stores ``v`` as ``predict.last_variance``.
+    """
     def predict(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         ctx = (torch.autocast(x_t.device.type, dtype=autocast_dtype) if autocast_dtype is not None
                else contextlib.nullcontext())
         with ctx:
             out = model(x_t, t, cond)
+        if variance_channels is not None:
+            predict.last_variance = out[:, variance_channels:].float()  # type: ignore[attr-defined]
+            out = out[:, :variance_channels]
         x0, _ = schedule.to_x0_eps(out, x_t, t)
         return x0.clamp(-1.0, 1.0) if clip else x0
 
+    predict.last_variance = None  # type: ignore[attr-defined]
     return predict
+
+
+def variance_bounds(schedule: NoiseSchedule, timesteps: Sequence[int]) -> list[tuple[float, float]]:
+    """Per respaced step ``(log beta_t, log beta~_t)`` of the respaced chain (``beta~`` clipped to > 0): the
+    range a learned variance interpolates in (Improved DDPM eq. 15, sec. 4 for respacing)."""
+    ab = schedule.alphas_cumprod64
+    out = []
+    for i, t in enumerate(timesteps):
+        a_t = float(ab[t])
+        a_prev = float(ab[timesteps[i + 1]]) if i + 1 < len(timesteps) else 1.0
+        beta = 1.0 - a_t / a_prev
+        tilde = beta * (1.0 - a_prev) / (1.0 - a_t)
+        out.append((math.log(max(beta, 1e-20)), math.log(max(tilde, 1e-20))))
+    return out
 
 
 def _noise(generators: Sequence[torch.Generator] | None, shape: torch.Size, device: torch.device) -> torch.Tensor:
@@ -101,8 +124,15 @@ def _noise(generators: Sequence[torch.Generator] | None, shape: torch.Size, devi
 def sample(model: Model, schedule: NoiseSchedule, x_T: torch.Tensor, *, sampler: Sampler = "ddim",
            steps: int = 50, eta: float = 0.0, cond: Any = None,
            generators: list[torch.Generator] | None = None, progress: bool = False,
-           autocast_dtype: torch.dtype | None = None, hook: Hook | None = None) -> torch.Tensor:
+           autocast_dtype: torch.dtype | None = None, hook: Hook | None = None,
+           variance_channels: int | None = None) -> torch.Tensor:
     """Run the reverse process from ``x_T`` to ``x0``.
+
+    ``cond`` is passed to every network call (a :class:`~synthpair.diffusion.cond.Cond`, or None);
+    ``model`` may be a guidance combiner (:mod:`.guidance`). ``variance_channels = C`` for networks with a
+    learned variance (2·C outputs): DDPM then draws its noise with the learned per-pixel
+    ``sigma = exp(0.5 (f log beta_t + (1 - f) log beta~_t))``, ``f = (v + 1)/2`` (Improved DDPM eq. 15);
+    DDIM ignores the variance (it uses ``eta``).
 
     x_T: float32 (B, C, H, W) standard normal on the model's device. ``generators``: one CPU
     ``torch.Generator`` per sample for the stochastic noise (sample i depends only on generators[i]);
@@ -112,7 +142,9 @@ def sample(model: Model, schedule: NoiseSchedule, x_T: torch.Tensor, *, sampler:
         raise fail(f"generators: got {len(generators)} for a batch of {x_T.shape[0]}; pass one per sample")
     timesteps = respaced_timesteps(schedule.T, steps)
     coefs = step_coefficients(schedule, timesteps, sampler, eta)
-    predict = make_predictor(model, schedule, cond, autocast_dtype)
+    predict = make_predictor(model, schedule, cond, autocast_dtype, variance_channels=variance_channels)
+    learned = variance_channels is not None and sampler == "ddpm"
+    bounds = variance_bounds(schedule, timesteps) if learned else None
     B, device = x_T.shape[0], x_T.device
     t_batches = [torch.full((B,), t, dtype=torch.long, device=device) for t in timesteps]
     it = range(len(timesteps))
@@ -125,6 +157,9 @@ def sample(model: Model, schedule: NoiseSchedule, x_T: torch.Tensor, *, sampler:
         x0 = predict(x, t_batches[i])
         x = c_x0 * x0 + c_xt * x
         if sigma > 0.0:
+            if bounds is not None:  # learned variance: per-pixel sigma instead of the fixed posterior one
+                f = (predict.last_variance.clamp(-1.0, 1.0) + 1.0) / 2.0  # type: ignore[attr-defined]
+                sigma = torch.exp(0.5 * (f * bounds[i][0] + (1.0 - f) * bounds[i][1]))
             x = x + sigma * _noise(generators, x.shape, device)
         if hook is not None:
             x = hook(x, i, timesteps[i + 1] if i + 1 < len(timesteps) else -1)

@@ -36,8 +36,14 @@ class Method(Protocol):
 
     name: str
 
-    def build_network(self, data: DataInfo, net_cfg: Any) -> nn.Module:
-        """The network with signature ``forward(x_t, t, cond=None)`` for this data."""
+    def build_network(self, data: DataInfo, net_cfg: Any, cond_cfg: Any = None) -> nn.Module:
+        """The network with signature ``forward(x_t, t, cond=None)`` for this data (``cond_cfg``: the
+        :class:`~synthpair.networks.conditional.CondConfig` of mask-conditioned methods; others ignore it).
+
+        Optional members: ``conditional = True`` for methods that sample *for given masks* (their ``sample``
+        takes ``cond=Cond(mask=..., reference=...)`` and ``guidance=``), and ``setup(model, images, masks, *,
+        data, seed, fresh, log)`` which the trainer calls once before training (e.g. to pre-train and freeze a
+        reference encoder)."""
 
     def training_loss(self, model: Callable[..., torch.Tensor], schedule: Any, images: torch.Tensor,
                       masks: torch.Tensor, generator: torch.Generator, *, data: DataInfo,
@@ -82,4 +88,4 @@ def get_method(name: str) -> Method:
 
 
 def _load_builtin() -> None:
-    from . import joint  # noqa: F401  (registers itself)
+    from . import conditional, joint  # noqa: F401  (register themselves)

@@ -48,13 +48,19 @@ def resolve_autocast(amp: str, device: torch.device | str) -> torch.dtype | None
 
 def synthesize_batch(generator: Path | str | tuple[nn.Module, dict[str, Any]], seeds: Sequence[int], *,
                      sampler: str = "ddim", steps: int = 25, eta: float = 0.0, device: torch.device | str = "cpu",
-                     amp: Amp = "auto", progress: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+                     amp: Amp = "auto", progress: bool = False, cond: Any = None, guidance: float | None = None
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
     """Generate one pair per seed with an exported generator.
 
     ``generator``: an export folder (RUN/export) or the ``(model, export_config)`` pair of
     :func:`synthpair.networks.export.load_export` (pass that when calling repeatedly). Returns
     (images float32 (B, C, H, W) in [-1, 1], masks int64 (B, H, W) in 0..K) on CPU. Calling again with the
     same ``seeds`` list (and settings) gives identical tensors.
+
+    Mask-conditioned methods (``method.conditional``) take ``cond`` (a :class:`~synthpair.diffusion.cond.Cond`
+    with ``mask`` int64 (B, H, W) and, for DSDM with a reference encoder, ``reference`` (B, C, H, W)) and the
+    classifier-free ``guidance`` scale; they return the given masks with the generated images. Passing
+    ``cond``/``guidance`` to an unconditional method is an error.
     """
     from ..diffusion.schedule import DiffusionConfig, NoiseSchedule
     from ..config import from_dict
@@ -70,6 +76,12 @@ def synthesize_batch(generator: Path | str | tuple[nn.Module, dict[str, Any]], s
     method = get_method(cfg["method"])
     schedule = NoiseSchedule(from_dict(DiffusionConfig, cfg["diffusion"], where="export config.json:diffusion"),
                              device=device)
+    extra: dict[str, Any] = {}
+    if getattr(method, "conditional", False):
+        extra = {"cond": cond, "guidance": guidance}
+    elif cond is not None or guidance is not None:
+        raise fail(f"method {cfg['method']!r} generates its own masks; --masks/--reference/--guidance only apply to "
+                   f"mask-conditioned generators (mask2image, dsdm)")
     return method.sample(model, schedule, list(seeds), data=DataInfo.from_dict(cfg["data"]), sampler=sampler,
                          steps=steps, eta=eta, device=device, autocast_dtype=resolve_autocast(amp, device),
-                         progress=progress)
+                         progress=progress, **extra)

@@ -48,7 +48,7 @@ class JointMethod:
 
     name = "joint"
 
-    def build_network(self, data: DataInfo, net_cfg: Any) -> nn.Module:
+    def build_network(self, data: DataInfo, net_cfg: Any, cond_cfg: Any = None) -> nn.Module:
         from ..networks.unet import build_unet
 
         c = data.channels + data.num_classes - 1

@@ -190,9 +190,6 @@ class ConditionalUNet(nn.Module):
         super().__init__()
         from monai.networks.nets import DiffusionModelUNet, SPADEDiffusionModelUNet
 
-        from ._einops_compat import ensure_rearrange
-
-        ensure_rearrange()
         self.cfg, self.cond_cfg = net, cond_cfg
         self.channels, self.num_classes = channels, num_classes
         self.out_channels = 2 * channels if cond_cfg.learn_sigma else channels

@@ -95,7 +95,12 @@ def load_export(export_dir: Path | str, device: torch.device | str = "cpu") -> t
         raise fail(f"{weights}: unreadable safetensors file ({err}); re-export or retrain the run") from None
     method = get_method(cfg["method"])
     net_cfg = from_dict(UNetConfig, cfg["net"], where=f"{export_dir / 'config.json'}:net")
-    model = method.build_network(DataInfo.from_dict(cfg["data"]), net_cfg)
+    kw = {}
+    if "cond" in cfg:
+        from .conditional import CondConfig
+
+        kw["cond_cfg"] = from_dict(CondConfig, cfg["cond"], where=f"{export_dir / 'config.json'}:cond")
+    model = method.build_network(DataInfo.from_dict(cfg["data"]), net_cfg, **kw)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as err:

@@ -34,6 +34,7 @@ from ..errors import fail
 from ..io import ensure_dir, save_png_atomic, translate_os_errors, write_bytes_atomic, write_json_atomic
 from ..methods import DataInfo, get_method
 from ..methods.generate import resolve_autocast
+from ..networks.conditional import CondConfig
 from ..networks.unet import UNetConfig
 from .ema import ema_decay_at, ema_update, make_ema
 
@@ -66,6 +67,7 @@ class TrainConfig:
     augment_flips: bool = True      # random horizontal/vertical flips of image and mask together
     net: UNetConfig = field(default_factory=UNetConfig)
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    cond: CondConfig = field(default_factory=CondConfig)  # mask-conditioned methods (dsdm; mask2image fixes it)
     device: str = "auto"            # auto | cpu | cuda | cuda:<i>
 
     def __post_init__(self) -> None:
@@ -255,7 +257,10 @@ def train_generator(data_dir: Path | str, out_dir: Path | str, cfg: TrainConfig 
     masks = torch.from_numpy(masks_np).to(device)
 
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
-    model = method.build_network(info, cfg.net).to(device)
+    model = method.build_network(info, cfg.net, cond_cfg=cfg.cond).to(device)
+    if hasattr(method, "setup"):  # e.g. DSDM: contrastive pre-training of the frozen reference encoder
+        method.setup(model, images, masks, data=info, seed=cfg.seed, fresh=state is None,
+                     log=((lambda msg: (ensure_dir(out), _RunLog(out).line(msg))) if is_main else None))
     ema = make_ema(model)
     schedule = NoiseSchedule(cfg.diffusion, device=device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -378,8 +383,9 @@ def train_generator(data_dir: Path | str, out_dir: Path | str, cfg: TrainConfig 
     if is_main:
         from ..networks.export import save_export
 
+        extra = {"cond": to_dict(method.cond_config(cfg.cond))} if getattr(method, "conditional", False) else {}
         save_export(out / "export", ema, {
-            "method": cfg.method, "net": to_dict(cfg.net), "diffusion": to_dict(cfg.diffusion),
+            **extra, "method": cfg.method, "net": to_dict(cfg.net), "diffusion": to_dict(cfg.diffusion),
             "data": info.to_dict(), "labels": ds.labels, "fold": cfg.fold, "step": step,
             "train_config_hash": config_hash(cfg)})
         log.line(f"done: {step} steps; export written to {out / 'export'}")
