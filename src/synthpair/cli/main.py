@@ -81,7 +81,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     cfg = _config_from_args(GenerateConfig, args.config, args.set, section="generate")
     cfg = _with(cfg, n=args.n, sampler=args.sampler, steps=args.steps, seed=args.seed, batch_size=args.batch,
-                eta=args.eta, min_area=args.min_area, keep_empty=True if args.keep_empty else None)
+                eta=args.eta, min_area=args.min_area, keep_empty=True if args.keep_empty else None,
+                masks=args.masks, reference=args.reference, guidance=args.guidance,
+                min_faithfulness=args.min_faithfulness, segmenter=args.segmenter)
     out = generate(args.run, args.out, cfg)
     print(f"synthetic pairs: {out}  (manifest: {Path(out) / 'manifest.jsonl'})")
     return 0
@@ -219,6 +221,14 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--batch", type=int)
     sp.add_argument("--min-area", type=int, help="drop pairs whose mask has fewer pixels")
     sp.add_argument("--keep-empty", action="store_true", help="keep pairs with empty/small masks")
+    sp.add_argument("--masks", help="mask-conditioned generators: real | augmented | joint:RUN (default real)")
+    sp.add_argument("--reference", choices=["random", "own"],
+                    help="dsdm reference image: a random training image or the mask's own image (default random)")
+    sp.add_argument("--guidance", type=float,
+                    help="classifier-free guidance scale s (1 = conditional; default 3 for CFG-trained dsdm)")
+    sp.add_argument("--min-faithfulness", type=float, help="drop pairs whose mask faithfulness (Dice) is lower")
+    sp.add_argument("--segmenter", help="reference segmenter for faithfulness: auto | off | SEG folder (real-only "
+                                        "'synthpair segment' of the generator's fold)")
     common(sp)
     sp.set_defaults(func=cmd_generate)
 

@@ -48,10 +48,25 @@ class GenerateConfig:
     max_attempts_factor: float = 4.0  # give up after n * factor attempts
     device: str = "auto"
     amp: Literal["auto", "bf16", "off"] = "auto"
+    # mask-conditioned generators (mask2image, dsdm), see synthesis/conditions.py
+    masks: str = "real"               # real | augmented | joint:RUN
+    reference: Literal["random", "own"] = "random"
+    guidance: float | None = None     # classifier-free guidance scale (None: 3 for CFG-trained dsdm, else 1)
+    # mask faithfulness (synthesis/faithfulness.py): auto = RUN/reference_segmenter (trained on first use) for
+    # mask-conditioned methods or when min_faithfulness is set; off; or a real-only SEG folder
+    segmenter: str = "auto"
+    segmenter_steps: int = 300
+    min_faithfulness: float | None = None  # drop pairs whose faithfulness is lower
 
     def __post_init__(self) -> None:
         if self.n < 1:
             raise ValueError("n must be >= 1")
+        if self.min_faithfulness is not None and not 0.0 <= self.min_faithfulness <= 1.0:
+            raise fail(f"min_faithfulness={self.min_faithfulness}: a Dice between 0 and 1, e.g. 0.5")
+        if self.min_faithfulness is not None and self.segmenter == "off":
+            raise fail("min_faithfulness needs faithfulness scores; drop segmenter=off")
+        if self.guidance is not None and self.guidance < 0:
+            raise fail(f"guidance={self.guidance}: must be >= 0 (1 = conditional prediction, 3 = default)")
         if self.steps < 1 or self.batch_size < 1:
             raise ValueError("steps and batch_size must be >= 1")
 
@@ -174,13 +189,75 @@ def pair_id(seed: int) -> str:
     return f"seed{seed:07d}"
 
 
-def _sample(model_bundle: Any, seeds: list[int], cfg: GenerateConfig, device: str, amp: str
-            ) -> tuple[np.ndarray, np.ndarray]:
+def _sample(model_bundle: Any, seeds: list[int], cfg: GenerateConfig, device: str, amp: str,
+            source: Any = None) -> tuple[np.ndarray, np.ndarray, list[dict[str, Any]], list[str]]:
+    """→ (images float32 (B, C, H, W), masks int64 (B, H, W), per-pair condition records, extra train cases)."""
     from ..methods import synthesize_batch
 
+    if source is None:
+        images, masks = synthesize_batch(model_bundle, seeds, sampler=cfg.sampler, steps=cfg.steps, eta=cfg.eta,
+                                         device=device, amp=amp)
+        return (np.asarray(images, dtype=np.float32), np.asarray(masks, dtype=np.int64),
+                [{} for _ in seeds], [])
+    import torch
+
+    from ..diffusion.cond import Cond
+
+    conds = source.batch(seeds, steps=cfg.steps, device=device, amp=amp)
+    cond = Cond(mask=torch.from_numpy(conds.masks),
+                reference=None if conds.references is None else torch.from_numpy(conds.references))
     images, masks = synthesize_batch(model_bundle, seeds, sampler=cfg.sampler, steps=cfg.steps, eta=cfg.eta,
-                                     device=device, amp=amp)
-    return np.asarray(images, dtype=np.float32), np.asarray(masks, dtype=np.int64)
+                                     device=device, amp=amp, cond=cond, guidance=cfg.guidance)
+    return (np.asarray(images, dtype=np.float32), np.asarray(masks, dtype=np.int64), conds.records,
+            conds.extra_train_cases)
+
+
+def _condition_source(bundle: Any, prov: dict[str, Any], cfg: GenerateConfig, first_seed: int) -> Any:
+    """The mask/reference source of a mask-conditioned generator, or None for methods that make their own masks."""
+    from ..methods import get_method
+
+    method = get_method(prov["method"])
+    if not getattr(method, "conditional", False):
+        if cfg.masks != "real" or cfg.reference != "random" or cfg.guidance is not None:
+            raise fail(f"{prov['generator_run']}: a {prov['method']!r} generator makes its own masks; --masks, "
+                       f"--reference and --guidance apply to mask2image/dsdm generators only")
+        return None
+    from .conditions import ConditionSource
+
+    net = bundle[0]
+    guidance = method.default_guidance(net) if cfg.guidance is None else cfg.guidance
+    if guidance != 1.0 and net.cond_cfg.drop_prob <= 0:
+        raise fail(f"--guidance {guidance}: {prov['generator_run']} was trained without classifier-free guidance "
+                   f"(cond.drop_prob=0); use --guidance 1 or retrain with --set cond.drop_prob=0.1")
+    data = prov["export_config"]["data"]
+    return ConditionSource(cfg.masks, cfg.reference, data=prov["data"], fold=prov["fold"], first_seed=first_seed,
+                           num_classes=int(data["num_classes"]), channels=int(data["channels"]), size=data["size"],
+                           needs_reference=bool(net.use_reference), min_component=cfg.min_component)
+
+
+def _scorer(run: Path, prov: dict[str, Any], cfg: GenerateConfig, conditional: bool, device: str) -> Any:
+    """The faithfulness scorer (see GenerateConfig.segmenter), or None."""
+    from .faithfulness import FaithfulnessScorer, train_reference_segmenter
+
+    if cfg.segmenter == "off" or (cfg.segmenter == "auto" and not conditional and cfg.min_faithfulness is None):
+        return None
+    seg = Path(cfg.segmenter) if cfg.segmenter != "auto" else run / "reference_segmenter"
+    if cfg.segmenter == "auto" and not (seg / "results.json").is_file():
+        if not prov.get("data") or not Path(prov["data"]).is_dir():
+            raise fail(f"{run}: cannot train the reference segmenter, the dataset {prov.get('data')} is missing; "
+                       f"pass --segmenter SEG or --segmenter off")
+        print(f"synthpair: training the reference segmenter for mask faithfulness → {seg}", file=sys.stderr)
+        train_reference_segmenter(prov["data"], seg, fold=prov["fold"], steps=cfg.segmenter_steps)
+    elif not (seg / "results.json").is_file():
+        raise fail(f"--segmenter {seg}: not a 'synthpair segment' output folder (no results.json)")
+    return FaithfulnessScorer(seg, fold=prov["fold"], data=prov.get("data"), device=device)
+
+
+def source_guidance(bundle: Any, prov: dict[str, Any], cfg: GenerateConfig) -> float:
+    """The guidance scale actually used (the method default when ``cfg.guidance`` is None)."""
+    from ..methods import get_method
+
+    return float(cfg.guidance if cfg.guidance is not None else get_method(prov["method"]).default_guidance(bundle[0]))
 
 
 def _resolve_device(device: str) -> str:
@@ -207,6 +284,7 @@ def generate(run_dir: Path | str, out_dir: Path | str, cfg: GenerateConfig = Gen
         raise fail(f"{run}: generator run folder not found; pass the --out folder of 'synthpair train'")
     prov = _generator_provenance(run)
     model_bundle = load_export(run / "export")
+    source = _condition_source(model_bundle, prov, cfg, cfg.seed)
     export_cfg = prov["export_config"]
     data_info = {**export_cfg.get("data", {}), **{k: export_cfg[k] for k in ("labels", "modality") if k in export_cfg}}
 
@@ -236,6 +314,7 @@ def generate(run_dir: Path | str, out_dir: Path | str, cfg: GenerateConfig = Gen
 
     device = _resolve_device(cfg.device)
     amp = cfg.amp
+    scorer = _scorer(run, prov, cfg, source is not None, device)
     max_attempts = int(np.ceil(cfg.n * cfg.max_attempts_factor))
     from tqdm import tqdm
 
@@ -244,14 +323,19 @@ def generate(run_dir: Path | str, out_dir: Path | str, cfg: GenerateConfig = Gen
     t0 = time.time()
     while state["kept"] < cfg.n and state["attempted"] < max_attempts:
         seeds = list(range(state["next_seed"], state["next_seed"] + cfg.batch_size))
-        images, masks = _sample(model_bundle, seeds, cfg, device, amp)
+        images, masks, cond_recs, extra_cases = _sample(model_bundle, seeds, cfg, device, amp, source)
+        if source is None:
+            masks = np.stack([clean_mask(m, cfg.min_component) for m in masks])
+        faith = scorer.score(images, masks) if scorer is not None else [None] * len(seeds)
+        train_cases = sorted(set(prov["train_cases"]) | set(extra_cases))
         new_lines = []
-        for seed, image, mask in zip(seeds, images, masks):
+        for seed, image, mask, crec, f in zip(seeds, images, masks, cond_recs, faith):
             if state["kept"] + len(new_lines) >= cfg.n:
                 break
-            mask = clean_mask(mask, cfg.min_component)
             area = int((mask > 0).sum())
             if area < max(cfg.min_area, 1) and not cfg.keep_empty:
+                continue
+            if cfg.min_faithfulness is not None and f < cfg.min_faithfulness:
                 continue
             pid = pair_id(seed)
             write_pair(out, pid, image, mask)
@@ -260,8 +344,10 @@ def generate(run_dir: Path | str, out_dir: Path | str, cfg: GenerateConfig = Gen
                 "sampler": cfg.sampler, "steps": cfg.steps, "eta": cfg.eta, "device": device, "amp": amp,
                 "min_component": cfg.min_component,
                 "model_sha256": prov["model_sha256"], "generator_run": prov["generator_run"],
-                "fold": prov["fold"], "train_cases": prov["train_cases"], "source_case": None,
-                "mask_area": area,
+                "fold": prov["fold"], "train_cases": train_cases, "source_case": None,
+                "mask_area": area, "faithfulness": None if f is None else round(float(f), 6),
+                **({"guidance": source_guidance(model_bundle, prov, cfg)} if source is not None else {}),
+                **crec,
             })
         _append_lines(out, new_lines)
         state = {**state, "next_seed": seeds[-1] + 1, "kept": state["kept"] + len(new_lines),
@@ -283,13 +369,21 @@ def generate(run_dir: Path | str, out_dir: Path | str, cfg: GenerateConfig = Gen
         channels=data_info.get("channels", 1), labels=_labels(data_info),
         size=data_info.get("size", [0, 0]), normalisation={"method": "synthetic"}, items=items,
         synthetic=True, generator_run=prov["generator_run"], model_sha256=prov["model_sha256"],
-        fold=prov["fold"], train_cases=prov["train_cases"])
+        fold=prov["fold"], train_cases=sorted(set(prov["train_cases"]).union(*[r["train_cases"] for r in lines])),
+        faithfulness=_faithfulness_summary(lines))
     write_dataset_json(out, info)
     write_json_atomic(out / PROGRESS, {**state, "complete": True})
     if progress:
         print(f"generated {state['kept']} pairs from {state['attempted']} seeds in {time.time() - t0:.1f}s",
               file=sys.stderr)
     return out
+
+
+def _faithfulness_summary(lines: list[dict[str, Any]]) -> dict[str, Any] | None:
+    from ..metrics.faithfulness import summarize_faithfulness
+
+    vals = [r["faithfulness"] for r in lines if r.get("faithfulness") is not None]
+    return summarize_faithfulness(vals) if vals else None
 
 
 def read_manifest(syn_dir: Path | str) -> list[dict[str, Any]]:
@@ -316,13 +410,21 @@ def regenerate_pair(syn_dir: Path | str, pair: str) -> tuple[np.ndarray, np.ndar
     if _sha256(run / "export" / "model.safetensors") != rec["model_sha256"]:
         raise fail(f"{run}: weights changed since {pair} was generated (sha256 differs); cannot replay it")
     bundle = load_export(run / "export")
+    cond_kw: dict[str, Any] = {}
+    if rec.get("mask_source") is not None:
+        ref = rec.get("reference") or "random"
+        cond_kw = {"masks": rec["mask_source"], "reference": ref, "guidance": rec.get("guidance")}
     cfg = GenerateConfig(sampler=rec["sampler"], steps=rec["steps"], eta=rec["eta"], amp=rec["amp"],
-                         batch_size=len(rec["batch_seeds"]))
-    images, masks = _sample(bundle, list(rec["batch_seeds"]), cfg, rec["device"], rec["amp"])
+                         batch_size=len(rec["batch_seeds"]), min_component=rec.get("min_component", 1), **cond_kw)
+    source = None
+    if cond_kw:
+        prov = _generator_provenance(run)
+        source = _condition_source(bundle, prov, cfg, int(rec["mask_order_seed"]))
+    images, masks, _, _ = _sample(bundle, list(rec["batch_seeds"]), cfg, rec["device"], rec["amp"], source)
     i = rec["batch_seeds"].index(rec["seed"])
     image = to_uint8(images[i])
     image = image[0] if image.shape[0] == 1 else image.transpose(1, 2, 0)
-    mask = clean_mask(masks[i], rec.get("min_component", 1)).astype(np.uint8)
+    mask = (masks[i] if source is not None else clean_mask(masks[i], rec.get("min_component", 1))).astype(np.uint8)
     return image, mask
 
 
