@@ -79,3 +79,15 @@ def test_feature_accumulator_and_bad_input() -> None:
         frechet_distance(data, data[:, :2])
     with pytest.raises(ValueError, match="NaN"):
         kid(data, np.full((4, 3), np.nan))
+
+
+def test_kid_subsets_equal_the_per_subset_estimator() -> None:
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(60, 5)), rng.normal(size=(50, 5)) + 0.2
+    res = kid(a, b, subsets=7, subset_size=20, seed=3)
+    draws = np.random.default_rng(3)
+    idx = [(draws.choice(60, 20, replace=False), draws.choice(50, 20, replace=False)) for _ in range(7)]
+    vals = [mmd2_unbiased(a[i], b[j]) for i, j in idx]
+    assert res["mean"] == pytest.approx(np.mean(vals), rel=1e-10)
+    assert res["sd"] == pytest.approx(np.std(vals, ddof=1), rel=1e-8)
+    assert res["subsets"] == 7 and res["subset_size"] == 20

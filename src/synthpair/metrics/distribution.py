@@ -110,13 +110,19 @@ def kid(real: Any, fake: Any, subsets: int = 100, subset_size: int = 1000, seed:
     draws = [(rng.choice(r.shape[0], size, replace=False), rng.choice(f.shape[0], size, replace=False))
              for _ in range(subsets)]
     if max(r.shape[0], f.shape[0]) <= 4000:
-        # kernel matrices once, then each subset sums its blocks (same numbers, ~10× faster than recomputing)
+        # kernel matrices once; each subset's block sums are quadratic forms vᵀ K w of its indicator vectors,
+        # for all subsets in three matrix products (same numbers as mmd2_unbiased per subset, far faster)
         kxx, kyy, kxy = polynomial_kernel(r, r, degree), polynomial_kernel(f, f, degree), polynomial_kernel(r, f, degree)
-        dxx, dyy = np.diag(kxx), np.diag(kyy)
+        vr = np.zeros((r.shape[0], subsets))
+        vf = np.zeros((f.shape[0], subsets))
+        for s_, (i, j) in enumerate(draws):
+            vr[i, s_] = 1.0
+            vf[j, s_] = 1.0
         m = size
-        vals = np.array([(kxx[np.ix_(i, i)].sum() - dxx[i].sum()) / (m * (m - 1))
-                         + (kyy[np.ix_(j, j)].sum() - dyy[j].sum()) / (m * (m - 1))
-                         - 2.0 * kxy[np.ix_(i, j)].mean() for i, j in draws])
+        sxx = np.einsum("is,is->s", vr, kxx @ vr) - vr.T @ np.diag(kxx)
+        syy = np.einsum("is,is->s", vf, kyy @ vf) - vf.T @ np.diag(kyy)
+        sxy = np.einsum("is,is->s", vr, kxy @ vf)
+        vals = sxx / (m * (m - 1)) + syy / (m * (m - 1)) - 2.0 * sxy / (m * m)
     else:
         vals = np.array([mmd2_unbiased(r[i], f[j], degree) for i, j in draws])
     return {"mean": float(vals.mean()), "sd": float(vals.std(ddof=1)) if subsets > 1 else 0.0,

@@ -142,8 +142,7 @@ def _memorisation_section(rep: Path, generation: list[dict[str, Any]]) -> str:
                    f"neighbours (feature distance &lt; {m['thresholds']['feat_dist']:.3g} or SSIM &gt; "
                    f"{m['thresholds']['ssim']:.3g}; exact copies always flagged).</p>")
         if g.get("grid_path"):
-            out.append(figure(rep / g["grid_path"], "Closest pairs by SSIM: synthetic (left) | nearest real training "
-                              "image (right), one pair per row", width=260))
+            out.append(figure(rep / g["grid_path"], "Closest by SSIM: synthetic | nearest real", width=300))
         out.append(table([{"synthetic": r["id"], "nearest real (SSIM)": r["ssim_nn_id"], "SSIM": f"{r['ssim']:.3f}",
                            "nearest real (features)": r["feat_nn_id"], "feature distance": f"{r['feat_dist']:.3g}",
                            "flagged": "yes" if r["flagged"] else "no"} for r in g["examples"]]))
