@@ -25,6 +25,7 @@ Definitions (per image, means over all pixels and channels):
 """
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import numpy as np
@@ -96,15 +97,21 @@ def _gauss_1d(win: int = WIN, sigma: float = SIGMA, dtype: torch.dtype = torch.f
     return (g / g.sum()).to(dtype)
 
 
-def _band(n: int, g: torch.Tensor) -> torch.Tensor:
-    """(n, n − win + 1) matrix T with T[j + k, j] = g[k]: ``x @ T`` is the valid correlation of rows with g."""
-    w = len(g)
+@functools.lru_cache(maxsize=64)
+def _band_cached(n: int, taps: tuple[float, ...], dtype: torch.dtype) -> torch.Tensor:
+    w = len(taps)
     m = n - w + 1
-    t = torch.zeros(n, m, dtype=g.dtype)
+    t = torch.zeros(n, m, dtype=dtype)
     cols = torch.arange(m)
     for k in range(w):
-        t[cols + k, cols] = g[k]
+        t[cols + k, cols] = taps[k]
     return t
+
+
+def _band(n: int, g: torch.Tensor) -> torch.Tensor:
+    """(n, n − win + 1) matrix T with T[j + k, j] = g[k]: ``x @ T`` is the valid correlation of rows with g
+    (cached: the search loops call this with the same n and taps thousands of times)."""
+    return _band_cached(int(n), tuple(float(v) for v in g.tolist()), g.dtype)
 
 
 def _filter(x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
@@ -129,11 +136,13 @@ def ssim_from_stats(mu_x: torch.Tensor, xx: torch.Tensor, mu_y: torch.Tensor, yy
     """Per-image mean SSIM and cs from precomputed :func:`local_stats` of ``a`` and ``b`` (only the
     cross term ``x·y`` is filtered here)."""
     c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
-    xy = _filter(a * b, _gauss_1d(dtype=a.dtype))
-    sxx, syy, sxy = xx - mu_x ** 2, yy - mu_y ** 2, xy - mu_x * mu_y
-    cs = (2 * sxy + c2) / (sxx + syy + c2)
-    lum = (2 * mu_x * mu_y + c1) / (mu_x ** 2 + mu_y ** 2 + c1)
-    return (lum * cs).mean(dim=(1, 2, 3)), cs.mean(dim=(1, 2, 3))
+    cs = _filter(a * b, _gauss_1d(dtype=a.dtype))          # E[xy], turned into cs in place (few temporaries:
+    mxy = mu_x * mu_y                                       # this runs millions of times in the memorisation search)
+    mx2, my2 = mu_x * mu_x, mu_y * mu_y
+    cs.sub_(mxy).mul_(2).add_(c2)                           # 2 σxy + C2
+    cs.div_((xx - mx2).add_(yy).sub_(my2).add_(c2))         # / (σx² + σy² + C2)
+    lum = mxy.mul_(2).add_(c1).div_(mx2.add_(my2).add_(c1))  # (2 μx μy + C1) / (μx² + μy² + C1)
+    return lum.mul_(cs).mean(dim=(1, 2, 3)), cs.mean(dim=(1, 2, 3))
 
 
 def _ssim_cs(a: torch.Tensor, b: torch.Tensor, data_range: float) -> tuple[torch.Tensor, torch.Tensor]:
