@@ -60,13 +60,13 @@ def demo_config() -> RunConfig:
     from .networks.unet import UNetConfig
 
     return RunConfig(
-        prepare=PrepareConfig(size=64, folds=4, seed=0),
+        prepare=PrepareConfig(size=64, folds=2, seed=0),
         train=dataclasses.replace(
-            TrainConfig(), steps=1400, batch_size=16, lr=1e-3, preview_every=700,
+            TrainConfig(), steps=900, batch_size=16, lr=1e-3, preview_every=450, checkpoint_every=300,
             net=UNetConfig(channels=(16, 32, 32), attention_levels=(False, False, True), num_head_channels=16)),
         generate=GenerateConfig(n=64, steps=20, batch_size=32),
         segment=dataclasses.replace(SegmentConfig(), steps=300),
-        folds=(0,), ratios=(0.5, 1.0), phantoms=40, phantom_size=128)
+        folds=(0,), ratios=(0.5, 1.0), phantoms=64, phantom_size=128)
 
 
 def setting_name(ratio: float | None) -> str:
