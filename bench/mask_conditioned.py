@@ -108,6 +108,9 @@ def rest(a: argparse.Namespace, out: Path) -> None:
     for label, model, guidance in ROWS:
         key = label.replace(" ", "_").replace(",", "").replace("(", "").replace(")", "").replace("=", "")
         syn = out / "syn" / key
+        if not (out / "gen" / model / "export" / "model.safetensors").is_file():
+            print(f"skip {label}: generator {model} not trained yet (rerun --stage rest later)", flush=True)
+            continue
         if not (syn / "dataset.json").is_file():
             t0 = time.time()
             g = ["--guidance", str(guidance)] if guidance is not None and model != "joint" else []
@@ -128,6 +131,8 @@ def rest(a: argparse.Namespace, out: Path) -> None:
                      "faithfulness_mean": sum(faith) / len(faith) if faith else None,
                      "faithfulness_sd": (float(torch.tensor(faith).std()) if len(faith) > 1 else None),
                      "dice_synthetic": res["summary"]["dice"]["mean"], "dice_real_only": None})
+    if len(rows) < len(ROWS):
+        return
     real = json.loads((base / "results.json").read_text())
     real_faith = json.loads((refseg / "results.json").read_text())["summary"]["dice"]["mean"]
     for r in rows:

@@ -74,12 +74,11 @@ class CondConfig:
 class _BasicBlock(nn.Module):
     def __init__(self, cin: int, cout: int, stride: int) -> None:
         super().__init__()
-        g = min(8, cout)
         self.c1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-        self.n1 = nn.GroupNorm(g, cout)
+        self.n1 = nn.BatchNorm2d(cout)
         self.c2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-        self.n2 = nn.GroupNorm(g, cout)
-        self.skip = (nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.GroupNorm(g, cout))
+        self.n2 = nn.BatchNorm2d(cout)
+        self.skip = (nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
                      if stride != 1 or cin != cout else nn.Identity())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -91,14 +90,15 @@ class ReferenceEncoder(nn.Module):
     """ResNet-18 layout (4 stages × 2 basic blocks, widths w, 2w, 4w, 8w) whose classification layer is
     replaced by a fully connected projection to ``embed`` (512) dims (DSDM sec. III-B).
 
-    forward: images float (B, C, H, W) in [-1, 1] → float (B, embed). GroupNorm instead of BatchNorm so the
-    embedding of an image does not depend on its batch (per-pair reproducibility).
+    forward: images float (B, C, H, W) in [-1, 1] → float (B, embed). BatchNorm as in ResNet-18: batch
+    statistics only during the contrastive pre-training; the encoder is then frozen in eval mode (running
+    statistics), so an image's embedding never depends on its batch (per-pair reproducibility).
     """
 
     def __init__(self, in_channels: int, width: int = 16, embed: int = 512) -> None:
         super().__init__()
         self.in_channels = in_channels
-        self.stem = nn.Sequential(nn.Conv2d(in_channels, width, 3, 1, 1, bias=False), nn.GroupNorm(min(8, width), width),
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width),
                                   nn.ReLU())
         chans = [width, 2 * width, 4 * width, 8 * width]
         layers, cin = [], width
