@@ -287,3 +287,23 @@ def test_two_lesion_classes_generate_replay_and_provenance(phantom_run: tuple[Pa
         assert rec["reference_case"] == rec["source_case"] and rec["faithfulness"] >= 0.999
     with pytest.raises(SynthpairError, match="--masks"):
         generate(run, tmp_path / "bad", dataclasses.replace(cfg, masks="fancy"), progress=False)
+
+
+def test_reinhard_colour_normalisation_matches_dataset_statistics(tmp_path: Path) -> None:
+    from data_helpers import write_png_folder
+
+    from synthpair.data.colour import _to_lab
+    from synthpair.data.dataset import PreparedDataset
+    from synthpair.data.prepare import PrepareConfig, prepare_dataset
+
+    src = write_png_folder(tmp_path / "src", n=4, h=16, w=16, rgb=True)
+    data = prepare_dataset(src, tmp_path / "data", PrepareConfig(size=16, folds=2, dedup=False,
+                                                                 colour_normalisation="reinhard"), progress=False)
+    ds = PreparedDataset.open(data)
+    target = np.array(ds.info["normalisation"]["colour"]["lab_mean"])
+    imgs, _ = ds.load(ds.ids)
+    means = np.stack([_to_lab(im).reshape(-1, 3).mean(0) for im in imgs])
+    assert np.abs(means - target).max() < 3.0  # up to gamut clipping and uint8 rounding
+    with pytest.raises(SynthpairError, match="RGB"):
+        prepare_dataset(write_png_folder(tmp_path / "g", n=4, h=16, w=16), tmp_path / "d2",
+                        PrepareConfig(size=16, folds=2, dedup=False, colour_normalisation="reinhard"), progress=False)

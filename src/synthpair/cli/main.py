@@ -54,7 +54,8 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     cfg = _with(cfg, size=args.size, folds=args.folds, seed=args.seed, modality=args.modality, axis=args.axis,
                 empty_fraction=args.empty_fraction,
                 foreground_only=True if args.foreground_only else None,
-                dedup=False if args.no_dedup else None, dedup_threshold=args.dedup_threshold)
+                dedup=False if args.no_dedup else None, dedup_threshold=args.dedup_threshold,
+                colour_normalisation=args.colour_norm)
     out = prepare_dataset(args.src, args.out, cfg, overwrite=args.overwrite)
     print(f"prepared dataset: {out}")
     return 0
@@ -194,6 +195,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--empty-fraction", type=float, help="with --foreground-only: fraction of empty slices to keep")
     sp.add_argument("--no-dedup", action="store_true", help="skip near-duplicate grouping")
     sp.add_argument("--dedup-threshold", type=float)
+    sp.add_argument("--colour-norm", choices=["none", "reinhard"],
+                    help="RGB only: Reinhard colour normalisation to the dataset's mean L*a*b* statistics")
     sp.add_argument("--overwrite", action="store_true")
     common(sp)
     sp.set_defaults(func=cmd_prepare)

@@ -51,6 +51,8 @@ class PrepareConfig:
       Pearson correlation (-1..1) of 32×32 thumbnails minus the dataset-mean thumbnail, ``dedup_max_hamming`` the maximum dHash distance
       (bits out of 64); both must hold.
     - ``name``: dataset name (default: the source folder name).
+    - ``colour_normalisation``: "none" or "reinhard" — RGB images only: Reinhard normalisation in L*a*b* to the
+      dataset's mean statistics (DiffusionDCI sec. IV-B-1; :mod:`.colour`), applied after resizing.
     """
 
     size: int = 64
@@ -70,8 +72,11 @@ class PrepareConfig:
     dedup_threshold: float = 0.9
     dedup_max_hamming: int = 12
     name: str | None = None
+    colour_normalisation: str = "none"
 
     def __post_init__(self) -> None:
+        if self.colour_normalisation not in ("none", "reinhard"):
+            raise fail(f"colour_normalisation={self.colour_normalisation!r}: choose 'none' or 'reinhard'")
         if not 8 <= self.size <= 4096:
             raise fail(f"size={self.size}: must be between 8 and 4096 pixels")
         if self.folds < 2:
@@ -177,6 +182,16 @@ def prepare_dataset(src: Path | str, out: Path | str, cfg: PrepareConfig | None 
             _log(progress, f"prepare: warning: every mask in {src} is empty")
 
         channels = 3 if 3 in raw_channels else 1
+        colour_info = None
+        if cfg.colour_normalisation == "reinhard":
+            if channels != 3:
+                raise fail(f"{src}: colour_normalisation=reinhard needs RGB images but they have 1 channel; "
+                           f"drop the option")
+            from .colour import normalise_colours
+
+            rgb = [img if img.shape[0] == 3 else np.repeat(img, 3, axis=0) for _, img, _ in pending]
+            normed, colour_info = normalise_colours(rgb)
+            pending = [(m, im, msk) for (m, _, msk), im in zip(pending, normed)]
         ids = [m["id"] for m, _, _ in pending]
         if len(set(ids)) != len(ids):
             dup = next(i for i in ids if ids.count(i) > 1)
@@ -218,6 +233,8 @@ def prepare_dataset(src: Path | str, out: Path | str, cfg: PrepareConfig | None 
                         ct_width=cfg.ct_width, per="volume" if source.volumetric else "image")
         if method == "mixed":
             norm["methods"] = sorted(method_used)
+        if colour_info is not None:
+            norm["colour"] = {"method": "reinhard", **colour_info}
         info = dataset_info(name=cfg.name or src.name, modality=modality, channels=channels, labels=labels,
                             size=(cfg.size, cfg.size), normalisation=norm, items=items, source=str(src),
                             source_kind=source.kind, prepare_config=to_dict(cfg))
