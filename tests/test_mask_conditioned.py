@@ -307,3 +307,26 @@ def test_reinhard_colour_normalisation_matches_dataset_statistics(tmp_path: Path
     with pytest.raises(SynthpairError, match="RGB"):
         prepare_dataset(write_png_folder(tmp_path / "g", n=4, h=16, w=16), tmp_path / "d2",
                         PrepareConfig(size=16, folds=2, dedup=False, colour_normalisation="reinhard"), progress=False)
+
+
+def test_learned_variance_ddpm_reduces_to_fixed_posterior_variance() -> None:
+    """v = -1 everywhere (f = 0) gives sigma = sqrt(beta~) — the fixed DDPM sampler; v = +1 gives sqrt(beta)."""
+    from synthpair.diffusion.sampling import sample, variance_bounds
+
+    sched = NoiseSchedule(DiffusionConfig(num_timesteps=30))
+
+    def fixed(x, t, cond=None):
+        return 0.3 * x
+
+    def learned(v):
+        return lambda x, t, cond=None: torch.cat([0.3 * x, torch.full_like(x, v)], dim=1)
+
+    def run(model, **kw):
+        gens = [torch.Generator().manual_seed(s) for s in (1, 2)]
+        x_T = torch.stack([torch.randn((1, 4, 4), generator=g) for g in gens])
+        return sample(model, sched, x_T, sampler="ddpm", steps=5, generators=gens, **kw)
+
+    assert torch.allclose(run(learned(-1.0), variance_channels=1), run(fixed), atol=1e-5)
+    assert not torch.allclose(run(learned(1.0), variance_channels=1), run(fixed), atol=1e-3)
+    lb, lt = variance_bounds(sched, [29, 22])[0]
+    assert lb > lt  # beta_t > beta~_t
