@@ -62,7 +62,7 @@ def test_end_to_end_demo_command_on_tiny_phantoms(tmp_path: Path) -> None:
                           capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "| real-only |" in proc.stdout and "| real+synthetic r=0.5 |" in proc.stdout
-    assert f"report: {out / 'report' / 'results.md'}" in proc.stdout
+    assert f"report: {out / 'report' / 'report.html'}" in proc.stdout
     res = json.loads((out / "report" / "results.json").read_text())
     assert set(res["settings"]) == {"real-only", "real+synthetic r=0.5"}
     for s in res["settings"].values():

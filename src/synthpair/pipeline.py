@@ -189,6 +189,7 @@ def run_pipeline(src: Path | str | None, out_dir: Path | str, cfg: RunConfig, *,
     results = read_json(out / "report" / "results.json")
     print()
     print(results_table(results), end="")
-    log(f"done. report: {report_path}")
-    print(f"report: {report_path}", file=sys.stdout)
+    html = out / "report" / "report.html"
+    log(f"done in {time.time() - log.t0:.0f}s. tables: {report_path}")
+    print(f"report: {html if html.is_file() else report_path}", file=sys.stdout)
     return results
