@@ -60,11 +60,12 @@ def lpips_style_distance(x: Any, y: Any, model: torch.nn.Module, layers: tuple[s
     from .features import clean_resize
 
     layers = layers or model.LPIPS_LAYERS
+    last = max(layers, key=model.ORDER.index)
     x, y = np.asarray(x, dtype=np.float32), np.asarray(y, dtype=np.float32)
     out = []
     for i in range(0, len(x), batch_size):
-        fx = model.layers(clean_resize(x[i:i + batch_size]))
-        fy = model.layers(clean_resize(y[i:i + batch_size]))
+        fx = model.layers(clean_resize(x[i:i + batch_size]), until=last)
+        fy = model.layers(clean_resize(y[i:i + batch_size]), until=last)
         d = sum(((_unit_normalise(fx[l]) - _unit_normalise(fy[l])) ** 2).sum(1).mean(dim=(1, 2)) for l in layers)
         out.append(d.double().numpy())
     return np.concatenate(out) if out else np.zeros(0)

@@ -397,11 +397,14 @@ class InceptionV3(nn.Module):
         self.Mixed_7b = InceptionE(1280, "avg_fid" if fid else "avg")
         self.Mixed_7c = InceptionE(2048, "max" if fid else "avg")
 
-    def layers(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    ORDER = ("Conv2d_1a_3x3", "Conv2d_2a_3x3", "Conv2d_2b_3x3", "maxpool1", "Conv2d_3b_1x1", "Conv2d_4a_3x3",
+             "maxpool2", "Mixed_5b", "Mixed_5c", "Mixed_5d", "Mixed_6a", "Mixed_6b", "Mixed_6c", "Mixed_6d",
+             "Mixed_6e", "Mixed_7a", "Mixed_7b", "Mixed_7c")
+
+    def layers(self, x: torch.Tensor, until: str = "Mixed_7c") -> dict[str, torch.Tensor]:
+        """Every intermediate map up to and including ``until`` (the rest is not computed)."""
         out = {}
-        for name in ("Conv2d_1a_3x3", "Conv2d_2a_3x3", "Conv2d_2b_3x3", "maxpool1", "Conv2d_3b_1x1",
-                     "Conv2d_4a_3x3", "maxpool2", "Mixed_5b", "Mixed_5c", "Mixed_5d", "Mixed_6a", "Mixed_6b",
-                     "Mixed_6c", "Mixed_6d", "Mixed_6e", "Mixed_7a", "Mixed_7b", "Mixed_7c"):
+        for name in self.ORDER[: self.ORDER.index(until) + 1]:
             x = F.max_pool2d(x, 3, stride=2) if name.startswith("maxpool") else getattr(self, name)(x)
             out[name] = x
         return out
