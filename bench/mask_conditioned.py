@@ -13,8 +13,8 @@ segmenter trained on the real training split (shared by all rows), and run ``seg
 +synthetic at ratio 0.5 on the same fold with the same segmenter budget. Writes ``results.json`` and
 ``results.md`` under ``--out``.
 
-    python bench/mask_conditioned.py --data runs/mc/busi64 --out runs/mc/bench [--steps 500] [--n 256]
-           [--seg-steps 600] [--stage train|rest|all] [--jobs 2]
+    python bench/mask_conditioned.py --data runs/mc/busi64 --out runs/mc/bench [--steps 500] [--n 128]
+           [--seg-steps 600] [--stage train|gen|seg|table|all] [--jobs 2]
 """
 from __future__ import annotations
 
@@ -87,7 +87,16 @@ def run(args: list[str], log: Path) -> None:
         raise SystemExit(f"synthpair {args[0]} failed; see {log}")
 
 
-def rest(a: argparse.Namespace, out: Path) -> None:
+def _key(label: str) -> str:
+    return label.replace(" ", "_").replace(",", "").replace("(", "").replace(")", "").replace("=", "")
+
+
+def _trained(out: Path, model: str) -> bool:
+    return (out / "gen" / model / "export" / "model.safetensors").is_file()
+
+
+def gen_rows(a: argparse.Namespace, out: Path) -> None:
+    """Reference segmenter, then one synthetic folder per row (waiting for generators still in training)."""
     import torch
 
     torch.set_num_threads(1)
@@ -95,68 +104,99 @@ def rest(a: argparse.Namespace, out: Path) -> None:
 
     refseg = out / "reference_segmenter"
     if not (refseg / "results.json").is_file():
+        train_reference_segmenter(a.data, refseg, fold=a.fold, steps=a.seg_steps, seed=a.seg_seed)
+    todo = list(ROWS)
+    while todo:
+        ready = [r for r in todo if _trained(out, r[1])]
+        if not ready:
+            time.sleep(10)
+            continue
+        label, model, guidance = ready[0]
+        todo.remove(ready[0])
+        syn = out / "syn" / _key(label)
+        if (syn / "dataset.json").is_file():
+            continue
         t0 = time.time()
-        train_reference_segmenter(a.data, refseg, fold=a.fold, steps=a.seg_steps)
-        print(f"reference segmenter in {time.time() - t0:.0f} s", flush=True)
+        g = ["--guidance", str(guidance)] if guidance is not None and model != "joint" else []
+        masks = [] if model == "joint" else ["--masks", "real", "--reference", "random"]
+        run(["generate", str(out / "gen" / model), "--out", str(syn), "--n", str(a.n), "--seed", "0",
+             "--steps", str(a.gen_steps), "--segmenter", str(refseg), *masks, *g], out / f"gen_{_key(label)}.log")
+        (syn / "bench_time.json").write_text(json.dumps({"generate_s": round(time.time() - t0, 1)}))
+        print(f"generated {label} in {time.time() - t0:.0f} s", flush=True)
+
+
+def seg_rows(a: argparse.Namespace, out: Path) -> None:
+    """Real-only and +synthetic (ratio 0.5) segmentation per row, as soon as its synthetic folder is complete."""
     seg_sets = [f"--set=batch_size={a.batch}", f"--set=seed={a.seg_seed}"]
     base = out / "seg" / "real_only"
     if not (base / "results.json").is_file():
         run(["segment", str(a.data), "--out", str(base), "--folds", str(a.fold), "--steps", str(a.seg_steps),
              *seg_sets], out / "seg_real_only.log")
-    rows = []
-    times = json.loads((out / "train_times.json").read_text())
-    for label, model, guidance in ROWS:
-        key = label.replace(" ", "_").replace(",", "").replace("(", "").replace(")", "").replace("=", "")
-        syn = out / "syn" / key
-        if not (out / "gen" / model / "export" / "model.safetensors").is_file():
-            print(f"skip {label}: generator {model} not trained yet (rerun --stage rest later)", flush=True)
+    todo = list(ROWS)
+    while todo:
+        ready = [r for r in todo if (out / "syn" / _key(r[0]) / "bench_time.json").is_file()]
+        if not ready:
+            time.sleep(10)
             continue
-        if not (syn / "dataset.json").is_file():
-            t0 = time.time()
-            g = ["--guidance", str(guidance)] if guidance is not None and model != "joint" else []
-            masks = [] if model == "joint" else ["--masks", "real", "--reference", "random"]
-            run(["generate", str(out / "gen" / model), "--out", str(syn), "--n", str(a.n), "--seed", "0",
-                 "--steps", str(a.gen_steps), "--segmenter", str(refseg), *masks, *g], out / f"gen_{key}.log")
-            (syn / "bench_time.json").write_text(json.dumps({"generate_s": round(time.time() - t0, 1)}))
-        seg = out / "seg" / key
+        label = ready[0][0]
+        todo.remove(ready[0])
+        seg = out / "seg" / _key(label)
         if not (seg / "results.json").is_file():
+            t0 = time.time()
             run(["segment", str(a.data), "--out", str(seg), "--folds", str(a.fold), "--steps", str(a.seg_steps),
-                 "--synthetic", str(syn), "--mix", "ratio=0.5", *seg_sets], out / f"seg_{key}.log")
+                 "--synthetic", str(out / "syn" / _key(label)), "--mix", "ratio=0.5", *seg_sets],
+                out / f"seg_{_key(label)}.log")
+            print(f"segmented {label} in {time.time() - t0:.0f} s", flush=True)
+
+
+def table(a: argparse.Namespace, out: Path) -> None:
+    import statistics
+
+    refseg = out / "reference_segmenter"
+    base = out / "seg" / "real_only"
+    times = json.loads((out / "train_times.json").read_text())
+    rows = []
+    for label, model, guidance in ROWS:
+        syn, seg = out / "syn" / _key(label), out / "seg" / _key(label)
+        if not (seg / "results.json").is_file():
+            print(f"missing: {label}", flush=True)
+            continue
         lines = [json.loads(x) for x in (syn / "manifest.jsonl").read_text().splitlines() if x.strip()]
         faith = [r["faithfulness"] for r in lines if r.get("faithfulness") is not None]
         res = json.loads((seg / "results.json").read_text())
         rows.append({"row": label, "model": model, "method": MODELS[model][0], "guidance": guidance,
                      "n_pairs": len(lines), "train_s": times.get(model),
                      "generate_s": json.loads((syn / "bench_time.json").read_text())["generate_s"],
-                     "faithfulness_mean": sum(faith) / len(faith) if faith else None,
-                     "faithfulness_sd": (float(torch.tensor(faith).std()) if len(faith) > 1 else None),
-                     "dice_synthetic": res["summary"]["dice"]["mean"], "dice_real_only": None})
-    if len(rows) < len(ROWS):
-        return
+                     "faithfulness_mean": statistics.mean(faith) if faith else None,
+                     "faithfulness_sd": statistics.stdev(faith) if len(faith) > 1 else None,
+                     "dice_synthetic": res["summary"]["dice"]["mean"],
+                     "dice_synthetic_sd": res["summary"]["dice"]["sd"]})
     real = json.loads((base / "results.json").read_text())
     real_faith = json.loads((refseg / "results.json").read_text())["summary"]["dice"]["mean"]
-    for r in rows:
-        r["dice_real_only"] = real["summary"]["dice"]["mean"]
+    real_dice = real["summary"]["dice"]["mean"]
     result = {"data": str(Path(a.data).resolve()), "fold": a.fold, "generator_steps": a.steps, "batch": a.batch,
               "lr": a.lr, "net": NET, "n_pairs": a.n, "sampler": f"ddim-{a.gen_steps}", "seg_steps": a.seg_steps,
-              "reference_segmenter_test_dice": real_faith, "threads_per_job": 1, "parallel_jobs": a.jobs,
-              "rows": rows}
+              "n_test": real["summary"]["dice"]["n"], "dice_real_only": real_dice,
+              "dice_real_only_sd": real["summary"]["dice"]["sd"],
+              "reference_segmenter_test_dice": real_faith, "threads_per_job": 1, "rows": rows}
     (out / "results.json").write_text(json.dumps(result, indent=1))
     md = [f"# Mask-conditioned generators on {Path(a.data).name}, fold {a.fold}",
-          "", f"Generator budget (every model): {a.steps} AdamW steps × batch {a.batch} at 64×64, net {NET}, "
-              f"bf16 autocast, 1 CPU thread, {a.jobs} jobs in parallel on a shared 2-core machine. "
-              f"Sampling: DDIM {a.gen_steps} steps, {a.n} pairs per row, masks = real training-split masks, "
-              f"reference = random training image. Segmenter: MONAI UNet, {a.seg_steps} steps, same seed, "
-              f"real-only vs +synthetic at ratio 0.5, scored on the held-out test split of fold {a.fold}.",
+          "", f"Generator budget (every model): {a.steps} AdamW steps x batch {a.batch} (lr {a.lr}) at 64x64, "
+              f"net {' '.join(NET)}, bf16 autocast, 1 CPU thread per job on a shared 2-core machine (wall times "
+              f"below include contention). Sampling: DDIM {a.gen_steps} steps, {a.n} pairs per row, masks = real "
+              f"training-split masks, reference = random training image. Segmenter: MONAI UNet, {a.seg_steps} "
+              f"steps x batch {a.batch}, seed {a.seg_seed}, real-only vs +synthetic at ratio 0.5, Dice on the "
+              f"{result['n_test']} held-out test images of fold {a.fold}.",
           "", f"Mask faithfulness = Dice(reference segmenter on the synthetic image, the mask it was generated "
-              f"from); the reference segmenter (real training split only) scores Dice {real_faith:.3f} on real "
-              f"held-out images (the ceiling for faithfulness).", "",
-          "| row | faithfulness (mean ± sd) | Dice real-only | Dice +synthetic (r=0.5) | Δ | train s | generate s |",
+              f"from); the reference segmenter is trained on the real training split only and scores Dice "
+              f"{real_faith:.3f} on the real held-out images (the ceiling). Real-only Dice: {real_dice:.3f} "
+              f"(sd over images {result['dice_real_only_sd']:.3f}).", "",
+          "| row | faithfulness (mean ± sd) | Dice real-only | Dice +synthetic (r=0.5) | Δ Dice | generator train s | generate s |",
           "|---|---|---|---|---|---|---|"]
     for r in rows:
         f = "–" if r["faithfulness_mean"] is None else f"{r['faithfulness_mean']:.3f} ± {r['faithfulness_sd'] or 0:.3f}"
-        md.append(f"| {r['row']} | {f} | {r['dice_real_only']:.3f} | {r['dice_synthetic']:.3f} | "
-                  f"{r['dice_synthetic'] - r['dice_real_only']:+.3f} | {r['train_s']} | {r['generate_s']} |")
+        md.append(f"| {r['row']} | {f} | {real_dice:.3f} | {r['dice_synthetic']:.3f} | "
+                  f"{r['dice_synthetic'] - real_dice:+.3f} | {r['train_s']} | {r['generate_s']} |")
     (out / "results.md").write_text("\n".join(md) + "\n")
     print("\n".join(md))
 
@@ -169,19 +209,29 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=500)
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--lr", type=float, default=5e-4)
-    p.add_argument("--n", type=int, default=256)
+    p.add_argument("--n", type=int, default=128)
     p.add_argument("--gen-steps", type=int, default=25)
     p.add_argument("--seg-steps", type=int, default=600)
     p.add_argument("--seg-seed", type=int, default=0)
     p.add_argument("--jobs", type=int, default=2)
-    p.add_argument("--stage", choices=["train", "rest", "all"], default="all")
+    p.add_argument("--stage", choices=["train", "gen", "seg", "table", "all"], default="all")
     a = p.parse_args()
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    if a.stage in ("train", "all"):
+    if a.stage == "train":
         train_all(a, out)
-    if a.stage in ("rest", "all"):
-        rest(a, out)
+    if a.stage == "all":  # generation and segmentation overlap with the remaining generator training
+        procs = [subprocess.Popen([PY, __file__, *sys.argv[1:], "--stage", st]) for st in ("gen", "seg")]
+        train_all(a, out)
+        if any(p.wait() for p in procs):
+            raise SystemExit("a stage failed")
+        table(a, out)
+    elif a.stage == "gen":
+        gen_rows(a, out)
+    elif a.stage == "seg":
+        seg_rows(a, out)
+    elif a.stage == "table":
+        table(a, out)
 
 
 if __name__ == "__main__":
