@@ -25,6 +25,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 PY = sys.executable
 NET = ["net.channels=[16,32,64]", "net.attention_levels=[false,false,true]", "net.num_head_channels=32",
@@ -95,6 +96,27 @@ def _trained(out: Path, model: str) -> bool:
     return (out / "gen" / model / "export" / "model.safetensors").is_file()
 
 
+def _pool(jobs: int, ready, launch, done) -> None:
+    """Run up to ``jobs`` subprocesses: ``ready()`` → next item or None (None and nothing left: stop)."""
+    running: list[tuple[Any, subprocess.Popen, float]] = []
+    while True:
+        while len(running) < jobs:
+            item = ready()
+            if item is None:
+                break
+            running.append((item, launch(item), time.time()))
+        if not running and ready(peek=True) is False:
+            return
+        time.sleep(5)
+        for r in list(running):
+            item, p, t0 = r
+            if p.poll() is not None:
+                running.remove(r)
+                if p.returncode != 0:
+                    raise SystemExit(f"{item}: failed (exit {p.returncode})")
+                done(item, time.time() - t0)
+
+
 def gen_rows(a: argparse.Namespace, out: Path) -> None:
     """Reference segmenter, then one synthetic folder per row (waiting for generators still in training)."""
     import torch
@@ -105,24 +127,30 @@ def gen_rows(a: argparse.Namespace, out: Path) -> None:
     refseg = out / "reference_segmenter"
     if not (refseg / "results.json").is_file():
         train_reference_segmenter(a.data, refseg, fold=a.fold, steps=a.seg_steps, seed=a.seg_seed)
-    todo = list(ROWS)
-    while todo:
-        ready = [r for r in todo if _trained(out, r[1])]
-        if not ready:
-            time.sleep(10)
-            continue
-        label, model, guidance = ready[0]
-        todo.remove(ready[0])
+    todo = [r for r in ROWS if not (out / "syn" / _key(r[0]) / "bench_time.json").is_file()]
+
+    def ready(peek: bool = False):
+        if not todo:
+            return False if peek else None
+        items = [r for r in todo if _trained(out, r[1])]
+        if peek or not items:
+            return None
+        todo.remove(items[0])
+        return items[0]
+
+    def launch(row):
+        label, model, guidance = row
         syn = out / "syn" / _key(label)
-        if (syn / "dataset.json").is_file():
-            continue
-        t0 = time.time()
         g = ["--guidance", str(guidance)] if guidance is not None and model != "joint" else []
         masks = [] if model == "joint" else ["--masks", "real", "--reference", "random"]
-        run(["generate", str(out / "gen" / model), "--out", str(syn), "--n", str(a.n), "--seed", "0",
-             "--steps", str(a.gen_steps), "--segmenter", str(refseg), *masks, *g], out / f"gen_{_key(label)}.log")
-        (syn / "bench_time.json").write_text(json.dumps({"generate_s": round(time.time() - t0, 1)}))
-        print(f"generated {label} in {time.time() - t0:.0f} s", flush=True)
+        return sh(["generate", str(out / "gen" / model), "--out", str(syn), "--n", str(a.n), "--seed", "0",
+                   "--steps", str(a.gen_steps), "--segmenter", str(refseg), *masks, *g], out / f"gen_{_key(label)}.log")
+
+    def done(row, secs):
+        (out / "syn" / _key(row[0]) / "bench_time.json").write_text(json.dumps({"generate_s": round(secs, 1)}))
+        print(f"generated {row[0]} in {secs:.0f} s", flush=True)
+
+    _pool(a.gen_jobs, ready, launch, done)
 
 
 def seg_rows(a: argparse.Namespace, out: Path) -> None:
@@ -132,21 +160,27 @@ def seg_rows(a: argparse.Namespace, out: Path) -> None:
     if not (base / "results.json").is_file():
         run(["segment", str(a.data), "--out", str(base), "--folds", str(a.fold), "--steps", str(a.seg_steps),
              *seg_sets], out / "seg_real_only.log")
-    todo = list(ROWS)
-    while todo:
-        ready = [r for r in todo if (out / "syn" / _key(r[0]) / "bench_time.json").is_file()]
-        if not ready:
-            time.sleep(10)
-            continue
-        label = ready[0][0]
-        todo.remove(ready[0])
-        seg = out / "seg" / _key(label)
-        if not (seg / "results.json").is_file():
-            t0 = time.time()
-            run(["segment", str(a.data), "--out", str(seg), "--folds", str(a.fold), "--steps", str(a.seg_steps),
-                 "--synthetic", str(out / "syn" / _key(label)), "--mix", "ratio=0.5", *seg_sets],
-                out / f"seg_{_key(label)}.log")
-            print(f"segmented {label} in {time.time() - t0:.0f} s", flush=True)
+    todo = [r for r in ROWS if not (out / "seg" / _key(r[0]) / "results.json").is_file()]
+
+    def ready(peek: bool = False):
+        if not todo:
+            return False if peek else None
+        items = [r for r in todo if (out / "syn" / _key(r[0]) / "bench_time.json").is_file()]
+        if peek or not items:
+            return None
+        todo.remove(items[0])
+        return items[0]
+
+    def launch(row):
+        seg = out / "seg" / _key(row[0])
+        return sh(["segment", str(a.data), "--out", str(seg), "--folds", str(a.fold), "--steps", str(a.seg_steps),
+                   "--synthetic", str(out / "syn" / _key(row[0])), "--mix", "ratio=0.5", *seg_sets],
+                  out / f"seg_{_key(row[0])}.log")
+
+    def done(row, secs):
+        print(f"segmented {row[0]} in {secs:.0f} s", flush=True)
+
+    _pool(a.seg_jobs, ready, launch, done)
 
 
 def table(a: argparse.Namespace, out: Path) -> None:
@@ -213,7 +247,9 @@ def main() -> None:
     p.add_argument("--gen-steps", type=int, default=25)
     p.add_argument("--seg-steps", type=int, default=600)
     p.add_argument("--seg-seed", type=int, default=0)
-    p.add_argument("--jobs", type=int, default=2)
+    p.add_argument("--jobs", type=int, default=2, help="generator trainings in parallel")
+    p.add_argument("--gen-jobs", type=int, default=2, help="generate runs in parallel")
+    p.add_argument("--seg-jobs", type=int, default=2, help="segment runs in parallel")
     p.add_argument("--stage", choices=["train", "gen", "seg", "table", "all"], default="all")
     a = p.parse_args()
     out = Path(a.out)
