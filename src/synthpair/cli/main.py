@@ -167,7 +167,9 @@ def cmd_report(args: argparse.Namespace) -> int:
     from ..report.build import build_report
 
     path = build_report(args.run_dir)
-    print(f"report: {path}")
+    html = Path(args.run_dir) / "report" / "report.html"
+    print(f"tables: {path}")
+    print(f"report: {html if html.is_file() else path}")
     return 0
 
 
