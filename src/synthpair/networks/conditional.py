@@ -57,6 +57,7 @@ class CondConfig:
     encoder_lr: float = 1e-3
     encoder_temperature: float = 0.2
     spade_hidden: int = 32
+    ref_norm: Literal["batch", "group"] = "batch"  # reference encoder normalisation (see ReferenceEncoder)
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.drop_prob < 1.0:
@@ -71,14 +72,18 @@ class CondConfig:
 
 
 # ---------------------------------------------------------------------------------- reference encoder
+def _norm(kind: str, c: int) -> nn.Module:
+    return nn.BatchNorm2d(c) if kind == "batch" else nn.GroupNorm(min(8, c), c)
+
+
 class _BasicBlock(nn.Module):
-    def __init__(self, cin: int, cout: int, stride: int) -> None:
+    def __init__(self, cin: int, cout: int, stride: int, norm: str = "batch") -> None:
         super().__init__()
         self.c1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-        self.n1 = nn.BatchNorm2d(cout)
+        self.n1 = _norm(norm, cout)
         self.c2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-        self.n2 = nn.BatchNorm2d(cout)
-        self.skip = (nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+        self.n2 = _norm(norm, cout)
+        self.skip = (nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), _norm(norm, cout))
                      if stride != 1 or cin != cout else nn.Identity())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -93,17 +98,19 @@ class ReferenceEncoder(nn.Module):
     forward: images float (B, C, H, W) in [-1, 1] → float (B, embed). BatchNorm as in ResNet-18: batch
     statistics only during the contrastive pre-training; the encoder is then frozen in eval mode (running
     statistics), so an image's embedding never depends on its batch (per-pair reproducibility).
+    ``norm="group"`` (GroupNorm, min(8, C) groups) is the first version's layout, kept so its runs still load;
+    its pooled features are nearly batch-constant at initialisation and learn slowly contrastively.
     """
 
-    def __init__(self, in_channels: int, width: int = 16, embed: int = 512) -> None:
+    def __init__(self, in_channels: int, width: int = 16, embed: int = 512, norm: str = "batch") -> None:
         super().__init__()
         self.in_channels = in_channels
-        self.stem = nn.Sequential(nn.Conv2d(in_channels, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width),
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, width, 3, 1, 1, bias=False), _norm(norm, width),
                                   nn.ReLU())
         chans = [width, 2 * width, 4 * width, 8 * width]
         layers, cin = [], width
         for i, c in enumerate(chans):
-            layers += [_BasicBlock(cin, c, 1 if i == 0 else 2), _BasicBlock(c, c, 1)]
+            layers += [_BasicBlock(cin, c, 1 if i == 0 else 2, norm), _BasicBlock(c, c, 1, norm)]
             cin = c
         self.layers = nn.Sequential(*layers)
         self.fc = nn.Linear(cin, embed)
@@ -210,7 +217,7 @@ class ConditionalUNet(nn.Module):
             extra = num_classes - 1 if self.mask_mode == "concat" else 0
             self.unet = DiffusionModelUNet(in_channels=channels + extra, **kw)
         if self.use_reference:
-            self.encoder = ReferenceEncoder(channels, cond_cfg.ref_width, cond_cfg.ref_embed)
+            self.encoder = ReferenceEncoder(channels, cond_cfg.ref_width, cond_cfg.ref_embed, cond_cfg.ref_norm)
             freeze(self.encoder)  # trained contrastively before the diffusion training (methods.conditional)
             self.to_tokens = nn.Linear(cond_cfg.ref_embed, cond_cfg.ref_tokens * cond_cfg.ref_dim)  # Psi_FC
             self.null_reference = nn.Parameter(torch.zeros(cond_cfg.ref_embed))
