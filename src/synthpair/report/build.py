@@ -174,13 +174,20 @@ def _loss_figure(run_dir: Path, results: dict[str, Any], path: Path) -> bool:
     axes[1].set_title("segmenter: Dice+CE loss")
     axes[1].set_xlabel("step")
     axes[1].legend(fontsize=7)
+    _save_figure(fig, path)
+    return True
+
+
+def _save_figure(fig: Any, path: Path) -> None:
+    """Save a matplotlib figure as PNG atomically (temporary name, then rename) and close it."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     ensure_dir(path.parent)
     tmp = path.with_suffix(".tmp.png")
     fig.savefig(tmp)
     plt.close(fig)
     tmp.replace(path)
-    return True
 
 
 def _dice_ratio_figure(results: dict[str, Any], path: Path) -> bool:
@@ -206,12 +213,7 @@ def _dice_ratio_figure(results: dict[str, Any], path: Path) -> bool:
     ax.set_xlabel("synthetic : real ratio (0 = real-only)")
     ax.set_ylabel("Dice (%) on held-out real cases")
     ax.set_title("Dice vs synthetic ratio (mean ± sd over cases)")
-    fig.tight_layout()
-    ensure_dir(path.parent)
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    tmp.replace(path)
+    _save_figure(fig, path)
     return True
 
 
