@@ -100,3 +100,7 @@ def test_write_to_full_device_is_reported(tmp_path: Path) -> None:
 def test_write_json_atomic_no_temp_left(tmp_path: Path) -> None:
     write_json_atomic(tmp_path / "a.json", {"x": 1})
     assert [p.name for p in tmp_path.iterdir()] == ["a.json"]
+    # readable by others like any normally created file (mkstemp alone would leave 0600)
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o666 & ~umask

@@ -21,6 +21,15 @@ import numpy as np
 from .errors import SynthpairError, fail
 
 
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _current_umask()
+
+
 def _os_error(path: Path | str, err: OSError) -> SynthpairError:
     if err.errno == errno.ENOSPC:
         return fail(f"{path}: disk full while writing; free space or choose another --out")
@@ -61,6 +70,7 @@ def write_bytes_atomic(path: Path | str, data: bytes) -> None:
         try:
             with os.fdopen(fd, "wb") as fh:
                 fh.write(data)
+            os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; give the file the usual permissions
             os.replace(tmp, path)
         except BaseException:
             with contextlib.suppress(OSError):
