@@ -223,7 +223,7 @@ def table(a: argparse.Namespace, out: Path) -> None:
               f"{result['n_test']} held-out test images of fold {a.fold}.",
           "", f"Mask faithfulness = Dice(reference segmenter on the synthetic image, the mask it was generated "
               f"from); the reference segmenter is trained on the real training split only and scores Dice "
-              f"{real_faith:.3f} on the real held-out images (the ceiling). Real-only Dice: {real_dice:.3f} "
+              f"{real_faith:.3f} on the real held-out images (for comparison: synthetic images with exaggerated lesions can score above it). Real-only Dice: {real_dice:.3f} "
               f"(sd over images {result['dice_real_only_sd']:.3f}).", "",
           "| row | faithfulness (mean ± sd) | Dice real-only | Dice +synthetic (r=0.5) | Δ Dice | generator train s | generate s |",
           "|---|---|---|---|---|---|---|"]
