@@ -289,6 +289,23 @@ def test_two_lesion_classes_generate_replay_and_provenance(phantom_run: tuple[Pa
         generate(run, tmp_path / "bad", dataclasses.replace(cfg, masks="fancy"), progress=False)
 
 
+def test_masks_from_a_joint_run(phantom_run: tuple[Path, Path], tmp_path: Path) -> None:
+    """--masks joint:RUN: masks come from a joint generator; its train_cases join the pair's; replay is exact."""
+    from synthpair.synthesis.generate import GenerateConfig, generate, read_manifest, verify_pair
+    from synthpair.training.trainer import TrainConfig, train_generator
+
+    data, run = phantom_run
+    joint = train_generator(data, tmp_path / "joint", TrainConfig(steps=1, batch_size=2, preview_n=0,
+                            checkpoint_every=0, net=NET, amp="off", diffusion=DiffusionConfig(num_timesteps=50)),
+                            progress=False)
+    cfg = GenerateConfig(n=2, steps=2, batch_size=2, min_area=0, min_component=1, keep_empty=True, amp="off",
+                         masks=f"joint:{joint}", reference="own", segmenter="off")
+    syn = generate(run, tmp_path / "syn", cfg, progress=False)
+    lines = read_manifest(syn)
+    assert all(r["mask_source"] == f"joint:{joint.resolve()}" and r["source_case"] is None for r in lines)
+    assert verify_pair(syn, lines[-1]["id"])
+
+
 def test_reinhard_colour_normalisation_matches_dataset_statistics(tmp_path: Path) -> None:
     from data_helpers import write_png_folder
 
