@@ -4,7 +4,7 @@
 - ``real``: the masks of the generator's training split (its fold of its DATA folder). Pair seed ``s`` uses
   item ``order[s mod N]`` of a permutation seeded by the run's first seed, so consecutive pairs walk through
   all N masks and each is used ``k`` or ``k+1`` times for ``n = k·N + r`` pairs. Recorded: ``source_case``,
-  ``source_item``.
+  ``source_item`` (also as ``source_id``, the key the evaluation module pairs synthetic and source images by).
 - ``augmented``: such a real mask deformed by a random flip, rotation (±15°), scale (0.9–1.1), shift (±8 %)
   and a smooth elastic field (σ = 4 px, ≤ ~2 px displacement), nearest-neighbour, drawn from
   ``numpy.random.default_rng([seed, 1])``; if the deformation empties the mask the real one is used.
@@ -151,12 +151,13 @@ class ConditionSource:
                                    "mask_order_seed": self.first_seed, "reference": self.reference if self.needs_reference else None}
             if self.joint is not None:
                 m = clean_mask(joint_masks[b], self.min_component)
-                rec.update(source_case=None, source_item=None, mask_augment=None)
+                rec.update(source_case=None, source_item=None, source_id=None, mask_augment=None)
                 own_img, own_case, own_item = joint_imgs[b], None, None
             else:
                 i = self.item_for(seed)
                 m = self.masks[i]
-                rec.update(source_case=self.ds.case_of(self.ids[i]), source_item=self.ids[i], mask_augment=None)
+                rec.update(source_case=self.ds.case_of(self.ids[i]), source_item=self.ids[i], source_id=self.ids[i],
+                           mask_augment=None)
                 if self.kind == "augmented":
                     p = augment_params(seed, m.shape)
                     am = augment_mask(m, p)
