@@ -5,7 +5,10 @@ import platform
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
 
 from .io import write_json_atomic
 
@@ -19,7 +22,8 @@ def _git_commit() -> str | None:
         return None
 
 
-def environment() -> dict[str, Any]:
+def environment(**extra: Any) -> dict[str, Any]:
+    """Versions, git commit and CPU/GPU of this process, plus ``extra`` (e.g. device, autocast, world size)."""
     import monai
     import numpy
     import torch
@@ -37,10 +41,28 @@ def environment() -> dict[str, Any]:
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "cpu_threads": torch.get_num_threads(),
         "cpu_capability": getattr(torch.backends.cpu, "get_cpu_capability", lambda: None)(),
+        **extra,
     }
 
 
-def write_env(path: Path | str) -> dict[str, Any]:
-    env = environment()
+def write_env(path: Path | str, **extra: Any) -> dict[str, Any]:
+    env = environment(**extra)
     write_json_atomic(path, env)
     return env
+
+
+def resolve_device(spec: str) -> "torch.device":
+    """``auto`` | ``cpu`` | ``cuda`` | ``cuda:<i>`` → a torch device; one-line error when it cannot be used."""
+    import torch
+
+    from .errors import fail
+
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(spec)
+    except RuntimeError:
+        raise fail(f"device={spec!r}: not a torch device; use auto, cpu or cuda") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise fail(f"device={spec!r}: CUDA is not available on this machine; use device=auto or cpu")
+    return dev

@@ -33,6 +33,7 @@ import torch
 
 from ..config import save_config, to_dict
 from ..data.dataset import PreparedDataset
+from ..env import resolve_device
 from ..errors import fail
 from ..io import atomic_output_dir, write_json_atomic, write_text_atomic
 from ..metrics.segmentation import METRICS, distance_unit, per_case_metrics, summarize
@@ -95,18 +96,6 @@ def setting_name(cfg: SegmentConfig) -> str:
     if cfg.mixing == "synthetic_only":
         return "synthetic-only"
     return "real-only" if cfg.ratio == 0 else f"real+synthetic r={cfg.ratio:g}"
-
-
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(name)
-    except RuntimeError:
-        raise fail(f"device={name!r}: not a torch device; use auto, cpu or cuda") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise fail(f"device={name!r}: CUDA is not available here; use device=auto or cpu")
-    return dev
 
 
 def _use_bf16(amp: str, device: torch.device) -> bool:
@@ -248,7 +237,7 @@ def segment(data_dir: Path | str, out_dir: Path | str, cfg: SegmentConfig = Segm
     if synthetic_dir is not None:
         syn = check_synthetic(synthetic_dir, ds, cfg.folds)
         syn_pool = syn.load(syn.ids)
-    device = _device(cfg.device)
+    device = resolve_device(cfg.device)
 
     with atomic_output_dir(out_dir, overwrite=overwrite) as tmp:
         save_config(cfg, tmp / "config.json")

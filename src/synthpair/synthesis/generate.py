@@ -15,7 +15,6 @@
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import sys
@@ -28,7 +27,9 @@ import numpy as np
 
 from ..config import save_config, to_dict
 from ..data.dataset import dataset_info, read_png, to_uint8, write_dataset_json, write_pair
+from ..env import resolve_device
 from ..errors import fail
+from ..networks.export import sha256_file
 from ..io import check_writable_dir, read_json, translate_os_errors, write_json_atomic
 
 
@@ -99,14 +100,6 @@ def clean_mask(mask: np.ndarray, min_component: int) -> np.ndarray:
     return out
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _generator_provenance(run: Path) -> dict[str, Any]:
     """What a synthetic pair must know about its generator: run, fold, training cases, weights hash."""
     export = run / "export"
@@ -118,7 +111,7 @@ def _generator_provenance(run: Path) -> dict[str, Any]:
     export_cfg = read_json(export / "config.json", "export config.json")
     return {
         "generator_run": str(run.resolve()),
-        "model_sha256": _sha256(weights),
+        "model_sha256": sha256_file(weights),
         "fold": cases.get("fold"),
         "train_cases": sorted(cases.get("train_cases", cases.get("cases", []))),
         "data": cases.get("data"),
@@ -260,14 +253,6 @@ def source_guidance(bundle: Any, prov: dict[str, Any], cfg: GenerateConfig) -> f
     return float(cfg.guidance if cfg.guidance is not None else get_method(prov["method"]).default_guidance(bundle[0]))
 
 
-def _resolve_device(device: str) -> str:
-    if device != "auto":
-        return device
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
 def generate(run_dir: Path | str, out_dir: Path | str, cfg: GenerateConfig = GenerateConfig(),
              progress: bool = True) -> Path:
     """Sample ``cfg.n`` pairs from the generator in ``run_dir`` into ``out_dir`` (resumes if interrupted).
@@ -312,7 +297,7 @@ def generate(run_dir: Path | str, out_dir: Path | str, cfg: GenerateConfig = Gen
     _rewrite_manifest(out, lines)
     _remove_stray_files(out, {r["id"] for r in lines})
 
-    device = _resolve_device(cfg.device)
+    device = str(resolve_device(cfg.device))
     amp = cfg.amp
     scorer = _scorer(run, prov, cfg, source is not None, device)
     max_attempts = int(np.ceil(cfg.n * cfg.max_attempts_factor))
@@ -407,7 +392,7 @@ def regenerate_pair(syn_dir: Path | str, pair: str) -> tuple[np.ndarray, np.ndar
         raise fail(f"{syn_dir}: no pair {pair!r} in {MANIFEST}; use an id from its 'id' field")
     rec = lines[pair]
     run = Path(rec["generator_run"])
-    if _sha256(run / "export" / "model.safetensors") != rec["model_sha256"]:
+    if sha256_file(run / "export" / "model.safetensors") != rec["model_sha256"]:
         raise fail(f"{run}: weights changed since {pair} was generated (sha256 differs); cannot replay it")
     bundle = load_export(run / "export")
     cond_kw: dict[str, Any] = {}

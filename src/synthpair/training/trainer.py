@@ -16,8 +16,6 @@ import hashlib
 import io
 import json
 import os
-import platform
-import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +27,7 @@ from torch import nn
 
 from ..config import save_config, to_dict
 from ..data.dataset import PreparedDataset
+from ..env import resolve_device, write_env
 from ..diffusion.schedule import DiffusionConfig, NoiseSchedule
 from ..errors import fail
 from ..io import ensure_dir, save_png_atomic, translate_os_errors, write_bytes_atomic, write_json_atomic
@@ -97,37 +96,13 @@ def _dist_info() -> tuple[int, int, int]:
 
 
 def _device(spec: str, local_rank: int, world: int) -> torch.device:
-    if spec == "auto":
-        spec = "cuda" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(spec)
+    """The training device; under torchrun on CUDA each rank takes ``cuda:<LOCAL_RANK>``."""
+    dev = resolve_device(spec)
     if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise fail(f"train.device={spec}: CUDA is not available on this machine; use device=cpu or auto")
         if world > 1 and dev.index is None:
             dev = torch.device("cuda", local_rank)
         torch.cuda.set_device(dev)
     return dev
-
-
-def _git_hash() -> str | None:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-                             cwd=Path(__file__).resolve().parent)
-        return out.stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
-def _env_info(device: torch.device, autocast: torch.dtype | None, world: int) -> dict[str, Any]:
-    import monai
-
-    import synthpair
-
-    return {"synthpair": synthpair.__version__, "torch": torch.__version__, "monai": monai.__version__,
-            "python": platform.python_version(), "platform": platform.platform(), "git": _git_hash(),
-            "device": str(device), "cuda": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
-            "cpu_capability": torch.backends.cpu.get_cpu_capability(), "threads": torch.get_num_threads(),
-            "autocast": str(autocast) if autocast else None, "world_size": world}
 
 
 def _flip(images: torch.Tensor, masks: torch.Tensor, flips: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -288,7 +263,8 @@ def train_generator(data_dir: Path | str, out_dir: Path | str, cfg: TrainConfig 
         ensure_dir(out / "samples")
         ensure_dir(out / "checkpoints")
         save_config(cfg, out / "config.json")
-        write_json_atomic(out / "env.json", _env_info(device, autocast, world))
+        write_env(out / "env.json", device=str(device), autocast=str(autocast) if autocast else None,
+                  world_size=world, threads=torch.get_num_threads())
         write_json_atomic(out / "training_cases.json", {
             "fold": cfg.fold, "data": str(data_dir.resolve()), "cases": sorted(train_cases),
             "items": list(train_ids), "num_items": len(train_ids)})
