@@ -1,4 +1,9 @@
-"""Paired augmentation on tensors: the image and its mask move together (no interpolation, no resampling)."""
+"""Paired augmentation of segmentation batches: the image and its mask move together.
+
+* ``flip_rot`` — the dihedral group on tensors (exact: no interpolation, no resampling); the default.
+* ``affine`` — MONAI's paired dict transforms (:func:`synthpair.data.transforms.paired_train_transforms`:
+  flips, 90° turns and a small random affine, masks resampled nearest), seeded from the batch generator.
+"""
 from __future__ import annotations
 
 import torch
@@ -31,4 +36,20 @@ def flip_rot(images: torch.Tensor, masks: torch.Tensor,
     return out_i, out_m
 
 
-AUGMENTATIONS = {"flip_rot": flip_rot, "none": None}
+def monai_affine(images: torch.Tensor, masks: torch.Tensor,
+                 generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """flip_rot + a small random affine (MONAI ``RandAffined``; bilinear image, nearest mask) per sample.
+
+    images float ``(B, C, H, W)``, masks int ``(B, H, W)``; one seed is drawn from ``generator`` per batch, so
+    the result is a deterministic function of the generator state. Returns tensors on the input device.
+    """
+    from ..data.transforms import apply_paired, paired_train_transforms
+
+    seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
+    transform = paired_train_transforms("affine", seed=seed, size=int(images.shape[-1]))
+    out_i, out_m = apply_paired(transform, images.detach().cpu().numpy(), masks.detach().cpu().numpy())
+    return (torch.from_numpy(out_i).to(images.device, images.dtype),
+            torch.from_numpy(out_m).to(masks.device, masks.dtype))
+
+
+AUGMENTATIONS = {"flip_rot": flip_rot, "affine": monai_affine, "none": None}

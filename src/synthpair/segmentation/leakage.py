@@ -8,40 +8,15 @@ the held-out numbers of that fold would be inflated, so :func:`check_synthetic` 
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from ..data.dataset import PreparedDataset
 from ..errors import fail
+from ..synthesis.manifest import read_manifest
 
 CASE_FIELDS: tuple[str, ...] = ("train_cases", "source_case", "reference_case", "reference_cases")
 """Manifest fields naming real cases a pair depends on (str or list of str)."""
-
-
-def read_manifest(syn_dir: Path | str) -> list[dict[str, Any]]:
-    """Read ``SYN/manifest.jsonl`` → one dict per line; one-line errors for a missing/invalid manifest."""
-    syn_dir = Path(syn_dir)
-    path = syn_dir / "manifest.jsonl"
-    if not path.is_file():
-        raise fail(f"{syn_dir}: has no manifest.jsonl; synthetic folders must come from `synthpair generate`")
-    records = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise fail(f"{path}:{n}: not valid JSON ({err}); regenerate the folder with `synthpair generate`") from None
-        if not isinstance(rec, dict) or "id" not in rec:
-            raise fail(f"{path}:{n}: expected an object with an 'id'; regenerate the folder with `synthpair generate`")
-        if not isinstance(rec.get("train_cases"), list):
-            raise fail(f"{path}:{n}: no 'train_cases' list, so leakage cannot be ruled out; regenerate the folder "
-                       f"with `synthpair generate`")
-        records.append(rec)
-    if not records:
-        raise fail(f"{path}: empty manifest; regenerate the folder with `synthpair generate`")
-    return records
 
 
 def manifest_cases(records: Iterable[dict[str, Any]]) -> set[str]:
@@ -79,7 +54,7 @@ def check_synthetic(syn_dir: Path | str, real: PreparedDataset, folds: Sequence[
     folder (``PreparedDataset.open(syn_dir, require_splits=False)``).
     """
     syn_dir = Path(syn_dir)
-    records = read_manifest(syn_dir)
+    records = read_manifest(syn_dir, allow_empty=False)
     syn = PreparedDataset.open(syn_dir, require_splits=False)
     missing = sorted(set(syn.ids) - {str(r["id"]) for r in records})
     if missing:

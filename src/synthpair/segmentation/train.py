@@ -70,7 +70,7 @@ class SegmentConfig:
     folds: tuple[int, ...] = (0,)
     seed: int = 0
     amp: Literal["auto", "bf16", "off"] = "auto"
-    augment: Literal["flip_rot", "none"] = "flip_rot"
+    augment: Literal["flip_rot", "affine", "none"] = "flip_rot"
     eval_batch: int = 64
     device: str = "auto"
 

@@ -30,6 +30,7 @@ from ..data.dataset import dataset_info, read_png, to_uint8, write_dataset_json,
 from ..env import resolve_device
 from ..errors import fail
 from ..networks.export import sha256_file
+from .manifest import MANIFEST, read_manifest
 from ..io import check_writable_dir, read_json, translate_os_errors, write_json_atomic
 
 
@@ -72,7 +73,6 @@ class GenerateConfig:
             raise ValueError("steps and batch_size must be >= 1")
 
 
-MANIFEST = "manifest.jsonl"
 PROGRESS = "progress.json"
 
 
@@ -369,14 +369,6 @@ def _faithfulness_summary(lines: list[dict[str, Any]]) -> dict[str, Any] | None:
 
     vals = [r["faithfulness"] for r in lines if r.get("faithfulness") is not None]
     return summarize_faithfulness(vals) if vals else None
-
-
-def read_manifest(syn_dir: Path | str) -> list[dict[str, Any]]:
-    """All lines of ``SYN/manifest.jsonl`` (one-line error if the folder has none)."""
-    path = Path(syn_dir) / MANIFEST
-    if not path.is_file():
-        raise fail(f"{syn_dir}: has no {MANIFEST}; synthetic folders must come from 'synthpair generate'")
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
 def regenerate_pair(syn_dir: Path | str, pair: str) -> tuple[np.ndarray, np.ndarray]:
