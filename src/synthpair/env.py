@@ -1,15 +1,18 @@
-"""``env.json``: the software and hardware an artifact was made with (versions, git commit, device)."""
+"""Where things run: ``env.json`` (versions, git commit, device), the device resolver and the autocast policy.
+
+Trainer, generator and segmenter all resolve ``device``/``amp`` here, so the policy lives in one place.
+"""
 from __future__ import annotations
 
 import platform
 import subprocess
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    import torch
+import torch
 
+from .errors import fail
 from .io import write_json_atomic
 
 
@@ -26,7 +29,6 @@ def environment(**extra: Any) -> dict[str, Any]:
     """Versions, git commit and CPU/GPU of this process, plus ``extra`` (e.g. device, autocast, world size)."""
     import monai
     import numpy
-    import torch
 
     from . import __version__
 
@@ -51,12 +53,8 @@ def write_env(path: Path | str, **extra: Any) -> dict[str, Any]:
     return env
 
 
-def resolve_device(spec: str) -> "torch.device":
+def resolve_device(spec: str) -> torch.device:
     """``auto`` | ``cpu`` | ``cuda`` | ``cuda:<i>`` → a torch device; one-line error when it cannot be used."""
-    import torch
-
-    from .errors import fail
-
     if spec == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -66,3 +64,37 @@ def resolve_device(spec: str) -> "torch.device":
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise fail(f"device={spec!r}: CUDA is not available on this machine; use device=auto or cpu")
     return dev
+
+
+def cpu_supports_bf16() -> bool:
+    """True when the CPU has native bf16 matmul (AVX512-BF16 or AMX-BF16), so bf16 autocast is ~2x faster."""
+    try:
+        cap = torch.backends.cpu.get_cpu_capability()
+        if "AMX" in cap.upper():
+            return True
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            for line in fh:
+                if line.startswith("flags"):
+                    flags = line.split()
+                    return "avx512_bf16" in flags or "amx_bf16" in flags
+    except (OSError, AttributeError):
+        return False
+    return False
+
+
+def resolve_autocast(amp: str, device: torch.device | str, *, cpu_auto: bool = True) -> torch.dtype | None:
+    """``amp`` ("auto"|"bf16"|"off") → autocast dtype (torch.bfloat16) or None (fp32).
+
+    auto: bf16 on CUDA when supported and (with ``cpu_auto``) on CPUs with native bf16 (AVX512-BF16/AMX),
+    else fp32. Callers whose network gains nothing from bf16 on CPU pass ``cpu_auto=False``.
+    """
+    device = torch.device(device)
+    if amp == "off":
+        return None
+    if amp == "bf16":
+        return torch.bfloat16
+    if amp != "auto":
+        raise fail(f"amp={amp!r}: choose 'auto', 'bf16' or 'off'")
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
+    return torch.bfloat16 if cpu_auto and device.type == "cpu" and cpu_supports_bf16() else None

@@ -7,43 +7,11 @@ from typing import Any, Literal, Sequence
 import torch
 from torch import nn
 
+from ..env import resolve_autocast
 from ..errors import fail
 from .base import DataInfo, get_method
 
 Amp = Literal["auto", "bf16", "off"]
-
-
-def cpu_supports_bf16() -> bool:
-    """True when the CPU has native bf16 matmul (AVX512-BF16 or AMX-BF16), so bf16 autocast is ~2x faster."""
-    try:
-        cap = torch.backends.cpu.get_cpu_capability()
-        if "AMX" in cap.upper():
-            return True
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            for line in fh:
-                if line.startswith("flags"):
-                    flags = line.split()
-                    return "avx512_bf16" in flags or "amx_bf16" in flags
-    except (OSError, AttributeError):
-        return False
-    return False
-
-
-def resolve_autocast(amp: str, device: torch.device | str) -> torch.dtype | None:
-    """``amp`` ("auto"|"bf16"|"off") → autocast dtype (torch.bfloat16) or None (fp32).
-
-    auto: bf16 on CUDA when supported and on CPUs with native bf16 (AVX512-BF16/AMX), else fp32.
-    """
-    device = torch.device(device)
-    if amp == "off":
-        return None
-    if amp == "bf16":
-        return torch.bfloat16
-    if amp != "auto":
-        raise fail(f"amp={amp!r}: choose 'auto', 'bf16' or 'off'")
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
-    return torch.bfloat16 if device.type == "cpu" and cpu_supports_bf16() else None
 
 
 def synthesize_batch(generator: Path | str | tuple[nn.Module, dict[str, Any]], seeds: Sequence[int], *,

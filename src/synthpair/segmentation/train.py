@@ -33,7 +33,7 @@ import torch
 
 from ..config import save_config, to_dict
 from ..data.dataset import PreparedDataset
-from ..env import resolve_device
+from ..env import resolve_autocast, resolve_device
 from ..errors import fail
 from ..io import atomic_output_dir, write_json_atomic, write_text_atomic
 from ..metrics.segmentation import METRICS, distance_unit, per_case_metrics, summarize
@@ -98,14 +98,6 @@ def setting_name(cfg: SegmentConfig) -> str:
     return "real-only" if cfg.ratio == 0 else f"real+synthetic r={cfg.ratio:g}"
 
 
-def _use_bf16(amp: str, device: torch.device) -> bool:
-    if amp == "bf16":
-        return True
-    if amp == "auto":
-        return device.type == "cuda" and torch.cuda.is_bf16_supported()
-    return False
-
-
 def _spacings(ds: PreparedDataset, ids: list[str]) -> list[tuple[float, float] | None]:
     return [ds.spacing_of(i) for i in ids]
 
@@ -148,7 +140,7 @@ def _train_fold(ds: PreparedDataset, fold: int, cfg: SegmentConfig, syn_pool: tu
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.steps)
-    bf16 = _use_bf16(cfg.amp, device)
+    bf16 = resolve_autocast(cfg.amp, device, cpu_auto=False) is not None
 
     losses = []
     t0 = time.perf_counter()

@@ -27,12 +27,11 @@ from torch import nn
 
 from ..config import save_config, to_dict
 from ..data.dataset import PreparedDataset
-from ..env import resolve_device, write_env
+from ..env import resolve_autocast, resolve_device, write_env
 from ..diffusion.schedule import DiffusionConfig, NoiseSchedule
 from ..errors import fail
 from ..io import ensure_dir, save_png_atomic, translate_os_errors, write_bytes_atomic, write_json_atomic
 from ..methods import DataInfo, get_method
-from ..methods.generate import resolve_autocast
 from ..networks.conditional import CondConfig
 from ..networks.unet import UNetConfig
 from .ema import ema_decay_at, ema_update, make_ema
