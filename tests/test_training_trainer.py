@@ -167,6 +167,35 @@ def test_ddp_two_processes(data, straight_run, tmp_path):
                                                      "metrics.jsonl", "samples", "training_cases.json"]
 
 
+def test_ctrl_c_during_the_update_is_deferred_and_resumes_exactly(straight_run, data, tmp_path, monkeypatch):
+    """A real SIGINT arriving inside the optimizer/EMA update waits for it to finish, then checkpoints."""
+    import os
+    import signal
+
+    from synthpair.training import trainer as trainer_mod
+
+    real = trainer_mod.ema_update
+    calls = {"n": 0}
+
+    def sigint_inside_third_update(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            os.kill(os.getpid(), signal.SIGINT)  # delivered while the update is half done
+        return real(*args, **kwargs)
+
+    run = tmp_path / "sigint"
+    monkeypatch.setattr(trainer_mod, "ema_update", sigint_inside_third_update)
+    with pytest.raises(KeyboardInterrupt):
+        train_generator(data, run, TINY, progress=False)
+    monkeypatch.setattr(trainer_mod, "ema_update", real)
+    assert torch.load(run / "checkpoints" / "state.pt", weights_only=True)["step"] == 3
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+    train_generator(data, run, TINY, resume=True, progress=False)
+    assert _losses(run) == _losses(straight_run)
+    w, ref = _weights(run), _weights(straight_run)
+    assert all(torch.equal(w[k], ref[k]) for k in ref)
+
+
 def test_ctrl_c_checkpoint_resumes_exactly(straight_run, data, tmp_path, monkeypatch):
     from synthpair.methods.joint import JointMethod
 

@@ -12,14 +12,17 @@ straight run see identical batches and, on CPU, give identical losses and weight
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
 import os
+import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Iterator, Literal
 
 import torch
 import torch.distributed as dist
@@ -104,6 +107,26 @@ def _device(spec: str, local_rank: int, world: int) -> torch.device:
     return dev
 
 
+@contextlib.contextmanager
+def _sigint_deferred() -> Iterator[None]:
+    """Hold back SIGINT inside the block and raise KeyboardInterrupt right after it.
+
+    The optimizer/EMA update must not be cut in half, or the Ctrl-C checkpoint could not be saved; outside
+    the main thread (where signal handlers cannot be set) the block runs unprotected.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if caught:
+        raise KeyboardInterrupt
+
+
 def _flip(images: torch.Tensor, masks: torch.Tensor, flips: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Flip rows i with flips[i, 0] horizontally and with flips[i, 1] vertically (image and mask together)."""
     fh = flips[:, 0].to(images.device)
@@ -169,7 +192,8 @@ def _save_checkpoint(path: Path, *, model: nn.Module, ema: nn.Module, opt: torch
 
 def _load_checkpoint(path: Path, cfg: TrainConfig) -> dict[str, Any]:
     if not path.is_file():
-        raise fail(f"{path}: no checkpoint to resume from; start a new run without --resume (in an empty --out)")
+        raise fail(f"{path}: no checkpoint to resume from (the run stopped before its first checkpoint); "
+                   f"delete {path.parent.parent} or choose a new --out and start again without --resume")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001  (corrupt/truncated file → one line)
@@ -312,30 +336,31 @@ def train_generator(data_dir: Path | str, out_dir: Path | str, cfg: TrainConfig 
             loss.backward()
             grad_norm = (nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip) if cfg.grad_clip > 0
                          else torch.tensor(0.0))
-            updating = True
-            opt.step()
-            sched.step()
-            ema_update(ema, model, ema_decay_at(step, cfg.ema_decay, cfg.ema_warmup))
-            step += 1
-            gen_state = gen.get_state()  # always the generator state that belongs to `step` (for Ctrl-C)
-            updating = False
-            loss_sum += float(loss.detach())
-            n_loss += 1
-            if step % max(cfg.log_every, 1) == 0 or step == cfg.steps:
-                mean_loss = loss_sum / n_loss
-                if world > 1:
-                    t = torch.tensor([mean_loss], dtype=torch.float64, device=device)
-                    dist.all_reduce(t)
-                    mean_loss = float(t) / world
-                now = time.perf_counter()
-                ips = n_loss * cfg.batch_size / max(now - t_last, 1e-9)
-                rec = {"step": step, "loss": mean_loss, "lr": sched.get_last_lr()[0],
-                       "grad_norm": float(grad_norm), "img_per_s": ips}
-                log.metrics(rec)
-                log.line(f"step {step} loss {mean_loss:.5f} lr {rec['lr']:.2e} img/s {ips:.1f}")
-                if bar is not None:
-                    bar.set_postfix(loss=f"{mean_loss:.4f}", img_s=f"{ips:.1f}")
-                loss_sum, n_loss, t_last = 0.0, 0, now
+            with _sigint_deferred():  # a Ctrl-C here waits until weights, EMA, step and log agree
+                updating = True
+                opt.step()
+                sched.step()
+                ema_update(ema, model, ema_decay_at(step, cfg.ema_decay, cfg.ema_warmup))
+                step += 1
+                gen_state = gen.get_state()  # always the generator state that belongs to `step` (for Ctrl-C)
+                updating = False
+                loss_sum += float(loss.detach())
+                n_loss += 1
+                if step % max(cfg.log_every, 1) == 0 or step == cfg.steps:
+                    mean_loss = loss_sum / n_loss
+                    if world > 1:
+                        t = torch.tensor([mean_loss], dtype=torch.float64, device=device)
+                        dist.all_reduce(t)
+                        mean_loss = float(t) / world
+                    now = time.perf_counter()
+                    ips = n_loss * cfg.batch_size / max(now - t_last, 1e-9)
+                    rec = {"step": step, "loss": mean_loss, "lr": sched.get_last_lr()[0],
+                           "grad_norm": float(grad_norm), "img_per_s": ips}
+                    log.metrics(rec)
+                    log.line(f"step {step} loss {mean_loss:.5f} lr {rec['lr']:.2e} img/s {ips:.1f}")
+                    if bar is not None:
+                        bar.set_postfix(loss=f"{mean_loss:.4f}", img_s=f"{ips:.1f}")
+                    loss_sum, n_loss, t_last = 0.0, 0, now
             if bar is not None:
                 bar.update(1)
             if cfg.preview_every and step % cfg.preview_every == 0 and step != cfg.steps:
