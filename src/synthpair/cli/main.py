@@ -275,6 +275,10 @@ def build_parser() -> argparse.ArgumentParser:
     from .evaluate import add_parser as add_evaluate
 
     add_evaluate(sub)
+
+    from .experiment import add_parser as add_experiment
+
+    add_experiment(sub)
     return p
 
 

@@ -43,7 +43,22 @@ class Method(Protocol):
         Optional members: ``conditional = True`` for methods that sample *for given masks* (their ``sample``
         takes ``cond=Cond(mask=..., reference=...)`` and ``guidance=``), and ``setup(model, images, masks, *,
         data, seed, fresh, log)`` which the trainer calls once before training (e.g. to pre-train and freeze a
-        reference encoder)."""
+        reference encoder).
+
+        Further optional hooks, used by the trainer and :func:`synthpair.networks.export.load_export` when a
+        method defines them (issue 4/5 methods):
+
+        - ``build_for_training(data, train_cfg, dataset, train_ids) -> nn.Module`` instead of ``build_network``
+          when the network depends on more than ``net``/``cond`` (vocabulary, number of clusters, a base run);
+        - ``build_from_export(data, export_cfg, export_dir) -> nn.Module`` the same when loading an export;
+        - ``item_extras(dataset, train_ids, train_cfg) -> dict[str, Tensor]``: per-item tensors (first dim
+          aligned with ``train_ids``, not spatial: the trainer flips images/masks only); each batch's rows are
+          passed to ``training_loss(..., extra={name: tensor[batch_idx]})``;
+        - ``setup(..., cfg=train_cfg)`` may add modules or freeze parameters (LoRA, ControlNet); the optimizer
+          takes only parameters with ``requires_grad``; ``train.init_from`` weights are loaded before ``setup``;
+        - ``export_extra(ema_model, train_cfg) -> dict`` extra export-config sections;
+        - ``export_state(ema_model) -> dict[str, Tensor]`` to save only part of the weights, with
+          ``load_weights(model, state, export_cfg, export_dir)`` to load them back (raise RuntimeError on mismatch)."""
 
     def training_loss(self, model: Callable[..., torch.Tensor], schedule: Any, images: torch.Tensor,
                       masks: torch.Tensor, generator: torch.Generator, *, data: DataInfo,

@@ -34,11 +34,13 @@ def sha256_file(path: Path | str) -> str:
     return h.hexdigest()
 
 
-def save_export(out_dir: Path | str, model: nn.Module, export_config: dict[str, Any]) -> Path:
+def save_export(out_dir: Path | str, model: nn.Module, export_config: dict[str, Any],
+                state: dict[str, torch.Tensor] | None = None) -> Path:
     """Write ``config.json``, ``model.safetensors`` (``model``'s state dict, float32, CPU) and ``version.json``.
 
     ``export_config`` must contain ``method``, ``net``, ``diffusion`` and ``data`` (see module docstring).
-    Returns ``out_dir``.
+    ``state`` replaces the full state dict when a method saves only part of its weights (LoRA adapters, a
+    ControlNet branch over a frozen base; the method's ``load_weights`` puts them back). Returns ``out_dir``.
     """
     from safetensors.torch import save
 
@@ -48,7 +50,8 @@ def save_export(out_dir: Path | str, model: nn.Module, export_config: dict[str, 
     if missing:
         raise ValueError(f"export_config lacks {missing}")
     out_dir = Path(out_dir)
-    state = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in model.state_dict().items()}
+    state = {k: v.detach().to("cpu", torch.float32).contiguous()
+             for k, v in (model.state_dict() if state is None else state).items()}
     data = save(state)
     write_bytes_atomic(out_dir / "model.safetensors", data)
     write_json_atomic(out_dir / "config.json", {"format": EXPORT_FORMAT, "version": EXPORT_VERSION, **export_config})
@@ -100,9 +103,16 @@ def load_export(export_dir: Path | str, device: torch.device | str = "cpu") -> t
         from .conditional import CondConfig
 
         kw["cond_cfg"] = from_dict(CondConfig, cfg["cond"], where=f"{export_dir / 'config.json'}:cond")
-    model = method.build_network(DataInfo.from_dict(cfg["data"]), net_cfg, **kw)
+    info = DataInfo.from_dict(cfg["data"])
+    if hasattr(method, "build_from_export"):  # networks that need more of the export (vocabulary, clusters, base)
+        model = method.build_from_export(info, cfg, export_dir)
+    else:
+        model = method.build_network(info, net_cfg, **kw)
     try:
-        model.load_state_dict(state, strict=True)
+        if hasattr(method, "load_weights"):  # partial exports (adapters / control branch over a base run)
+            method.load_weights(model, state, cfg, export_dir)
+        else:
+            model.load_state_dict(state, strict=True)
     except RuntimeError as err:
         first = str(err).splitlines()[0] if str(err) else "mismatch"
         raise fail(f"{weights}: weights do not fit the network in config.json ({first}); re-export the run") from None

@@ -39,7 +39,10 @@ class UNetConfig:
 class DiffusionUNet(nn.Module):
     """Thin wrapper: ``forward(x_t, t, cond=None)``; ``cond`` is unused by the unconditional (joint) U-Net."""
 
-    def __init__(self, cfg: UNetConfig, in_channels: int, out_channels: int) -> None:
+    def __init__(self, cfg: UNetConfig, in_channels: int, out_channels: int, **monai_kwargs: Any) -> None:
+        """``monai_kwargs`` go to MONAI's constructor as they are (e.g. ``num_class_embeds`` for class
+        conditioning, ``with_conditioning``/``cross_attention_dim`` for cross-attention); subclasses that use
+        them override ``forward``."""
         super().__init__()
         from monai.networks.nets import DiffusionModelUNet
 
@@ -51,13 +54,14 @@ class DiffusionUNet(nn.Module):
             num_res_blocks=cfg.num_res_blocks, channels=tuple(cfg.channels),
             attention_levels=tuple(cfg.attention_levels), norm_num_groups=cfg.norm_num_groups,
             num_head_channels=cfg.num_head_channels, resblock_updown=cfg.resblock_updown,
-            use_flash_attention=cfg.use_flash_attention)
+            use_flash_attention=cfg.use_flash_attention, **monai_kwargs)
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor, cond: Any = None) -> torch.Tensor:
         """x_t: (B, in_channels, H, W); t: int64 (B,) in [0, T-1] → (B, out_channels, H, W)."""
         return self.unet(x_t, t)
 
 
-def build_unet(cfg: UNetConfig, in_channels: int, out_channels: int) -> DiffusionUNet:
-    """Build the wrapped MONAI U-Net (H and W must be divisible by 2**(len(channels)-1))."""
-    return DiffusionUNet(cfg, in_channels, out_channels)
+def build_unet(cfg: UNetConfig, in_channels: int, out_channels: int, **monai_kwargs: Any) -> DiffusionUNet:
+    """Build the wrapped MONAI U-Net (H and W must be divisible by 2**(len(channels)-1)); ``monai_kwargs``
+    are passed to ``DiffusionModelUNet`` unchanged."""
+    return DiffusionUNet(cfg, in_channels, out_channels, **monai_kwargs)

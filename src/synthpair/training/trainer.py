@@ -70,6 +70,8 @@ class TrainConfig:
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     cond: CondConfig = field(default_factory=CondConfig)  # mask-conditioned methods (dsdm; mask2image fixes it)
     device: str = "auto"            # auto | cpu | cuda | cuda:<i>
+    items: str = ""                 # JSON file: list of item ids (a subset of the fold's training split), "" = all
+    init_from: str = ""             # RUN or RUN/export: start from its weights (fine-tuning); "" = random init
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size"):
@@ -136,6 +138,58 @@ def _flip(images: torch.Tensor, masks: torch.Tensor, flips: torch.Tensor) -> tup
     images = torch.where(fv.view(-1, 1, 1, 1), images.flip(-2), images)
     masks = torch.where(fv.view(-1, 1, 1), masks.flip(-2), masks)
     return images, masks
+
+
+def read_item_subset(path: Path | str, train_ids: list[str], fold: int) -> list[str]:
+    """Item ids listed in JSON file ``path`` (a list, or ``{"items": [...]}``), kept in training-split order.
+
+    One-line errors: unreadable file, an empty list, or an id outside fold ``fold``'s training split (a test
+    item must never reach a generator).
+    """
+    from ..io import read_json
+
+    data = read_json(path, "train.items file")
+    ids = data.get("items") if isinstance(data, dict) else data
+    if not isinstance(ids, list) or not ids or not all(isinstance(i, str) for i in ids):
+        raise fail(f"{path}: train.items must be a non-empty JSON list of item ids (or {{\"items\": [...]}})")
+    allowed = set(train_ids)
+    bad = [i for i in ids if i not in allowed]
+    if bad:
+        raise fail(f"{path}: {len(bad)} item(s) are not in the training split of fold {fold} (e.g. {bad[0]!r}); "
+                   f"list only training items of that fold")
+    wanted = set(ids)
+    return [i for i in train_ids if i in wanted]
+
+
+def _init_source(spec: str) -> tuple[Path, Path | None]:
+    """``RUN`` or ``RUN/export`` → (export folder, run folder or None)."""
+    p = Path(spec)
+    if (p / "export" / "config.json").is_file():
+        return p / "export", p
+    if (p / "config.json").is_file() and (p.parent / "training_cases.json").is_file():
+        return p, p.parent
+    return p, None
+
+
+def _load_init_weights(model: nn.Module, spec: str) -> dict[str, Any]:
+    """Copy the weights of the export ``spec`` into ``model`` (same architecture); returns provenance."""
+    from ..networks.export import load_export, sha256_file
+
+    export_dir, run_dir = _init_source(spec)
+    src, src_cfg = load_export(export_dir)
+    try:
+        model.load_state_dict(src.state_dict(), strict=True)
+    except RuntimeError as err:
+        first = str(err).splitlines()[0] if str(err) else "mismatch"
+        raise fail(f"{export_dir}: train.init_from weights do not fit this network ({first}); use the same "
+                   f"method/net settings as that run") from None
+    cases: list[str] = []
+    if run_dir is not None:
+        from ..io import read_json
+
+        cases = list(read_json(run_dir / "training_cases.json", "training_cases.json").get("cases", []))
+    return {"export": str(export_dir.resolve()), "method": src_cfg.get("method"),
+            "weights_sha256": sha256_file(export_dir / "model.safetensors"), "cases": cases}
 
 
 def draw_batch(n: int, batch_size: int, generator: torch.Generator, flips: bool
@@ -246,6 +300,9 @@ def train_generator(data_dir: Path | str, out_dir: Path | str, cfg: TrainConfig 
     if not train_ids:
         raise fail(f"{data_dir}: fold {cfg.fold} has no training items; check splits.json")
     train_cases, _ = ds.fold_cases(cfg.fold)
+    if cfg.items:
+        train_ids = read_item_subset(cfg.items, train_ids, cfg.fold)
+        train_cases = sorted({ds.case_of(i) for i in train_ids})
     info = DataInfo(ds.channels, ds.num_classes, ds.size)
     method = get_method(cfg.method)
     device = _device(cfg.device, local_rank, world)
@@ -254,14 +311,28 @@ def train_generator(data_dir: Path | str, out_dir: Path | str, cfg: TrainConfig 
     images = torch.from_numpy(images_np).to(device)
     masks = torch.from_numpy(masks_np).to(device)
 
+    # Optional per-item tensors of the method (cluster labels, prompt tokens, ...), indexed like train_ids.
+    extras = ({k: v.to(device) for k, v in method.item_extras(ds, train_ids, cfg).items()}
+              if hasattr(method, "item_extras") else None)
+
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
-    model = method.build_network(info, cfg.net, cond_cfg=cfg.cond).to(device)
+    if hasattr(method, "build_for_training"):  # methods whose network depends on more than net/cond
+        model = method.build_for_training(info, cfg, ds, train_ids).to(device)
+    else:
+        model = method.build_network(info, cfg.net, cond_cfg=cfg.cond).to(device)
+    init = _load_init_weights(model, cfg.init_from) if cfg.init_from else None
+    if init is not None:
+        train_cases = sorted(set(train_cases) | set(init["cases"]))  # the generator has seen both
     if hasattr(method, "setup"):  # e.g. DSDM: contrastive pre-training of the frozen reference encoder
         method.setup(model, images, masks, data=info, seed=cfg.seed, fresh=state is None,
-                     log=((lambda msg: (ensure_dir(out), _RunLog(out).line(msg))) if is_main else None))
+                     log=((lambda msg: (ensure_dir(out), _RunLog(out).line(msg))) if is_main else None), cfg=cfg)
+    model = model.to(device)  # setup may add modules (adapters, control branches)
     ema = make_ema(model)
     schedule = NoiseSchedule(cfg.diffusion, device=device)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    trainable = [p for p in model.parameters() if p.requires_grad]  # frozen bases (LoRA, ControlNet) excluded
+    if not trainable:
+        raise fail(f"method {cfg.method}: no trainable parameters after setup; check the method's settings")
+    opt = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
     warm = max(cfg.warmup_steps, 0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warm) if warm else 1.0)
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -290,13 +361,16 @@ def train_generator(data_dir: Path | str, out_dir: Path | str, cfg: TrainConfig 
                   world_size=world, threads=torch.get_num_threads())
         write_json_atomic(out / "training_cases.json", {
             "fold": cfg.fold, "data": str(data_dir.resolve()), "cases": sorted(train_cases),
-            "items": list(train_ids), "num_items": len(train_ids)})
+            "items": list(train_ids), "num_items": len(train_ids),
+            "init_from": None if init is None else {k: v for k, v in init.items() if k != "cases"}})
         if resume:
             log.truncate_metrics(step)
             log.line(f"resume from step {step} -> {cfg.steps}")
         else:
             n_params = sum(p.numel() for p in model.parameters())
+            n_train = sum(p.numel() for p in trainable)
             log.line(f"start: method={cfg.method} fold={cfg.fold} items={len(train_ids)} params={n_params} "
+                     f"trainable={n_train} init_from={cfg.init_from or '-'} "
                      f"device={device} autocast={autocast} world={world}")
 
     def checkpoint(at_step: int, gen_state: torch.Tensor) -> None:
@@ -330,11 +404,12 @@ def train_generator(data_dir: Path | str, out_dir: Path | str, cfg: TrainConfig 
             x, m = images[idx_d], masks[idx_d]
             if flips is not None:
                 x, m = _flip(x, m, flips)
+            kw = {} if extras is None else {"extra": {k: v[idx_d] for k, v in extras.items()}}
             with torch.autocast(device.type, dtype=autocast, enabled=autocast is not None):
-                loss = method.training_loss(net, schedule, x, m, gen, data=info, shard=(rank, world))
+                loss = method.training_loss(net, schedule, x, m, gen, data=info, shard=(rank, world), **kw)
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            grad_norm = (nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip) if cfg.grad_clip > 0
+            grad_norm = (nn.utils.clip_grad_norm_(trainable, cfg.grad_clip) if cfg.grad_clip > 0
                          else torch.tensor(0.0))
             with _sigint_deferred():  # a Ctrl-C here waits until weights, EMA, step and log agree
                 updating = True
@@ -384,8 +459,11 @@ def train_generator(data_dir: Path | str, out_dir: Path | str, cfg: TrainConfig 
         from ..networks.export import save_export
 
         extra = {"cond": to_dict(method.cond_config(cfg.cond))} if getattr(method, "conditional", False) else {}
-        save_export(out / "export", ema, {
-            **extra, "method": cfg.method, "net": to_dict(cfg.net), "diffusion": to_dict(cfg.diffusion),
+        if hasattr(method, "export_extra"):  # method-specific sections (vocabulary, base run, clusters, ...)
+            extra.update(method.export_extra(ema, cfg))
+        save_export(out / "export", ema, state=method.export_state(ema) if hasattr(method, "export_state") else None,
+                    export_config={
+            **extra, "method": cfg.method, "init_from": None if init is None else init["export"], "net": to_dict(cfg.net), "diffusion": to_dict(cfg.diffusion),
             "data": info.to_dict(), "labels": ds.labels, "fold": cfg.fold, "step": step,
             "train_config_hash": config_hash(cfg)})
         log.line(f"done: {step} steps; export written to {out / 'export'}")
