@@ -24,7 +24,8 @@ def test_ratio_draws_the_documented_proportion(ratio, expected):
     g = torch.Generator().manual_seed(0)
     syn = total = 0
     for step in range(300):
-        x, y = mix.batch(step, g)
+        b = mix.batch(step, g)
+        x, y = b.images, b.masks
         assert x.shape == (16, 1, 4, 4) and y.shape == (16, 4, 4)  # batch size fixed whatever the ratio
         syn += int((y[:, 0, 0] == 1).sum())
         total += len(y)
@@ -39,7 +40,8 @@ def test_real_only_sees_every_real_pair_equally_often():
     g = torch.Generator().manual_seed(1)
     counts = torch.zeros(10)
     for step in range(25):  # 400 draws from a pool of 10 → 40 each
-        x, y = mix.batch(step, g)
+        b = mix.batch(step, g)
+        x, y = b.images, b.masks
         assert int(y.sum()) == 0
         counts += torch.bincount(x[:, 0, 0, 0].long(), minlength=10)
     assert counts.tolist() == [40.0] * 10
@@ -52,7 +54,8 @@ def test_pool_stream_and_synthetic_only():
     assert sorted(got[:5].tolist()) == [0, 1, 2, 3, 4] and sorted(got[5:10].tolist()) == [0, 1, 2, 3, 4]
     rx, ry, sx, sy = pools()
     mix = SyntheticOnly(sx, sy, 8)
-    x, y = mix.batch(0, g)
+    b = mix.batch(0, g)
+    x, y = b.images, b.masks
     assert bool((y == 1).all()) and x.shape == (8, 1, 4, 4)
     with pytest.raises(ValueError, match="unknown mixing"):
         make_mixing("patchy", real_images=rx, real_masks=ry, batch_size=4)

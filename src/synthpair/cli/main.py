@@ -98,20 +98,49 @@ def cmd_replay(args: argparse.Namespace) -> int:
     return 0 if same else 1
 
 
+MIX_EXAMPLE = ("--mix ratio=0.5 | synthetic_only | patch:alpha=0.5,patch=8 | patch_loss:alpha=0.5,patch=8 | "
+               "replace:p=0.5")
+# --mix NAME:key=value → SegmentConfig field and type
+_MIX_KEYS: dict[str, dict[str, tuple[str, type]]] = {
+    "ratio": {"ratio": ("ratio", float)}, "synthetic_only": {},
+    "patch": {"alpha": ("alpha", float), "patch": ("patch", int)},
+    "patch_loss": {"alpha": ("alpha", float), "patch": ("patch", int)},
+    "replace": {"p": ("replace_p", float)},
+}
+
+
 def _parse_mix(text: str | None) -> dict[str, Any]:
+    """``--mix`` grammar → SegmentConfig fields: ``ratio=R`` | ``synthetic_only`` | ``patch:alpha=A,patch=P``
+    | ``patch_loss:alpha=A,patch=P`` | ``replace:p=P`` (parameters left out keep their config value)."""
     from ..errors import fail
 
     if not text:
         return {}
-    out: dict[str, Any] = {}
-    for part in text.split(","):
-        key, sep, value = part.partition("=")
-        if not sep or key.strip() != "ratio":
-            raise fail(f"--mix {text!r}: expected ratio=R (synthetic:real per epoch), e.g. --mix ratio=0.5")
+    raw = text.strip()
+    name, sep, params = raw.partition(":")
+    if not sep and "=" in name:  # the original form: ratio=R
+        name, params = "ratio", raw
+    name = name.strip()
+    if name not in _MIX_KEYS:
+        raise fail(f"--mix {text!r}: unknown mixing {name!r}; choose one of {', '.join(_MIX_KEYS)}, e.g. {MIX_EXAMPLE}")
+    out: dict[str, Any] = {"mixing": name}
+    if name != "ratio":
+        out["ratio"] = 0.0
+    keys = _MIX_KEYS[name]
+    for part in filter(None, (p.strip() for p in params.split(","))):
+        key, eq, value = part.partition("=")
+        key = key.strip()
+        if not eq or key not in keys:
+            valid = ", ".join(f"{k}=…" for k in keys) or "no parameters"
+            raise fail(f"--mix {text!r}: {name} takes {valid}; e.g. {MIX_EXAMPLE}")
+        field, typ = keys[key]
         try:
-            out["ratio"] = float(value)
+            out[field] = typ(value.strip())
         except ValueError:
-            raise fail(f"--mix {text!r}: ratio must be a number, e.g. --mix ratio=0.5") from None
+            raise fail(f"--mix {text!r}: {key} must be {'an integer' if typ is int else 'a number'}; "
+                       f"e.g. {MIX_EXAMPLE}") from None
+    if name == "ratio" and "ratio" not in out:
+        raise fail(f"--mix {text!r}: expected ratio=R (synthetic:real per epoch), e.g. --mix ratio=0.5")
     return out
 
 
@@ -122,10 +151,11 @@ def cmd_segment(args: argparse.Namespace) -> int:
     cfg = _config_from_args(SegmentConfig, args.config, args.set, section="segment")
     mix = _parse_mix(args.mix)
     folds = tuple(args.folds) if args.folds else None
-    cfg = _with(cfg, model=args.model, steps=args.steps, folds=list(folds) if folds else None, **mix)
-    if args.synthetic is None and cfg.ratio > 0:
-        raise fail("--mix ratio>0 needs --synthetic SYN (a folder written by 'synthpair generate')")
-    if args.synthetic is not None and not args.mix and cfg.ratio == 0:
+    cfg = _with(cfg, model=args.model, steps=args.steps, folds=list(folds) if folds else None,
+                augment=args.augment, n_real=args.n_real, subset_seed=args.subset_seed, **mix)
+    if args.synthetic is None and cfg.needs_synthetic:
+        raise fail(f"--mix {args.mix or cfg.mixing}: needs --synthetic SYN (a folder written by 'synthpair generate')")
+    if args.synthetic is not None and not args.mix and not cfg.needs_synthetic:
         cfg = _with(cfg, ratio=0.5)
     results = segment(args.data, args.out, cfg, synthetic_dir=args.synthetic)
     from ..report.tables import format_summary
@@ -246,7 +276,15 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("data", help="prepared dataset folder")
     sp.add_argument("--out", required=True)
     sp.add_argument("--synthetic", help="synthetic folder from 'synthpair generate'")
-    sp.add_argument("--mix", help="mixing strategy, e.g. ratio=0.5 (synthetic:real)")
+    sp.add_argument("--mix", help="mixing strategy: ratio=R (synthetic:real) | synthetic_only | "
+                                   "patch:alpha=A,patch=P (EMIT-Diff, A = fraction of real pixels, P = patch side) | "
+                                   "patch_loss:alpha=A,patch=P (loss mixing) | replace:p=P (replace each real image "
+                                   "with probability P by a synthetic version)")
+    sp.add_argument("--augment", help="paired augmentation: flip_rot (default), none, affine, random_contrast, "
+                                      "random_gamma, random_brightness, random_noise, random_resolution, "
+                                      "random_mirror, random_rotate, random_scale, deepstack (nnU-Net-style chain)")
+    sp.add_argument("--n-real", type=int, help="train on a seeded, nested subset of N real training items (0 = all)")
+    sp.add_argument("--subset-seed", type=int, help="seed of the --n-real subset (default 0)")
     sp.add_argument("--model", help="unet, attention_unet, basic_unet, segresnet, swin_unetr")
     sp.add_argument("--folds", type=int, nargs="+")
     sp.add_argument("--steps", type=int)

@@ -3,7 +3,7 @@
 A synthetic folder (SYN, docs/architecture.md) carries ``manifest.jsonl``, one JSON object per pair, whose
 ``train_cases`` list every real case the generator saw (mask sources and reference images included), plus
 ``source_case`` (the case the pair's mask came from) and optionally ``reference_case`` /
-``reference_cases``. If any of these cases lies in the evaluation (test) split of a fold being evaluated,
+``reference_cases``, ``source_item`` / ``reference_item`` (real item ids, mapped to their cases). If any of these cases lies in the evaluation (test) split of a fold being evaluated,
 the held-out numbers of that fold would be inflated, so :func:`check_synthetic` refuses the folder.
 """
 from __future__ import annotations
@@ -17,6 +17,9 @@ from ..synthesis.manifest import read_manifest
 
 CASE_FIELDS: tuple[str, ...] = ("train_cases", "source_case", "reference_case", "reference_cases")
 """Manifest fields naming real cases a pair depends on (str or list of str)."""
+
+ITEM_FIELDS: tuple[str, ...] = ("source_item", "reference_item")
+"""Manifest fields naming real *items* a pair depends on; mapped to their cases by the real dataset."""
 
 
 def manifest_cases(records: Iterable[dict[str, Any]]) -> set[str]:
@@ -35,6 +38,12 @@ def check_no_leakage(syn_dir: Path | str, records: Sequence[dict[str, Any]], rea
                      folds: Sequence[int]) -> None:
     """Refuse when a case of the manifest lies in the test split of any fold in ``folds``."""
     seen = manifest_cases(records)
+    known = set(real.ids)
+    for rec in records:  # items (patch/replace mixing pairs them with real items) map to their cases
+        for key in ITEM_FIELDS:
+            val = rec.get(key)
+            if val is not None and str(val) in known:
+                seen.add(real.case_of(str(val)))
     for k in folds:
         real.split(k)  # validates the fold number with a one-line error
         test = set(real.fold_cases(k)[1])

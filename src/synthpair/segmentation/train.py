@@ -37,9 +37,10 @@ from ..env import resolve_autocast, resolve_device
 from ..errors import fail
 from ..io import atomic_output_dir, write_json_atomic, write_text_atomic
 from ..metrics.segmentation import METRICS, distance_unit, per_case_metrics, summarize
-from .augment import AUGMENTATIONS
+from ..synthesis.manifest import read_manifest
+from .augment import AUGMENTATIONS, augment_batch
 from .leakage import check_synthetic
-from .mixing import MIXINGS, make_mixing
+from .mixing import MIXINGS, Batch, batch_loss, group_by_source, make_mixing
 from .models import MODELS, build_segmenter, check_model
 
 RESULTS_FORMAT = "synthpair-segment"
@@ -50,14 +51,40 @@ EMPTY_CONVENTION = ("both empty: dice=iou=precision=recall=1, hd95=assd=0; refer
                     "prediction")
 
 
+VERSION_MIXINGS = ("patch", "patch_loss", "replace")
+"""Mixings that pair each real item with its synthetic versions (manifest ``source_item``)."""
+
+MIX_PARAMS: dict[str, tuple[str, ...]] = {
+    "ratio": ("ratio",), "synthetic_only": (), "patch": ("alpha", "patch"), "patch_loss": ("alpha", "patch"),
+    "replace": ("replace_p",),
+}
+"""The config fields each mixing strategy reads (the CLI ``--mix`` grammar names them ``ratio``, ``alpha``,
+``patch``, ``p``)."""
+
+
 @dataclass(frozen=True)
 class SegmentConfig:
     """Segmentation training/evaluation settings (saved as ``SEG/config.json``).
 
-    ``ratio`` is synthetic : real (0 = real-only; 0.5 → one third of the pairs seen are synthetic) for
-    ``mixing="ratio"``; ``mixing="synthetic_only"`` trains on synthetic pairs only. ``amp="auto"`` uses
-    bf16 autocast on a CUDA device that supports it and fp32 on CPU (the default U-Net gains nothing from
-    bf16 there); ``"bf16"`` forces it, ``"off"`` disables it. ``eval_batch`` only sets the inference batch.
+    Mixing (:mod:`.mixing`; every setting runs ``steps`` optimizer steps of ``batch_size`` slots):
+
+    * ``mixing="ratio"``: ``ratio`` is synthetic : real (0 = real-only; 0.5 → one third of the slots
+      synthetic); ``"synthetic_only"`` trains on synthetic pairs only.
+    * ``"patch"`` (EMIT-Diff Algorithm 1): each slot's real image ``x0`` is blended with one of its synthetic
+      versions ``x_i`` (manifest ``source_item``) as ``m·x0 + (1−m)·x_i`` under a random patch mask ``m``
+      whose cells are real with probability ``alpha`` (``alpha`` = expected fraction of REAL pixels); cells
+      are ``patch`` × ``patch`` pixels (``patch`` = image size → a per-image choice, 1 → per pixel).
+    * ``"patch_loss"``: the loss-mixing variant (real and synthetic images go through the net separately,
+      the per-pixel predictions are combined under the same ``m``; two forward passes per slot).
+    * ``"replace"`` (paper 002 §2.6.2): each slot's real image is replaced with probability ``replace_p``
+      by one of its synthetic versions.
+
+    ``n_real`` > 0 trains on a seeded, nested subset of ``n_real`` items of the fold's training split
+    (:func:`training_items`, seed ``subset_seed``); 0 = all. ``augment`` names a paired augmentation of
+    :data:`synthpair.segmentation.augment.AUGMENTATIONS` (``flip_rot`` default, ``none``, ``affine`` and the
+    classic baselines ``random_*`` / ``deepstack``). ``amp="auto"`` uses bf16 autocast on a CUDA device that
+    supports it and fp32 on CPU (the default U-Net gains nothing from bf16 there); ``"bf16"`` forces it,
+    ``"off"`` disables it. ``eval_batch`` only sets the inference batch.
     """
 
     model: str = "unet"
@@ -66,11 +93,16 @@ class SegmentConfig:
     lr: float = 1e-3
     weight_decay: float = 1e-4
     ratio: float = 0.0
-    mixing: Literal["ratio", "synthetic_only"] = "ratio"
+    mixing: Literal["ratio", "synthetic_only", "patch", "patch_loss", "replace"] = "ratio"
+    alpha: float = 0.5
+    patch: int = 8
+    replace_p: float = 0.5
+    n_real: int = 0
+    subset_seed: int = 0
     folds: tuple[int, ...] = (0,)
     seed: int = 0
     amp: Literal["auto", "bf16", "off"] = "auto"
-    augment: Literal["flip_rot", "affine", "none"] = "flip_rot"
+    augment: str = "flip_rot"
     eval_batch: int = 64
     device: str = "auto"
 
@@ -85,17 +117,69 @@ class SegmentConfig:
             raise ValueError(f"ratio must be >= 0 (synthetic:real), got {self.ratio}")
         if self.mixing not in MIXINGS:
             raise ValueError(f"mixing {self.mixing!r} is unknown; choose one of {', '.join(MIXINGS)}")
+        if self.ratio and self.mixing != "ratio":
+            raise ValueError(f"ratio={self.ratio:g} is only used by mixing='ratio' (mixing={self.mixing!r} reads "
+                             f"{', '.join(MIX_PARAMS[self.mixing]) or 'no parameter'}); drop it")
+        if not 0.0 <= self.alpha <= 1.0:
+            raise ValueError(f"alpha must be in [0, 1] (the fraction of real pixels), got {self.alpha}")
+        if self.patch < 1:
+            raise ValueError(f"patch must be >= 1 pixel (1 = per-pixel mixing, image size = per image), got {self.patch}")
+        if not 0.0 <= self.replace_p <= 1.0:
+            raise ValueError(f"replace_p must be in [0, 1] (probability of replacing a real image), got {self.replace_p}")
+        if self.n_real < 0:
+            raise ValueError(f"n_real must be >= 0 (0 = every training item), got {self.n_real}")
         if not self.folds or len(set(self.folds)) != len(self.folds):
             raise ValueError("folds must list at least one fold, each once")
         if self.augment not in AUGMENTATIONS:
             raise ValueError(f"augment {self.augment!r} is unknown; choose one of {', '.join(AUGMENTATIONS)}")
 
+    @property
+    def needs_synthetic(self) -> bool:
+        """True when the setting draws synthetic pairs (every mixing but real-only ``ratio=0``)."""
+        return self.mixing != "ratio" or self.ratio > 0
+
 
 def setting_name(cfg: SegmentConfig) -> str:
-    """Human name of the data setting: ``real-only``, ``real+synthetic r=0.5`` or ``synthetic-only``."""
+    """Human name of the setting, e.g. ``real-only``, ``real+synthetic r=0.5``, ``synthetic-only``,
+    ``patch a=0.5 p=8``, ``patch-loss a=0.5 p=8``, ``replace p=0.5``; then `` n=16`` for a real subset and
+    `` +NAME`` for an augmentation other than the default ``flip_rot`` (``real-only +deepstack``)."""
     if cfg.mixing == "synthetic_only":
-        return "synthetic-only"
-    return "real-only" if cfg.ratio == 0 else f"real+synthetic r={cfg.ratio:g}"
+        name = "synthetic-only"
+    elif cfg.mixing in ("patch", "patch_loss"):
+        name = f"{cfg.mixing.replace('_', '-')} a={cfg.alpha:g} p={cfg.patch}"
+    elif cfg.mixing == "replace":
+        name = f"replace p={cfg.replace_p:g}"
+    else:
+        name = "real-only" if cfg.ratio == 0 else f"real+synthetic r={cfg.ratio:g}"
+    if cfg.n_real:
+        name += f" n={cfg.n_real}"
+    if cfg.augment != "flip_rot":
+        name += f" +{cfg.augment}"
+    return name
+
+
+def training_items(ds: PreparedDataset, fold: int, n_real: int = 0, subset_seed: int = 0) -> list[str]:
+    """The real training items of ``fold``: all of them (``n_real = 0``) or a seeded subset of ``n_real``.
+
+    The subset is nested and deterministic: the cases of the fold's training split (in split order) are
+    shuffled once with ``numpy.random.default_rng(subset_seed)``, their items (dataset order within a case)
+    are listed case by case in that order and the first ``n_real`` are kept — so for the same seed the
+    16-item subset is the first half of the 32-item one. Items are returned in dataset order. Generator
+    training on the same subset: ``TrainConfig.items = training_items(ds, fold, n, seed)``.
+    """
+    train_ids, _ = ds.split(fold)
+    if n_real <= 0:
+        return list(train_ids)
+    if n_real > len(train_ids):
+        raise fail(f"n_real={n_real}: fold {fold} of {ds.root} has only {len(train_ids)} training items; "
+                   f"choose --n-real <= {len(train_ids)} (0 = all)")
+    by_case: dict[str, list[str]] = {}
+    for i in train_ids:
+        by_case.setdefault(ds.case_of(i), []).append(i)
+    cases = [c for c in ds.fold_cases(fold)[0] if c in by_case]
+    order = np.random.default_rng(int(subset_seed)).permutation(len(cases))
+    kept = set([i for k in order for i in by_case[cases[k]]][:n_real])
+    return [i for i in train_ids if i in kept]
 
 
 def _spacings(ds: PreparedDataset, ids: list[str]) -> list[tuple[float, float] | None]:
@@ -116,7 +200,32 @@ def predict(model: torch.nn.Module, images: torch.Tensor, batch: int, device: to
     return torch.cat(out) if out else torch.empty((0, *images.shape[2:]), dtype=torch.long)
 
 
-def _train_fold(ds: PreparedDataset, fold: int, cfg: SegmentConfig, syn_pool: tuple[np.ndarray, np.ndarray] | None,
+@dataclass(frozen=True)
+class SyntheticPool:
+    """The synthetic pairs of a SYN folder: ids, images float32 (N, C, H, W), masks int64 (N, H, W) and each
+    pair's manifest ``source_item`` (None when the manifest has none)."""
+
+    ids: list[str]
+    images: np.ndarray
+    masks: np.ndarray
+    sources: list[str | None]
+
+    def select(self, keep: list[int]) -> "SyntheticPool":
+        return SyntheticPool([self.ids[j] for j in keep], self.images[keep], self.masks[keep],
+                             [self.sources[j] for j in keep])
+
+
+def _ratio_pool(syn: SyntheticPool, real_ids: list[str], subset: bool) -> SyntheticPool:
+    """Synthetic pairs for ``ratio`` / ``synthetic_only`` mixing: all of them, or — when the real pool is a
+    subset (``n_real`` > 0) and the manifest names source items — those whose ``source_item`` is a kept real
+    item, plus those with no source item (not derived from any particular real item)."""
+    if not subset or all(s is None for s in syn.sources):
+        return syn
+    kept = set(real_ids)
+    return syn.select([j for j, s in enumerate(syn.sources) if s is None or s in kept])
+
+
+def _train_fold(ds: PreparedDataset, fold: int, cfg: SegmentConfig, syn_pool: SyntheticPool | None,
                 device: torch.device, fold_dir: Path, progress: bool) -> dict[str, Any]:
     from monai.losses import DiceCELoss
     from safetensors.torch import save_file
@@ -126,12 +235,22 @@ def _train_fold(ds: PreparedDataset, fold: int, cfg: SegmentConfig, syn_pool: tu
     if not train_ids or not test_ids:
         raise fail(f"{ds.root}: fold {fold} has {len(train_ids)} training and {len(test_ids)} test items; "
                    f"rerun 'synthpair prepare' with fewer folds")
-    real_x, real_y = (torch.from_numpy(a) for a in ds.load(train_ids))
-    syn_x = syn_y = None
+    real_ids = training_items(ds, fold, cfg.n_real, cfg.subset_seed)
+    real_x, real_y = (torch.from_numpy(a) for a in ds.load(real_ids))
+    syn_x = syn_y = groups = None
     if syn_pool is not None:
-        syn_x, syn_y = (torch.from_numpy(a) for a in syn_pool)
+        if cfg.mixing in VERSION_MIXINGS:
+            groups = group_by_source(real_ids, syn_pool.sources)
+            pool = syn_pool
+        else:
+            pool = _ratio_pool(syn_pool, real_ids, cfg.n_real > 0)
+            if not pool.ids:
+                raise fail(f"n_real={cfg.n_real}: no synthetic pair of the folder is a version of the {len(real_ids)} "
+                           f"kept real items of fold {fold}; use a larger --n-real or another --subset-seed")
+        syn_x, syn_y = torch.from_numpy(pool.images), torch.from_numpy(pool.masks)
     mixing = make_mixing(cfg.mixing, real_images=real_x, real_masks=real_y, batch_size=cfg.batch_size,
-                         ratio=cfg.ratio, syn_images=syn_x, syn_masks=syn_y)
+                         ratio=cfg.ratio, syn_images=syn_x, syn_masks=syn_y, groups=groups, alpha=cfg.alpha,
+                         patch=cfg.patch, replace_p=cfg.replace_p)
     augment = AUGMENTATIONS[cfg.augment]
 
     torch.manual_seed(cfg.seed)  # same initial weights for every setting of a comparison
@@ -147,14 +266,15 @@ def _train_fold(ds: PreparedDataset, fold: int, cfg: SegmentConfig, syn_pool: tu
     model.train()
     bar = tqdm(range(cfg.steps), desc=f"segment fold {fold} ({setting_name(cfg)})", file=sys.stderr,
                disable=not progress, leave=False)
-    for step in bar:
-        x, y = mixing.batch(step, gen)
-        if augment is not None:
-            x, y = augment(x, y, gen)
-        x, y = x.to(device), y.to(device)
+    def forward(x: torch.Tensor) -> torch.Tensor:
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            logits = model(x)
-        loss = loss_fn(logits.float(), y[:, None])
+            return model(x.to(device))
+
+    for step in bar:
+        batch = augment_batch(augment, mixing.batch(step, gen), gen)
+        batch = Batch(*(None if t is None else t.to(device) for t in
+                        (batch.images, batch.masks, batch.syn_images, batch.real_weight)))
+        loss = batch_loss(forward, loss_fn, batch)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -180,10 +300,27 @@ def _train_fold(ds: PreparedDataset, fold: int, cfg: SegmentConfig, syn_pool: tu
               str(fold_dir / "model.safetensors"), metadata={"model": cfg.model, "fold": str(fold)})
     write_text_atomic(fold_dir / "loss.jsonl", "".join(json.dumps(r) + "\n" for r in losses))
     mix = mixing.describe()
+    subset = {"n_real": cfg.n_real, "subset_seed": cfg.subset_seed, "items": real_ids} if cfg.n_real else None
     return {"fold": fold, "n_train_real": mix["n_real"], "n_synthetic": mix["n_synthetic"], "n_test": len(test_ids),
-            "mixing": mix,
+            "mixing": mix, "augment": cfg.augment, "real_subset": subset,
             "final_loss": losses[-1]["loss"], "train_seconds": round(train_s, 3), "eval_seconds": round(eval_s, 3),
             "distance_unit": distance_unit(rows), "summary": summarize(rows), "per_case": rows}
+
+
+def _check_versions(syn_dir: Path | str, syn: SyntheticPool, folds_items: dict[int, list[str]],
+                    cfg: SegmentConfig) -> None:
+    """patch / patch_loss / replace need every pair's ``source_item`` and at least one version per fold."""
+    missing = [i for i, s in zip(syn.ids, syn.sources) if s is None]
+    if missing:
+        raise fail(f"{syn_dir}: {len(missing)} of {len(syn.ids)} synthetic pairs have no manifest 'source_item' "
+                   f"(e.g. {missing[0]}), so their real source image is unknown; --mix {cfg.mixing} needs synthetic "
+                   f"versions of real training items (generate them with a mask-conditioned generator, "
+                   f"`synthpair generate RUN --masks real`), or use --mix ratio=0.5")
+    for k, items in folds_items.items():
+        if not set(items) & set(syn.sources):
+            raise fail(f"{syn_dir}: none of the {len(syn.ids)} synthetic pairs is a version (source_item) of the "
+                       f"{len(items)} real training items of fold {k}; generate from that fold's generator"
+                       + (" or choose another --subset-seed / a larger --n-real" if cfg.n_real else ""))
 
 
 def _fold_mean(folds: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
@@ -219,7 +356,11 @@ def segment(data_dir: Path | str, out_dir: Path | str, cfg: SegmentConfig = Segm
     check_model(cfg.model, ds.size)
     for k in cfg.folds:
         ds.split(k)
-    needs_syn = cfg.mixing == "synthetic_only" or cfg.ratio > 0
+    if cfg.mixing in ("patch", "patch_loss") and cfg.patch > max(ds.size):
+        raise fail(f"patch={cfg.patch}: larger than the {ds.size[0]}×{ds.size[1]} images; use at most "
+                   f"{max(ds.size)} (= one draw per image) or a smaller patch, e.g. --mix patch:alpha=0.5,patch=8")
+    folds_items = {k: training_items(ds, k, cfg.n_real, cfg.subset_seed) for k in cfg.folds}
+    needs_syn = cfg.needs_synthetic
     if needs_syn and synthetic_dir is None:
         raise fail(f"{setting_name(cfg)} needs a synthetic folder (--synthetic SYN from `synthpair generate`)")
     if synthetic_dir is not None and not needs_syn:
@@ -228,7 +369,11 @@ def segment(data_dir: Path | str, out_dir: Path | str, cfg: SegmentConfig = Segm
     syn_pool = None
     if synthetic_dir is not None:
         syn = check_synthetic(synthetic_dir, ds, cfg.folds)
-        syn_pool = syn.load(syn.ids)
+        sources = {str(r["id"]): r.get("source_item") for r in read_manifest(synthetic_dir)}
+        syn_pool = SyntheticPool(list(syn.ids), *syn.load(syn.ids),
+                                 [None if sources[i] is None else str(sources[i]) for i in syn.ids])
+        if cfg.mixing in VERSION_MIXINGS:
+            _check_versions(synthetic_dir, syn_pool, folds_items, cfg)
     device = resolve_device(cfg.device)
 
     with atomic_output_dir(out_dir, overwrite=overwrite) as tmp:
@@ -256,4 +401,4 @@ def segment(data_dir: Path | str, out_dir: Path | str, cfg: SegmentConfig = Segm
     return results
 
 
-__all__ = ["SegmentConfig", "segment", "predict", "setting_name"]
+__all__ = ["SegmentConfig", "segment", "predict", "setting_name", "training_items"]
