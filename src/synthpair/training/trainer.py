@@ -36,6 +36,8 @@ from ..errors import fail
 from ..io import ensure_dir, save_png_atomic, translate_os_errors, write_bytes_atomic, write_json_atomic
 from ..methods import DataInfo, get_method
 from ..networks.conditional import CondConfig
+from ..networks.lora import LoRAConfig
+from ..networks.prompt import PromptConfig
 from ..networks.unet import UNetConfig
 from .ema import ema_decay_at, ema_update, make_ema
 
@@ -69,6 +71,8 @@ class TrainConfig:
     net: UNetConfig = field(default_factory=UNetConfig)
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     cond: CondConfig = field(default_factory=CondConfig)  # mask-conditioned methods (dsdm; mask2image fixes it)
+    prompt: PromptConfig = field(default_factory=PromptConfig)  # method prompt: prompt encoder, CFG, aug phrases
+    lora: LoRAConfig = field(default_factory=LoRAConfig)        # LoRA fine-tuning of a prompt run (with init_from)
     device: str = "auto"            # auto | cpu | cuda | cuda:<i>
     items: str = ""                 # JSON file: list of item ids (a subset of the fold's training split), "" = all
     init_from: str = ""             # RUN or RUN/export: start from its weights (fine-tuning); "" = random init

@@ -1,0 +1,376 @@
+"""Method ``prompt``: the prompt-conditioned image generator of EMIT-Diff (Zhang et al., sec. 4.1-4.4).
+
+``eps_theta(x_t, c_t, t)`` generates an IMAGE (the dataset's C channels) for a text prompt ``c_t`` (modality,
+organ, finding; sec. 4.2) with classifier-free guidance. It is the base model of the EMIT-Diff pipeline:
+pre-train on a pool of datasets (``synthpair pool``; the paper pre-trains on RadImageNet), fine-tune on the
+target dataset's training split (full: ``--set init_from=BASE_RUN``; LoRA: ``--set lora.enabled=true``, only
+low-rank adapters train, see :mod:`synthpair.networks.lora`), and add the edge ControlNet branch
+(``networks/controlnet.py``) that makes the image follow a real pair's mask. On its own the model does not
+produce masks: ``sample`` returns ``cond.mask`` when given, else all-background masks.
+
+Training (``training_loss``): DDPM ``L_simple`` (eq. 11) on the image with the item's prompt tokens
+(``item_extras`` → ``extra["tokens"]`` (B, L)); classifier-free prompt dropout with ``prompt.drop_prob``; with
+probability ``prompt.aug_prob`` an item gets an augmentation phrase (sec. 4.4; :mod:`synthpair.data.aug_prompts`):
+its image is transformed and the phrase appended to its prompt. All draws come from the trainer's generator
+(t, noise, drop flags, augmentation flags/choices/noise, in that order, for the whole global batch).
+
+Item prompts: see :class:`synthpair.networks.prompt.PromptConfig` (dataset.json ``"prompt"`` of the item,
+else ``prompt.default_prompt``, else ``prompt.template`` with ``{finding}`` from the item id's prefix). The
+vocabulary is every word of the training prompts, of all augmentation phrases and of ``prompt.vocabulary``;
+a fine-tuning run (``init_from``) keeps the base run's word order and appends new words.
+
+Export (``export/config.json``): ``"prompt"`` (the PromptConfig), ``"vocabulary"`` (word list),
+``"training_prompts"`` (the distinct training prompts) and, for LoRA runs, ``"lora"`` = {``config``,
+``base_export`` (absolute path), ``base_weights_sha256``}: ``model.safetensors`` then holds only the adapters
+(+ the token embedding with ``lora.train_embeddings``); loading rebuilds the base export (its sha256 must
+match, else "LoRA checkpoint for another base model"), adds the adapters and merges them into the weights.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+from torch import nn
+
+from ..config import from_dict, to_dict
+from ..data.aug_prompts import AUG_PHRASES, augment_batch, check_phrases
+from ..diffusion.cond import Cond, null_cond_flags
+from ..diffusion.guidance import classifier_free
+from ..diffusion.losses import diffusion_loss
+from ..diffusion.sampling import sample as run_sampler
+from ..errors import fail
+from ..networks.lora import (LORA_TYPES, LoRAConfig, check_adapter_state, inject_lora, lora_state_dict,
+                             merge_lora)
+from ..networks.prompt import PromptConfig, PromptUNet, Vocabulary, tokenize
+from ..networks.unet import UNetConfig
+from .base import DataInfo, register_method
+from .joint import seed_generators
+
+EMBEDDING_KEY = "text.token.weight"
+
+
+def unwrap(model: Any) -> Any:
+    """The PromptUNet inside a DDP wrapper / guidance closure owner (or the model itself)."""
+    return getattr(model, "module", model)
+
+
+def finding_of(item_id: str, labels: dict[str, int]) -> str:
+    """``{finding}`` of an item: the id's prefix before the first ``_`` when purely alphabetic (``benign_001``
+    → ``benign``), else the first foreground label name (``lesion``)."""
+    head, sep, _ = item_id.partition("_")
+    if sep and head.isalpha():
+        return head.lower()
+    fg = sorted((v, k) for k, v in labels.items() if v > 0)
+    return fg[0][1] if fg else "image"
+
+
+def item_prompts(ds: Any, ids: Sequence[str], cfg: PromptConfig) -> list[str]:
+    """The prompt of every item (rules in :class:`PromptConfig`)."""
+    by_id = {it["id"]: it for it in ds.items}
+    out = []
+    for i in ids:
+        item = by_id[i]
+        if item.get("prompt"):
+            out.append(str(item["prompt"]))
+        elif cfg.default_prompt:
+            out.append(cfg.default_prompt)
+        else:
+            try:
+                out.append(cfg.template.format(finding=finding_of(i, ds.labels), modality=ds.modality,
+                                               name=ds.info.get("name", "data"),
+                                               label=finding_of("", ds.labels)))
+            except (KeyError, IndexError, ValueError) as err:
+                raise fail(f"prompt.template={cfg.template!r}: bad placeholder ({err}); use {{finding}}, "
+                           f"{{modality}}, {{name}}, {{label}}") from None
+    return out
+
+
+def _init_export(spec: str) -> Path:
+    from ..training.trainer import _init_source
+
+    return _init_source(spec)[0]
+
+
+def _base_vocabulary(cfg: Any) -> Vocabulary | None:
+    """The vocabulary of the ``init_from`` export (None without init_from)."""
+    if not getattr(cfg, "init_from", ""):
+        return None
+    from ..networks.export import read_export_config
+
+    export_dir = _init_export(cfg.init_from)
+    base = read_export_config(export_dir)
+    if base.get("method") != "prompt" or "vocabulary" not in base:
+        raise fail(f"{export_dir}: train.init_from is a {base.get('method')!r} run; method prompt fine-tunes "
+                   f"only a 'prompt' run")
+    return Vocabulary(base["vocabulary"])
+
+
+class PromptMethod:
+    """Prompt-conditioned image generator (see module docstring)."""
+
+    name = "prompt"
+    conditional = False
+    images_only = True  # generates images; masks come from the caller (EMIT-Diff: the real pair's mask)
+
+    def __init__(self) -> None:
+        self._prompts: list[str] | None = None
+        self._vocab: Vocabulary | None = None
+        self._preview: list[str] | None = None
+
+    # ------------------------------------------------------------------ vocabulary / prompts
+    def training_vocabulary(self, ds: Any, train_ids: Sequence[str], cfg: Any) -> tuple[Vocabulary, list[str]]:
+        """(vocabulary, prompt of every training item) of a training run (deterministic)."""
+        pc: PromptConfig = cfg.prompt
+        prompts = item_prompts(ds, train_ids, pc)
+        extra = list(pc.vocabulary) + list(AUG_PHRASES) + ([pc.default_prompt] if pc.default_prompt else [])
+        vocab = Vocabulary.from_prompts(prompts, extra, base=_base_vocabulary(cfg))
+        if len(vocab) > pc.vocab_capacity:
+            raise fail(f"prompt.vocab_capacity={pc.vocab_capacity}: the vocabulary has {len(vocab)} entries; "
+                       f"raise it (e.g. --set prompt.vocab_capacity={2 * len(vocab)}) in the base run")
+        longest = max(len(tokenize(p)) for p in prompts)
+        room = max(len(tokenize(p)) for p in check_phrases(pc.aug_phrases)) if pc.aug_prob > 0 else 0
+        if longest + room > pc.max_len:
+            raise fail(f"prompt.max_len={pc.max_len}: the longest training prompt has {longest} words"
+                       + (f" + {room} for an augmentation phrase" if room else "")
+                       + f"; raise prompt.max_len to {longest + room}")
+        self._vocab, self._prompts = vocab, prompts
+        return vocab, prompts
+
+    def item_extras(self, ds: Any, train_ids: Sequence[str], cfg: Any) -> dict[str, torch.Tensor]:
+        """``{"tokens": int64 (N, L)}``: the prompt tokens of every training item (aligned with train_ids)."""
+        vocab, prompts = self.training_vocabulary(ds, train_ids, cfg)
+        self._preview = prompts[: max(int(getattr(cfg, "preview_n", 16)), 1)]
+        return {"tokens": vocab.encode_batch(prompts, cfg.prompt.max_len)}
+
+    def encode_prompts(self, model_or_export_cfg: Any, prompts: Sequence[str]) -> torch.Tensor:
+        """Prompts → int64 (B, L) with the vocabulary of a model (``PromptUNet``) or an export config dict."""
+        if isinstance(model_or_export_cfg, dict):
+            vocab = Vocabulary(model_or_export_cfg["vocabulary"])
+            pc = from_dict(PromptConfig, model_or_export_cfg["prompt"], where="export config.json:prompt")
+        else:
+            net = unwrap(model_or_export_cfg)
+            vocab, pc = net.vocabulary, net.prompt_cfg
+        return vocab.encode_batch(list(prompts), pc.max_len)
+
+    # ------------------------------------------------------------------ networks
+    def _build(self, data: DataInfo, net_cfg: UNetConfig, pc: PromptConfig, vocab: Vocabulary) -> PromptUNet:
+        if len(vocab) > pc.vocab_capacity:
+            raise fail(f"vocabulary of {len(vocab)} words exceeds prompt.vocab_capacity={pc.vocab_capacity}")
+        net = PromptUNet(net_cfg, data.channels, data.channels, pc.vocab_capacity, pc)
+        net.vocabulary = vocab
+        return net
+
+    def build_network(self, data: DataInfo, net_cfg: Any, cond_cfg: Any = None) -> nn.Module:
+        raise fail("method prompt builds its network with the training prompts' vocabulary; train it with "
+                   "'synthpair train --method prompt' and load it with load_export")
+
+    def build_for_training(self, data: DataInfo, cfg: Any, ds: Any, train_ids: Sequence[str]) -> PromptUNet:
+        vocab = self._vocab if self._vocab is not None else self.training_vocabulary(ds, train_ids, cfg)[0]
+        net = self._build(data, cfg.net, cfg.prompt, vocab)
+        if cfg.prompt.encoder_weights:
+            net.text.load_weights(cfg.prompt.encoder_weights)
+        return net
+
+    def build_from_export(self, data: DataInfo, export_cfg: dict[str, Any], export_dir: Path) -> PromptUNet:
+        where = f"{Path(export_dir) / 'config.json'}"
+        pc = from_dict(PromptConfig, export_cfg["prompt"], where=f"{where}:prompt")
+        net_cfg = from_dict(UNetConfig, export_cfg["net"], where=f"{where}:net")
+        return self._build(data, net_cfg, pc, Vocabulary(export_cfg["vocabulary"]))
+
+    # ------------------------------------------------------------------ fine-tuning (LoRA)
+    def setup(self, model: nn.Module, images: torch.Tensor, masks: torch.Tensor, *, data: DataInfo, seed: int,
+              fresh: bool, log: Callable[[str], None] | None = None, cfg: Any = None) -> None:
+        """With ``lora.enabled`` (after the ``init_from`` weights are loaded): wrap the targeted layers in
+        zero-initialised adapters and freeze everything else (the token embedding stays trainable with
+        ``lora.train_embeddings``)."""
+        lc: LoRAConfig | None = getattr(cfg, "lora", None)
+        if lc is None or not lc.enabled:
+            return
+        if not cfg.init_from:
+            raise fail("lora.enabled=true needs a base run: add --set init_from=BASE_RUN (a 'prompt' run)")
+        net = unwrap(model)
+        wrapped = inject_lora(net, lc)
+        if lc.train_embeddings:
+            net.text.token.weight.requires_grad_(True)
+        net.lora_cfg = lc
+        if log is not None:
+            n = sum(p.numel() for p in net.parameters() if p.requires_grad)
+            log(f"lora: {len(wrapped)} layers wrapped (rank {lc.rank}, alpha {lc.alpha}, targets "
+                f"{','.join(lc.targets)}); {n} trainable parameters")
+
+    def export_extra(self, ema: nn.Module, cfg: Any) -> dict[str, Any]:
+        net = unwrap(ema)
+        out: dict[str, Any] = {"prompt": to_dict(cfg.prompt), "vocabulary": net.vocabulary.to_list(),
+                               "training_prompts": sorted(set(self._prompts or []))}
+        if getattr(cfg, "lora", None) is not None and cfg.lora.enabled:
+            from ..networks.export import sha256_file
+
+            base = _init_export(cfg.init_from).resolve()
+            out["lora"] = {"config": to_dict(cfg.lora), "base_export": str(base),
+                           "base_weights_sha256": sha256_file(base / "model.safetensors")}
+        return out
+
+    def export_state(self, ema: nn.Module) -> dict[str, torch.Tensor] | None:
+        """Adapters only (+ the token embedding) for LoRA runs; None (= the full state dict) otherwise."""
+        net = unwrap(ema)
+        if not any(isinstance(m, LORA_TYPES) for m in net.modules()):
+            return None
+        state = lora_state_dict(net)
+        if getattr(net, "lora_cfg", None) is not None and net.lora_cfg.train_embeddings:
+            state[EMBEDDING_KEY] = net.text.token.weight.detach()
+        return state
+
+    def load_weights(self, model: nn.Module, state: dict[str, torch.Tensor], export_cfg: dict[str, Any],
+                     export_dir: Path) -> None:
+        """Full exports: strict load. LoRA exports: load the base export (sha256 checked), add the adapters,
+        load them and merge them into the weights (RuntimeError "LoRA checkpoint for another base model" when
+        the base differs)."""
+        lora = export_cfg.get("lora")
+        if not lora:
+            model.load_state_dict(state, strict=True)
+            return
+        from ..networks.export import load_export, sha256_file
+
+        base_dir = Path(lora["base_export"])
+        weights = base_dir / "model.safetensors"
+        if not weights.is_file():
+            raise fail(f"{base_dir}: base export of this LoRA generator not found; restore that run or export "
+                       f"{export_dir} again from a merged model")
+        sha = sha256_file(weights)
+        if sha != lora["base_weights_sha256"]:
+            raise RuntimeError(f"LoRA checkpoint for another base model: {weights} has sha256 {sha[:12]}..., the "
+                               f"adapters were trained on {str(lora['base_weights_sha256'])[:12]}...")
+        base, _ = load_export(base_dir)
+        try:
+            model.load_state_dict(base.state_dict(), strict=True)
+        except RuntimeError as err:
+            raise RuntimeError(f"LoRA checkpoint for another base model ({str(err).splitlines()[0]})") from None
+        lc = from_dict(LoRAConfig, lora["config"], where=f"{export_dir}/config.json:lora.config")
+        inject_lora(model, lc)
+        check_adapter_state(model, state)
+        unexpected = set(state) - set(lora_state_dict(model)) - {EMBEDDING_KEY}
+        if unexpected:
+            raise RuntimeError(f"LoRA export holds unexpected tensors (e.g. {sorted(unexpected)[0]})")
+        own = model.state_dict()
+        for k, v in state.items():
+            if tuple(own[k].shape) != tuple(v.shape):
+                raise RuntimeError(f"LoRA checkpoint for another base model ({k}: {tuple(v.shape)} != "
+                                   f"{tuple(own[k].shape)})")
+        model.load_state_dict({**own, **state}, strict=True)
+        merge_lora(model)
+        for p in model.parameters():
+            p.requires_grad_(True)
+
+    # ------------------------------------------------------------------ loss / sampling
+    def training_loss(self, model: Callable[..., torch.Tensor], schedule: Any, images: torch.Tensor,
+                      masks: torch.Tensor, generator: torch.Generator, *, data: DataInfo,
+                      shard: tuple[int, int] = (0, 1), extra: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """``L_simple`` on the image given its prompt tokens (``extra["tokens"]`` int64 (B, L))."""
+        if extra is None or "tokens" not in extra:
+            raise fail("method prompt: training batches need prompt tokens (extra['tokens']); train with "
+                       "'synthpair train --method prompt'")
+        net = unwrap(model)
+        pc: PromptConfig = net.prompt_cfg
+        rank, world = shard
+        b, c, h, w = images.shape
+        t = torch.randint(0, schedule.T, (b,), generator=generator)
+        noise = torch.randn((b, c, h, w), generator=generator)
+        drop = null_cond_flags(b, pc.drop_prob, generator) if pc.drop_prob > 0 else None
+        tokens = extra["tokens"]
+        if pc.aug_prob > 0:
+            phrases = check_phrases(pc.aug_phrases)
+            use = torch.rand((b,), generator=generator) < pc.aug_prob
+            which = torch.randint(0, len(phrases), (b,), generator=generator)
+            aug_noise = torch.randn((b, c, h, w), generator=generator)
+            choice = torch.where(use, which, torch.full_like(which, -1))
+            images = augment_batch(images, choice, phrases, aug_noise)
+            tokens = append_phrases(tokens, choice, phrases, net.vocabulary)
+        rows = slice(rank, None, world)
+        dev = images.device
+        cond = Cond(tokens=tokens[rows].to(dev), drop=None if drop is None else drop[rows].to(dev))
+        return diffusion_loss(model, schedule, images[rows], t[rows].to(dev), noise[rows].to(dev), cond)
+
+    def default_guidance(self, model: nn.Module) -> float:
+        return 2.0 if unwrap(model).prompt_cfg.drop_prob > 0 else 1.0
+
+    def sample(self, model: Callable[..., torch.Tensor], schedule: Any, seeds: Sequence[int], *, data: DataInfo,
+               sampler: str = "ddim", steps: int = 25, eta: float = 0.0, device: torch.device | str = "cpu",
+               autocast_dtype: torch.dtype | None = None, progress: bool = False, cond: Cond | None = None,
+               guidance: float | None = None, prompts: Sequence[str] | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Images for prompts → (images float32 (B, C, H, W) in [-1, 1], masks int64 (B, H, W)) on CPU.
+
+        The prompts are ``cond.tokens`` (B, L), else ``prompts`` (strings), else the first training prompts
+        (previews, cycled). Masks: ``cond.mask`` when given, else zeros (this model makes images only).
+        ``guidance``: classifier-free scale s (None: 2 for a CFG-trained model, else 1). Pair i depends only on
+        ``seeds[i]`` and its prompt (x_T and sampler noise from ``Generator().manual_seed(seed)``).
+        """
+        net = unwrap(model)
+        n = len(seeds)
+        tokens = None if cond is None else cond.tokens
+        if tokens is None:
+            if prompts is None:
+                if not self._preview:
+                    raise fail("method prompt: sampling needs prompts (prompts=[...] or cond=Cond(tokens=...))")
+                prompts = [self._preview[i % len(self._preview)] for i in range(n)]
+            tokens = self.encode_prompts(net, prompts)
+        if tokens.shape[0] != n:
+            raise fail(f"prompt tokens: need one prompt per seed ({n}), got {tokens.shape[0]}")
+        if guidance is None:
+            guidance = self.default_guidance(net)
+        if float(guidance) != 1.0 and net.prompt_cfg.drop_prob <= 0:
+            raise fail(f"guidance={guidance}: this prompt generator was trained without classifier-free guidance "
+                       f"(prompt.drop_prob=0); use guidance 1")
+        dev = torch.device(device)
+        masks = (cond.mask.long() if cond is not None and cond.mask is not None
+                 else torch.zeros((n, *data.size), dtype=torch.long))
+        gens = seed_generators(seeds)
+        x_T = torch.stack([torch.randn((data.channels, *data.size), generator=g) for g in gens]).to(dev)
+        guided = classifier_free(_TokenBound(model, tokens.to(dev)), guidance)
+        x0 = run_sampler(guided, schedule, x_T, sampler=sampler, steps=steps, eta=eta,
+                         cond=Cond(tokens=tokens.to(dev)), generators=gens, progress=progress,
+                         autocast_dtype=autocast_dtype)
+        return x0[:, :data.channels].float().clamp(-1, 1).cpu(), masks.cpu()
+
+
+class _TokenBound:
+    """``model(x, t, cond)`` with ``cond.tokens`` filled from ``tokens`` (B, L) when the caller's Cond lacks
+    them: the guidance combiner rebuilds the Cond of its doubled (2B-row) batch from mask/reference fields
+    only, so the prompt is re-attached here (repeated to the batch: rows [cond; null])."""
+
+    def __init__(self, model: Callable[..., torch.Tensor], tokens: torch.Tensor) -> None:
+        self.model, self.tokens = model, tokens
+
+    def __call__(self, x_t: torch.Tensor, t: torch.Tensor, cond: Any = None) -> torch.Tensor:
+        if cond is None or getattr(cond, "tokens", None) is None:
+            reps = x_t.shape[0] // self.tokens.shape[0]
+            drop = None if cond is None else cond.drop
+            cond = Cond(tokens=self.tokens.repeat(reps, 1), drop=drop)
+        return self.model(x_t, t, cond)
+
+
+def append_phrases(tokens: torch.Tensor, choice: torch.Tensor, phrases: Sequence[str], vocab: Vocabulary
+                   ) -> torch.Tensor:
+    """Append ``phrases[choice[i]]``'s tokens after row i's last real token (``choice[i] = -1``: unchanged).
+
+    tokens int64 (B, L) right-padded with 0; the caller guarantees room (checked when the run starts)."""
+    out = tokens.clone()
+    lengths = (tokens != 0).sum(dim=1).tolist()
+    for i, k in enumerate(choice.tolist()):
+        if k < 0:
+            continue
+        ids = [vocab.index[w] for w in tokenize(phrases[k])]
+        if lengths[i] + len(ids) > tokens.shape[1]:
+            raise fail(f"prompt.max_len={tokens.shape[1]}: no room to append {phrases[k]!r}; raise prompt.max_len")
+        out[i, lengths[i]: lengths[i] + len(ids)] = torch.tensor(ids, dtype=tokens.dtype)
+    return out
+
+
+def with_phrase(prompt: str, phrase: str) -> str:
+    """``c_t + c_aug``: the prompt with an augmentation phrase appended (``"US, breast, benign, smooth"``)."""
+    check_phrases([phrase])
+    return f"{prompt}, {phrase}"
+
+
+register_method("prompt", PromptMethod)
