@@ -5,7 +5,8 @@ Every network answers ``forward(x_t (B, C, H, W), t int64 (B,), cond: Cond) -> (
 
 - ``mask_mode="concat"`` (``mask2image``, the segmentation-guided-diffusion baseline): the foreground one-hot
   of the mask (K = num_classes - 1 channels, each in {-1, +1}; the null condition is all zeros) is
-  concatenated to ``x_t`` and fed to MONAI's ``DiffusionModelUNet``.
+  concatenated to ``x_t`` and fed to MONAI's ``DiffusionModelUNet``; ``cond.mask_channels`` (float (B, K, H, W)
+  in [-1, 1], a continuous one-hot such as PIG's predicted mask x0_hat) is concatenated instead when given.
 - ``mask_mode="spade"`` (DSDM, sec. III-B "Diffusion decoder"): MONAI's ``SPADEDiffusionModelUNet``; the
   decoder's group norms are SPADE layers that receive the full one-hot mask (num_classes channels in {0, 1};
   the null condition is all zeros) at every up level.
@@ -232,8 +233,14 @@ class ConditionalUNet(nn.Module):
         """One-line errors for missing conditions or a reference image of another channel count."""
         if not isinstance(cond, Cond):
             raise fail(f"this network needs a Cond with {', '.join(self.needs) or 'nothing'}; got {type(cond).__name__}")
-        if "mask" in self.needs and cond.mask is None:
+        if "mask" in self.needs and cond.mask is None and cond.mask_channels is None:
             raise fail("this mask-conditioned network needs cond.mask (B, H, W) labels")
+        if cond.mask_channels is not None and self.mask_mode == "spade" and cond.mask is None:
+            raise fail("cond.mask_channels (continuous one-hot) is read by mask_mode=concat only; pass cond.mask labels")
+        if (cond.mask_channels is not None and self.mask_mode == "concat"
+                and cond.mask_channels.shape[1] != self.num_classes - 1):
+            raise fail(f"cond.mask_channels has {cond.mask_channels.shape[1]} channel(s) but the generator needs "
+                       f"{self.num_classes - 1} (one per foreground class)")
         if self.use_reference and cond.reference is None and cond.reference_embedding is None:
             raise fail("this DSDM network was trained with reference images; pass cond.reference (B, C, H, W)")
         if self.use_reference and cond.reference is not None and cond.reference.shape[1] != self.channels:
@@ -269,7 +276,12 @@ class ConditionalUNet(nn.Module):
             if keep is not None:
                 onehot = onehot * keep
             return self.unet(x_t, t, seg=onehot, **kwargs)
-        if self.mask_mode == "concat":
+        if self.mask_mode == "concat" and cond.mask_channels is not None:  # continuous one-hot (PIG's x0_hat)
+            fg = cond.mask_channels.to(x_t.device, x_t.dtype)
+            if keep is not None:
+                fg = fg * keep
+            x_t = torch.cat([x_t, fg], dim=1)
+        elif self.mask_mode == "concat":
             classes = torch.arange(1, self.num_classes, device=x_t.device).view(1, -1, 1, 1)
             fg = (cond.mask.to(x_t.device).unsqueeze(1) == classes).to(x_t.dtype) * 2.0 - 1.0
             if keep is not None:

@@ -35,6 +35,7 @@ from ..diffusion.schedule import DiffusionConfig, NoiseSchedule
 from ..errors import fail
 from ..io import ensure_dir, save_png_atomic, translate_os_errors, write_bytes_atomic, write_json_atomic
 from ..methods import DataInfo, get_method
+from ..methods.pig import PigConfig
 from ..networks.conditional import CondConfig
 from ..networks.lora import LoRAConfig
 from ..networks.prompt import PromptConfig
@@ -71,6 +72,7 @@ class TrainConfig:
     net: UNetConfig = field(default_factory=UNetConfig)
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     cond: CondConfig = field(default_factory=CondConfig)  # mask-conditioned methods (dsdm; mask2image fixes it)
+    pig: PigConfig = field(default_factory=PigConfig)     # method pig: reuse/freeze a mask2image image model
     prompt: PromptConfig = field(default_factory=PromptConfig)  # method prompt: prompt encoder, CFG, aug phrases
     lora: LoRAConfig = field(default_factory=LoRAConfig)        # LoRA fine-tuning of a prompt run (with init_from)
     device: str = "auto"            # auto | cpu | cuda | cuda:<i>
