@@ -317,6 +317,10 @@ def build_parser() -> argparse.ArgumentParser:
     from .experiment import add_parser as add_experiment
 
     add_experiment(sub)
+
+    from .cluster import add_parser as add_cluster
+
+    add_cluster(sub)
     return p
 
 
