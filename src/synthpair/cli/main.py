@@ -314,6 +314,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_evaluate(sub)
 
+    from .inpaint import add_parser as add_inpaint
+
+    add_inpaint(sub)
+
     from .experiment import add_parser as add_experiment
 
     add_experiment(sub)
