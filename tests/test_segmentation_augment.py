@@ -62,7 +62,28 @@ def test_deepstack_keeps_alignment_and_range():
         if am[i].any() and (am[i] == 0).any():
             assert ai[i, 0][am[i] == 1].mean() > ai[i, 0][am[i] == 0].mean() + 0.5
     aug = AUGMENTATIONS["deepstack"]
-    assert isinstance(aug, ClassicAugmentation) and len(aug.transform().transforms) == 11
+    assert isinstance(aug, ClassicAugmentation) and len(aug.probs) == 10
+    assert len(aug.transform().transforms) == 7 and AUGMENTATIONS["random_rotate"].transform() is None
+
+
+def test_rotation_and_zoom_are_about_the_image_centre():
+    from synthpair.segmentation.augment import _spatial
+
+    size = 32
+    yy, xx = torch.meshgrid(torch.arange(size) + 0.5, torch.arange(size) + 0.5, indexing="ij")
+    centred = ((yy - size / 2) ** 2 + (xx - size / 2) ** 2 < 64).float()  # disk of radius 8 at the centre
+    m = centred.expand(20, 1, size, size).clone()
+    x = m.clone()
+    xr, mr = _spatial(x, m, {"rotate": 1.0}, torch.Generator().manual_seed(0))
+    assert (mr != m).float().mean() < 0.01                 # a centred disk is rotation-invariant
+    assert (xr - x).abs().mean() < 0.02 and not torch.equal(xr, x)
+    xz, mz = _spatial(x, m, {"scale": 1.0}, torch.Generator().manual_seed(0))
+    areas = mz.sum((1, 2, 3)) / m[0].sum()
+    assert 0.45 < float(areas.min()) and float(areas.max()) < 2.0 and float(areas.std()) > 0.1  # zoom² in 0.49..1.96
+    for k in range(20):                                     # the disk stays centred
+        w = mz[k, 0]
+        assert abs(float((w * yy).sum() / w.sum()) - size / 2) < 0.3
+        assert abs(float((w * xx).sum() / w.sum()) - size / 2) < 0.3
 
 
 @pytest.mark.parametrize("name", ["deepstack", "random_rotate", "random_noise"])
