@@ -2,11 +2,16 @@
 
 For each fold ``k`` of ``cfg.folds``:
 
-1. the training pool is the real **training** split of fold ``k`` (plus, by the mixing strategy, the pairs
-   of a synthetic folder that passed the leakage guard, :mod:`.leakage`);
+1. the training pool is the real **training** split of fold ``k`` — or a seeded, nested subset of
+   ``cfg.n_real`` of its items (:func:`training_items`) — plus, by the mixing strategy, the pairs of a
+   synthetic folder that passed the leakage guard (:mod:`.leakage`): ``ratio`` / ``synthetic_only`` use all
+   of them (on a subset: those whose manifest ``source_item`` is a kept item, or all when the manifest names
+   no source items); ``patch`` / ``patch_loss`` / ``replace`` use the synthetic *versions* of the kept real
+   items (manifest ``source_item``, required);
 2. the segmenter (:mod:`.models`) is trained for exactly ``cfg.steps`` AdamW steps of ``cfg.batch_size``
-   pairs with MONAI ``DiceCELoss(to_onehot_y=True, softmax=True)`` and a cosine learning-rate decay to 0,
-   whatever the mixing ratio (compute-matched comparisons, see :mod:`.mixing`). There is no validation
+   slots with MONAI ``DiceCELoss(to_onehot_y=True, softmax=True)`` and a cosine learning-rate decay to 0,
+   whatever the mixing (compute-matched comparisons, see :mod:`.mixing`; ``patch_loss`` runs two forward
+   passes per slot), each batch augmented by ``cfg.augment`` (:mod:`.augment`). There is no validation
    split and no early stopping: the model of the last step is evaluated, so no choice is ever made on
    held-out data;
 3. the model predicts ``argmax`` labels for the real **test** split of fold ``k``, scored by
