@@ -189,6 +189,19 @@ def test_train_export_generate_via_cli_multiclass(tmp_path: Path) -> None:
     assert lines[0]["train_cases"] == sorted(cases)
     assert verify_pair(syn, lines[1]["id"])  # the export reloads and reproduces the pair bit for bit
 
+    # the experiment's "+N pairs" subsets: the first N pairs, a valid synthetic folder for segment
+    from synthpair.data.dataset import PreparedDataset
+    from synthpair.experiments.pig import subset_synthetic
+    from synthpair.segmentation.leakage import check_synthetic
+
+    sub = subset_synthetic(syn, tmp_path / "syn2", 2)
+    assert read_manifest(sub) == lines[:2]
+    assert (sub / "images" / f"{lines[1]['id']}.png").read_bytes() == (syn / "images" / f"{lines[1]['id']}.png").read_bytes()
+    opened = check_synthetic(sub, PreparedDataset.open(data), [0])
+    assert sorted(opened.ids) == sorted(ln["id"] for ln in lines[:2])
+    with pytest.raises(SynthpairError, match="fewer than the 5"):
+        subset_synthetic(syn, tmp_path / "syn5", 5)
+
 
 def test_image_from_reuses_a_frozen_mask2image_run(tmp_path: Path) -> None:
     from conftest import write_tiny_prepared
