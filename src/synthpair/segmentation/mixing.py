@@ -211,11 +211,10 @@ class _VersionPool:
         self.counts = torch.tensor([len(g) for g in groups], dtype=torch.long)
         self.offsets = torch.cat([torch.zeros(1, dtype=torch.long), self.counts.cumsum(0)[:-1]])
         self.flat = torch.tensor([j for g in groups for j in g], dtype=torch.long)
-        used = self.flat
-        # versions whose mask differs from their real item's mask (their label is replaced by the real one in
-        # patch mixing; expected 0 for mask-conditioned generators)
+        # versions whose mask differs from their real item's mask (patch mixing trains them with the real
+        # label; expected 0 for mask-conditioned generators)
         owner = torch.repeat_interleave(torch.arange(len(groups)), self.counts)
-        self.n_mask_mismatch = int((syn_masks[used] != real_masks[owner]).flatten(1).any(1).sum()) if len(used) else 0
+        self.n_mask_mismatch = int((syn_masks[self.flat] != real_masks[owner]).flatten(1).any(1).sum())
         self.stream = PoolStream(len(real_images))
 
     def draw(self, batch_size: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -227,10 +226,10 @@ class _VersionPool:
         ri = self.stream.take(batch_size, generator)
         u = torch.rand(batch_size, generator=generator)
         n = self.counts[ri]
-        pick = torch.minimum((u * n).long(), (n - 1).clamp(min=0))
-        si = torch.where(n > 0, self.flat[(self.offsets[ri] + pick).clamp(max=max(len(self.flat) - 1, 0))],
-                         torch.full_like(ri, -1))
-        return ri, si
+        pick = torch.minimum((u * n).long(), (n - 1).clamp(min=0))  # floor(u·n) in 0..n-1
+        # items without versions get a dummy in-range position, then -1
+        pos = (self.offsets[ri] + pick).clamp(max=len(self.flat) - 1)
+        return ri, torch.where(n > 0, self.flat[pos], torch.full_like(ri, -1))
 
     def describe(self) -> dict:
         has = self.counts > 0
