@@ -78,6 +78,7 @@ class TrainConfig:
     device: str = "auto"            # auto | cpu | cuda | cuda:<i>
     items: str = ""                 # JSON file: list of item ids (a subset of the fold's training split), "" = all
     init_from: str = ""             # RUN or RUN/export: start from its weights (fine-tuning); "" = random init
+    clusters: str = ""              # CL/clusters.json of 'synthpair cluster' (method joint_cluster); "" = none
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size"):
