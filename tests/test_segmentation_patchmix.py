@@ -281,6 +281,15 @@ def test_segment_patch_mixing_end_to_end(tiny_data, tmp_path):
     assert len(losses) == 4 and all(math.isfinite(x) for x in losses)
     again = segment(tiny_data, tmp_path / "seg2", cfg, synthetic_dir=syn, progress=False)
     assert again["per_case"] == res["per_case"]                                   # deterministic
+    from synthpair.config import load_config
+
+    assert load_config(SegmentConfig, tmp_path / "seg" / "config.json") == cfg
+    # the same through the CLI grammar
+    assert main(["segment", str(tiny_data), "--out", str(tmp_path / "cli"), "--synthetic", str(syn), "--mix",
+                 "patch:alpha=0.5,patch=4", "--augment", "random_mirror", "--steps", "4",
+                 "--set", "batch_size=4"]) == 0
+    cli = json.loads((tmp_path / "cli" / "results.json").read_text())
+    assert cli["per_case"] == res["per_case"] and cli["setting"] == res["setting"]
 
     # loss mixing and replacement on a subset of 4 real items: only the kept items' versions count
     keep = training_items(ds, 0, 4, 3)

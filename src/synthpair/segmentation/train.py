@@ -354,8 +354,10 @@ def segment(data_dir: Path | str, out_dir: Path | str, cfg: SegmentConfig = Segm
     """Train and evaluate one setting on ``cfg.folds`` of the prepared folder ``data_dir``; write ``out_dir``.
 
     Returns the ``results.json`` dict (see module doc and :func:`_results`). Raises a one-line
-    :class:`~synthpair.errors.SynthpairError` for a bad model/size, fold, synthetic folder (missing manifest,
-    leakage into a test split, other channels/size, more classes) or output folder — before any training.
+    :class:`~synthpair.errors.SynthpairError` for a bad model/size, fold, ``n_real`` larger than a fold's
+    training split, ``patch`` larger than the images, synthetic folder (missing manifest, leakage into a test
+    split, other channels/size, more classes; for ``patch``/``patch_loss``/``replace`` a pair without
+    ``source_item`` or a fold with no version of its real items) or output folder — before any training.
     """
     ds = PreparedDataset.open(data_dir)
     check_model(cfg.model, ds.size)
