@@ -310,6 +310,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("run_dir")
     sp.set_defaults(func=cmd_report)
 
+    from .pool import add_parser as add_pool
+
+    add_pool(sub)
     from .evaluate import add_parser as add_evaluate
 
     add_evaluate(sub)
