@@ -6,7 +6,6 @@ import json
 import math
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -80,7 +79,8 @@ def test_patch_mask_extremes_and_non_dividing_patch():
     assert cells.shape == (50, 4, 4)
     assert torch.equal(odd, cells.repeat_interleave(5, 1).repeat_interleave(5, 2)[:, :16, :16])
     assert not bool((odd[:, :, 14] == odd[:, :, 15]).all())         # a new cell starts at column 15
-    assert bool(random_patch_mask(3, (8, 8), 1.0, 2, g).all()) and not bool(random_patch_mask(3, (8, 8), 0.0, 2, g).any())
+    assert bool(random_patch_mask(3, (8, 8), 1.0, 2, g).all())
+    assert not bool(random_patch_mask(3, (8, 8), 0.0, 2, g).any())
 
 
 # ---------------------------------------------------------------- Algorithm 1
@@ -244,7 +244,8 @@ def test_mix_grammar():
     assert _parse_mix("patch_loss:alpha=0.5") == {"mixing": "patch_loss", "ratio": 0.0, "alpha": 0.5}
     assert _parse_mix("replace:p=0.25") == {"mixing": "replace", "ratio": 0.0, "replace_p": 0.25}
     example = "e.g. --mix ratio=0.5 | synthetic_only | patch:alpha=0.5,patch=8"
-    for bad, msg in [("patchy:alpha=1", "unknown mixing 'patchy'"), ("patch:beta=2", "patch takes alpha=…, patch=…"),
+    for bad, msg in [("patchy:alpha=1", "unknown mixing 'patchy'"),
+                     ("patch:beta=2", "patch takes alpha=…, patch=…"),
                      ("patch:patch=2.5", "patch must be an integer"), ("replace:p", "replace takes p=…"),
                      ("ratio=x", "ratio must be a number"), ("synthetic_only:p=1", "takes no parameters")]:
         with pytest.raises(SynthpairError) as err:
@@ -267,8 +268,8 @@ def test_cli_errors_exit_2_with_one_line(tiny_data, tmp_path, capsys):
 
 def test_segment_patch_mixing_end_to_end(tiny_data, tmp_path):
     ds = PreparedDataset.open(tiny_data)
-    train_cases, test_cases = ds.fold_cases(0)
-    train_ids, test_ids = ds.split(0)
+    train_cases, _ = ds.fold_cases(0)
+    train_ids, _ = ds.split(0)
     syn = add_sources(write_syn(tmp_path / "syn", train_cases, n=6), train_ids[:3])  # 2 versions of 3 items
     cfg = SegmentConfig(steps=4, batch_size=4, mixing="patch", alpha=0.5, patch=4, augment="random_mirror")
     res = segment(tiny_data, tmp_path / "seg", cfg, synthetic_dir=syn, progress=False)
@@ -311,7 +312,7 @@ def test_segment_patch_mixing_end_to_end(tiny_data, tmp_path):
 
 def test_version_mixing_refuses_folders_without_source_items(tiny_data, tmp_path):
     ds = PreparedDataset.open(tiny_data)
-    train_cases, test_cases = ds.fold_cases(0)
+    train_cases, _ = ds.fold_cases(0)
     train_ids, test_ids = ds.split(0)
     plain = write_syn(tmp_path / "plain", train_cases)
     with pytest.raises(SynthpairError) as err:

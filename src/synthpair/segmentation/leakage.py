@@ -3,7 +3,8 @@
 A synthetic folder (SYN, docs/architecture.md) carries ``manifest.jsonl``, one JSON object per pair, whose
 ``train_cases`` list every real case the generator saw (mask sources and reference images included), plus
 ``source_case`` (the case the pair's mask came from) and optionally ``reference_case`` /
-``reference_cases``, ``source_item`` / ``reference_item`` (real item ids, mapped to their cases). If any of these cases lies in the evaluation (test) split of a fold being evaluated,
+``reference_cases``, ``source_item`` / ``reference_item`` (real item ids, mapped to their cases). If any
+of these cases lies in the evaluation (test) split of a fold being evaluated,
 the held-out numbers of that fold would be inflated, so :func:`check_synthetic` refuses the folder.
 """
 from __future__ import annotations

@@ -128,9 +128,11 @@ class SegmentConfig:
         if not 0.0 <= self.alpha <= 1.0:
             raise ValueError(f"alpha must be in [0, 1] (the fraction of real pixels), got {self.alpha}")
         if self.patch < 1:
-            raise ValueError(f"patch must be >= 1 pixel (1 = per-pixel mixing, image size = per image), got {self.patch}")
+            raise ValueError(f"patch must be >= 1 pixel (1 = per-pixel mixing, image size = per image), "
+                             f"got {self.patch}")
         if not 0.0 <= self.replace_p <= 1.0:
-            raise ValueError(f"replace_p must be in [0, 1] (probability of replacing a real image), got {self.replace_p}")
+            raise ValueError(f"replace_p must be in [0, 1] (probability of replacing a real image), "
+                             f"got {self.replace_p}")
         if self.n_real < 0:
             raise ValueError(f"n_real must be >= 0 (0 = every training item), got {self.n_real}")
         if not self.folds or len(set(self.folds)) != len(self.folds):
