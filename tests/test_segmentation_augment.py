@@ -114,3 +114,14 @@ def test_loss_mixing_batch_gets_the_same_spatial_draw_for_both_images():
     plain = augment_batch(AUGMENTATIONS["random_mirror"], Batch(images, masks), torch.Generator().manual_seed(0))
     assert plain.syn_images is None
     assert torch.equal(plain.images, AUGMENTATIONS["random_mirror"](images, masks, torch.Generator().manual_seed(0))[0])
+
+
+def test_every_classic_augmentation_takes_rgb_non_square_batches():
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(4, 3, 16, 24, generator=g) * 2 - 1
+    m = (torch.rand(4, 16, 24, generator=g) > 0.5).long()
+    for name, fn in AUGMENTATIONS.items():
+        if isinstance(fn, ClassicAugmentation):
+            a, b = fn(x, m, torch.Generator().manual_seed(1))
+            assert a.shape == x.shape and b.shape == m.shape and b.dtype == torch.int64, name
+            assert float(a.min()) >= -1 and float(a.max()) <= 1, name
