@@ -64,7 +64,8 @@ class PromptConfig:
       ``{finding}`` = the item id's prefix before the first ``_`` when it is purely alphabetic (BUSI:
       ``benign_001`` → ``benign``), otherwise the dataset's first foreground label name (``lesion``);
       ``{label}`` = that label name; ``{modality}`` = dataset.json ``modality``; ``{name}`` = dataset name.
-      Example for BUSI: ``--set 'prompt.template=US, breast, {finding}'``.
+      Example for BUSI: ``--set 'prompt.template="US, breast, {finding}"'`` (JSON-quoted: ``--set`` reads
+      an unquoted value with commas as a list).
     - ``vocabulary``: extra words to reserve (e.g. findings only the fine-tuning data will use).
     - ``aug_prob``: probability that a training item is augmented with a random augmentation phrase of
       ``aug_phrases`` (empty = all of :data:`synthpair.data.aug_prompts.AUG_PHRASES`): its image is
