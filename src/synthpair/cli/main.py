@@ -84,7 +84,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     cfg = _with(cfg, n=args.n, sampler=args.sampler, steps=args.steps, seed=args.seed, batch_size=args.batch,
                 eta=args.eta, min_area=args.min_area, keep_empty=True if args.keep_empty else None,
                 masks=args.masks, reference=args.reference, guidance=args.guidance,
-                min_faithfulness=args.min_faithfulness, segmenter=args.segmenter)
+                min_faithfulness=args.min_faithfulness, segmenter=args.segmenter, per_real=args.per_real,
+                aug_prompts=args.aug_prompts)
     out = generate(args.run, args.out, cfg)
     print(f"synthetic pairs: {out}  (manifest: {Path(out) / 'manifest.jsonl'})")
     return 0
@@ -265,6 +266,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--segmenter", help="reference segmenter for faithfulness: auto | off | SEG folder (real-only "
                                         "'synthpair segment' of the generator's fold)")
     common(sp)
+    sp.add_argument("--per-real", type=int, metavar="N",
+                    help="controlnet generators: N synthetic versions of every real training pair (EMIT-Diff)")
+    sp.add_argument("--aug-prompts", choices=["random", "none"],
+                    help="with --per-real: append a random augmentation phrase per sample (default) or none")
     sp.set_defaults(func=cmd_generate)
 
     sp = sub.add_parser("replay", help="regenerate one synthetic pair from its manifest line and compare")

@@ -12,6 +12,14 @@
   restarted with the same command continues at the next block of seeds; lines or files beyond the last
   committed batch are discarded. ``dataset.json`` is written last, so an unfinished folder is never mistaken
   for a complete one.
+* Per-real generation (``--per-real n``, method ``controlnet``, EMIT-Diff Algorithm 1 line 1): for each real
+  training pair of the generator's fold (training-split order, the generator's ``training_cases.json``
+  items), ``n`` images from its edge map and its prompt ``c_t`` + one augmentation phrase ``c_aug`` drawn per
+  sample from ``numpy.random.default_rng([seed, 3])`` (``--aug-prompts none``: the plain prompt). Attempt
+  ``j = seed - first_seed`` is version ``j mod n`` of item ``j div n``; the real mask is the label, so no mask
+  filter applies. Manifest extras: ``source_item``/``source_id``, ``source_case``, ``version``, ``prompt``,
+  ``aug_phrase``, ``edges`` (settings), ``guidance``, ``base_model_sha256``, ``per_real``,
+  ``per_real_first_seed``; ``train_cases`` adds the frozen base run's cases (its pre-training included).
 """
 from __future__ import annotations
 
@@ -59,6 +67,9 @@ class GenerateConfig:
     segmenter: str = "auto"
     segmenter_steps: int = 300
     min_faithfulness: float | None = None  # drop pairs whose faithfulness is lower
+    # per-real generation (method controlnet; EMIT-Diff): n versions of every real training pair
+    per_real: int = 0                 # 0 = off (generate n pairs); > 0: this many per real training pair
+    aug_prompts: Literal["random", "none"] = "random"  # append a random augmentation phrase per sample, or not
 
     def __post_init__(self) -> None:
         if self.n < 1:
@@ -71,6 +82,10 @@ class GenerateConfig:
             raise fail(f"guidance={self.guidance}: must be >= 0 (1 = conditional prediction, 3 = default)")
         if self.steps < 1 or self.batch_size < 1:
             raise ValueError("steps and batch_size must be >= 1")
+        if self.per_real < 0:
+            raise fail(f"per_real={self.per_real}: must be >= 0 (versions per real training pair; 0 = off)")
+        if self.aug_prompts not in ("random", "none"):
+            raise fail(f"aug_prompts={self.aug_prompts!r}: choose random or none")
 
 
 PROGRESS = "progress.json"
@@ -197,8 +212,9 @@ def _sample(model_bundle: Any, seeds: list[int], cfg: GenerateConfig, device: st
     from ..diffusion.cond import Cond
 
     conds = source.batch(seeds, steps=cfg.steps, device=device, amp=amp)
-    cond = Cond(mask=torch.from_numpy(conds.masks),
-                reference=None if conds.references is None else torch.from_numpy(conds.references))
+    cond = getattr(conds, "cond", None) or Cond(
+        mask=torch.from_numpy(conds.masks),
+        reference=None if conds.references is None else torch.from_numpy(conds.references))
     images, masks = synthesize_batch(model_bundle, seeds, sampler=cfg.sampler, steps=cfg.steps, eta=cfg.eta,
                                      device=device, amp=amp, cond=cond, guidance=cfg.guidance)
     return (np.asarray(images, dtype=np.float32), np.asarray(masks, dtype=np.int64), conds.records,
@@ -210,6 +226,14 @@ def _condition_source(bundle: Any, prov: dict[str, Any], cfg: GenerateConfig, fi
     from ..methods import get_method
 
     method = get_method(prov["method"])
+    if prov["method"] == "controlnet" or cfg.per_real:
+        if prov["method"] != "controlnet" or not cfg.per_real:
+            raise fail(f"{prov['generator_run']}: --per-real N applies to (and is needed by) 'controlnet' generators; "
+                       f"this one is {prov['method']!r}" + (" — pass --per-real N" if not cfg.per_real else ""))
+        if cfg.masks != "real" or cfg.reference != "random":
+            raise fail("--masks/--reference do not apply to a controlnet generator (each real training pair gives "
+                       "its own edge map and mask)")
+        return PerRealSource(bundle, prov, cfg, first_seed)
     if not getattr(method, "conditional", False):
         if cfg.masks != "real" or cfg.reference != "random" or cfg.guidance is not None:
             raise fail(f"{prov['generator_run']}: a {prov['method']!r} generator makes its own masks; --masks, "
@@ -228,10 +252,104 @@ def _condition_source(bundle: Any, prov: dict[str, Any], cfg: GenerateConfig, fi
                            needs_reference=bool(net.use_reference), min_component=cfg.min_component)
 
 
+@dataclass
+class PerRealConditions:
+    """Conditions of one per-real batch: the real masks int64 (B, H, W) (the labels), the network's ``cond``
+    (tokens, edge maps, masks) and per-pair provenance records."""
+
+    masks: np.ndarray
+    cond: Any
+    records: list[dict[str, Any]]
+    extra_train_cases: list[str]
+    references: None = None
+
+
+class PerRealSource:
+    """Edge maps, prompts and masks of the generator's real training pairs for per-real generation (module
+    docstring). ``bundle``: (ControlledUNet, export config) of a ``controlnet`` run; ``prov``: its
+    :func:`_generator_provenance`; ``first_seed``: seed of attempt 0."""
+
+    def __init__(self, bundle: Any, prov: dict[str, Any], cfg: GenerateConfig, first_seed: int) -> None:
+        import torch
+
+        from ..data.dataset import PreparedDataset
+        from ..data.edges import edge_maps
+        from ..methods.controlnet import base_phrases, encode_item_tokens
+
+        net, export_cfg = bundle
+        data = prov.get("data")
+        if not data or not Path(data).is_dir():
+            raise fail(f"{data}: the generator's dataset folder (training_cases.json 'data') is missing; per-real "
+                       f"generation reads its real training pairs")
+        run = Path(prov["generator_run"])
+        cases = read_json(run / "training_cases.json", "training_cases.json")
+        ds = PreparedDataset.open(data)
+        train_ids, _ = ds.split(int(prov["fold"]))
+        allowed = set(train_ids)
+        ids = [i for i in cases.get("items", train_ids) if i in allowed]
+        if not ids:
+            raise fail(f"{run}/training_cases.json: no training items of fold {prov['fold']} in {data}; use the "
+                       f"generator's own dataset")
+        images, masks = ds.load(ids)
+        if images.shape[1] != int(export_cfg["data"]["channels"]) or list(images.shape[2:]) != list(export_cfg["data"]["size"]):
+            raise fail(f"{data}: images {tuple(images.shape[1:])} do not fit the generator's data {export_cfg['data']}")
+        self.ds, self.ids, self.masks = ds, ids, masks
+        self.edge_cfg = net.cfg.edges
+        self.edges = torch.from_numpy(edge_maps(images, masks, self.edge_cfg))
+        self.tokens, self.prompts = encode_item_tokens(ds, ids, export_cfg)
+        self.phrases = base_phrases(export_cfg)
+        self.per_real, self.aug = int(cfg.per_real), cfg.aug_prompts
+        self.first_seed = int(first_seed)
+        self.total = self.per_real * len(ids)
+        base = export_cfg.get("base") or {}
+        self.base_sha = base.get("weights_sha256")
+        self.extra_train_cases: list[str] = []
+        if base.get("run") and (Path(base["run"]) / "training_cases.json").is_file():
+            bc = read_json(Path(base["run"]) / "training_cases.json", "base training_cases.json")
+            self.extra_train_cases = sorted(bc.get("train_cases", bc.get("cases", [])))
+
+    def item_for(self, seed: int) -> tuple[int, int]:
+        """(item index, version) of attempt ``seed``."""
+        j = int(seed) - self.first_seed
+        return (j // self.per_real) % len(self.ids), j % self.per_real
+
+    def phrase_for(self, seed: int) -> int:
+        """Index of the augmentation phrase of sample ``seed`` (-1: none)."""
+        if self.aug == "none" or not self.phrases:
+            return -1
+        return int(np.random.default_rng([int(seed), 3]).integers(len(self.phrases)))
+
+    def batch(self, seeds: list[int], **_: Any) -> PerRealConditions:
+        import torch
+
+        from ..diffusion.cond import Cond
+
+        rows, toks, recs = [], [], []
+        for seed in seeds:
+            i, version = self.item_for(seed)
+            k = self.phrase_for(seed)
+            rows.append(i)
+            toks.append(self.tokens[i, k + 1])
+            item = self.ids[i]
+            phrase = None if k < 0 else self.phrases[k]
+            recs.append({"source_item": item, "source_id": item, "source_case": self.ds.case_of(item),
+                         "version": version, "prompt": self.prompts[i] + ("" if phrase is None else f", {phrase}"),
+                         "aug_phrase": phrase, "aug_prompts": self.aug, "edges": self.edge_cfg.to_record(),
+                         "per_real": self.per_real, "per_real_first_seed": self.first_seed,
+                         "base_model_sha256": self.base_sha, "mask_source": None})
+        idx = torch.tensor(rows, dtype=torch.long)
+        masks = self.masks[rows].astype(np.int64)
+        cond = Cond(tokens=torch.stack(toks), control=self.edges[idx], mask=torch.from_numpy(masks))
+        return PerRealConditions(masks, cond, recs, self.extra_train_cases)
+
+
 def _scorer(run: Path, prov: dict[str, Any], cfg: GenerateConfig, conditional: bool, device: str) -> Any:
-    """The faithfulness scorer (see GenerateConfig.segmenter), or None."""
+    """The faithfulness scorer (see GenerateConfig.segmenter), or None (``auto`` is off for per-real generation
+    unless ``min_faithfulness`` is set: its labels are the real masks)."""
     from .faithfulness import FaithfulnessScorer, train_reference_segmenter
 
+    if cfg.per_real and cfg.segmenter == "auto" and cfg.min_faithfulness is None:
+        return None
     if cfg.segmenter == "off" or (cfg.segmenter == "auto" and not conditional and cfg.min_faithfulness is None):
         return None
     seg = Path(cfg.segmenter) if cfg.segmenter != "auto" else run / "reference_segmenter"
@@ -300,14 +418,17 @@ def generate(run_dir: Path | str, out_dir: Path | str, cfg: GenerateConfig = Gen
     device = str(resolve_device(cfg.device))
     amp = cfg.amp
     scorer = _scorer(run, prov, cfg, source is not None, device)
-    max_attempts = int(np.ceil(cfg.n * cfg.max_attempts_factor))
+    per_real = isinstance(source, PerRealSource)
+    n_target = source.total if per_real else cfg.n  # per-real: every version of every training pair, no filter
+    max_attempts = n_target if per_real else int(np.ceil(cfg.n * cfg.max_attempts_factor))
     from tqdm import tqdm
 
-    bar = tqdm(total=cfg.n, initial=state["kept"], desc="generate", unit="pair", disable=not progress,
+    bar = tqdm(total=n_target, initial=state["kept"], desc="generate", unit="pair", disable=not progress,
                file=sys.stderr, dynamic_ncols=True)
     t0 = time.time()
-    while state["kept"] < cfg.n and state["attempted"] < max_attempts:
-        seeds = list(range(state["next_seed"], state["next_seed"] + cfg.batch_size))
+    while state["kept"] < n_target and state["attempted"] < max_attempts:
+        stop = state["next_seed"] + cfg.batch_size
+        seeds = list(range(state["next_seed"], min(stop, cfg.seed + n_target) if per_real else stop))
         images, masks, cond_recs, extra_cases = _sample(model_bundle, seeds, cfg, device, amp, source)
         if source is None:
             masks = np.stack([clean_mask(m, cfg.min_component) for m in masks])
@@ -315,10 +436,10 @@ def generate(run_dir: Path | str, out_dir: Path | str, cfg: GenerateConfig = Gen
         train_cases = sorted(set(prov["train_cases"]) | set(extra_cases))
         new_lines = []
         for seed, image, mask, crec, f in zip(seeds, images, masks, cond_recs, faith):
-            if state["kept"] + len(new_lines) >= cfg.n:
+            if state["kept"] + len(new_lines) >= n_target:
                 break
             area = int((mask > 0).sum())
-            if area < max(cfg.min_area, 1) and not cfg.keep_empty:
+            if area < max(cfg.min_area, 1) and not cfg.keep_empty and not per_real:
                 continue
             if cfg.min_faithfulness is not None and f < cfg.min_faithfulness:
                 continue
@@ -341,8 +462,8 @@ def generate(run_dir: Path | str, out_dir: Path | str, cfg: GenerateConfig = Gen
         bar.update(len(new_lines))
         bar.set_postfix(kept=f"{state['kept']}/{state['attempted']}", pair_s=f"{state['kept'] / max(time.time() - t0, 1e-9):.2f}")
     bar.close()
-    if state["kept"] < cfg.n:
-        print(f"synthpair: warning: only {state['kept']} of {cfg.n} pairs passed the mask filter after "
+    if state["kept"] < n_target:
+        print(f"synthpair: warning: only {state['kept']} of {n_target} pairs passed the mask filter after "
               f"{state['attempted']} attempts (lower --min-area or pass --keep-empty)", file=sys.stderr)
 
     lines = _committed_lines(out, state["next_seed"])
@@ -388,7 +509,10 @@ def regenerate_pair(syn_dir: Path | str, pair: str) -> tuple[np.ndarray, np.ndar
         raise fail(f"{run}: weights changed since {pair} was generated (sha256 differs); cannot replay it")
     bundle = load_export(run / "export")
     cond_kw: dict[str, Any] = {}
-    if rec.get("mask_source") is not None:
+    if rec.get("per_real"):
+        cond_kw = {"per_real": int(rec["per_real"]), "aug_prompts": rec.get("aug_prompts", "random"),
+                   "guidance": rec.get("guidance")}
+    elif rec.get("mask_source") is not None:
         ref = rec.get("reference") or "random"
         cond_kw = {"masks": rec["mask_source"], "reference": ref, "guidance": rec.get("guidance")}
     cfg = GenerateConfig(sampler=rec["sampler"], steps=rec["steps"], eta=rec["eta"], amp=rec["amp"],
@@ -396,7 +520,8 @@ def regenerate_pair(syn_dir: Path | str, pair: str) -> tuple[np.ndarray, np.ndar
     source = None
     if cond_kw:
         prov = _generator_provenance(run)
-        source = _condition_source(bundle, prov, cfg, int(rec["mask_order_seed"]))
+        source = _condition_source(bundle, prov, cfg, int(rec["per_real_first_seed"] if rec.get("per_real")
+                                                          else rec["mask_order_seed"]))
     images, masks, _, _ = _sample(bundle, list(rec["batch_seeds"]), cfg, rec["device"], rec["amp"], source)
     i = rec["batch_seeds"].index(rec["seed"])
     image = to_uint8(images[i])

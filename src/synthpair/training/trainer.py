@@ -39,6 +39,7 @@ from ..methods.pig import PigConfig
 from ..networks.conditional import CondConfig
 from ..networks.lora import LoRAConfig
 from ..networks.prompt import PromptConfig
+from ..networks.controlnet import ControlConfig
 from ..networks.unet import UNetConfig
 from .ema import ema_decay_at, ema_update, make_ema
 
@@ -72,6 +73,7 @@ class TrainConfig:
     net: UNetConfig = field(default_factory=UNetConfig)
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     cond: CondConfig = field(default_factory=CondConfig)  # mask-conditioned methods (dsdm; mask2image fixes it)
+    control: ControlConfig = field(default_factory=ControlConfig)  # method controlnet: edge branch over a prompt base
     pig: PigConfig = field(default_factory=PigConfig)     # method pig: reuse/freeze a mask2image image model
     prompt: PromptConfig = field(default_factory=PromptConfig)  # method prompt: prompt encoder, CFG, aug phrases
     lora: LoRAConfig = field(default_factory=LoRAConfig)        # LoRA fine-tuning of a prompt run (with init_from)
