@@ -1,0 +1,647 @@
+"""``synthpair experiment polyp``: the synthetic-polyp recipe of seed paper 002 (Saragih et al.), Tables 6/7 shape.
+
+Stages (each skipped when its output is complete, so rerunning the same command resumes):
+
+1. ``data/``: ``synthpair prepare`` of a raw source (a prepared folder is used in place);
+2. ``clusters/``: :func:`synthpair.data.clustering.cluster_dataset` of the fold's **training** split (k clusters);
+3. generators ``gen/cond`` (``joint_cluster``: one cluster-conditioned joint model, the default),
+   optionally ``gen/cluster_<i>`` (``--per-cluster``: one plain ``joint`` model per cluster, the paper's
+   sec. 2.3, each trained on ``clusters/cluster_<i>.json`` for a share of ``--gen-steps`` proportional to
+   the cluster's size, at least ``--gen-steps // (2 k)``, i.e. roughly compute-matched with ``gen/cond``),
+   and ``gen/full`` (``joint`` on the whole training split: Full-Diff);
+4. synthetic sets with ``M = max(--samples)`` pairs per real **training** image (``syn/<name>/``):
+
+   * ``diff`` — ``--diff sample`` (default): pairs *sampled* from the cluster model(s), each conditioned on
+     the cluster of its real image (``source_item``); ``--diff inpaint``: the paper's sec. 2.4 — new lesions
+     RePainted into the real training images (mask dilated by 20 px) by ``synthpair inpaint`` (helper
+     command; each image uses a randomly chosen cluster model);
+   * ``styled`` — ``diff`` after ``synthpair harmonise`` (Styled-Diff; only when that command exists);
+   * ``full`` — the same from ``gen/full`` (Full-Diff; with ``--diff sample`` its pairs are unconditional
+     samples assigned to training images in turn, they do not depend on that image);
+   * ``diff_pc`` (with ``--per-cluster``) — ``diff`` from the per-cluster models; both are compared with
+     FD/KID-radiomics against the real training split and with a per-cluster agreement (share of samples
+     whose nearest real cluster centroid, in the clustering feature space, is the requested cluster).
+
+   Sets with fewer samples per image (``--samples 1 2 3``) are views of the M set (``syn/<name>_m<m>/``:
+   the first m versions of each image; images are symlinked, not copied);
+5. study (a), full-synthetic (paper sec. 2.6.1, Table 6): segmenters trained **only** on each synthetic set
+   (``mixing=synthetic_only``) vs real-only on all training images, tested on the fold's real held-out images;
+6. study (b), small data (paper sec. 2.6.2): ``n_real`` random training images (subset seed = seed),
+   real-only with flips/rotations vs real + replace mixing (each real image is replaced by one of its
+   synthetic versions with probability ``p``) using the Styled-Diff set (Diff when not styled). As in the
+   paper, the generators are the fold's full-training-split models: they saw more real images than the
+   small-data segmenter (never a test image); only the synthetic versions of the n subset images are used.
+
+Outputs: ``config.json``, ``results.json`` and ``results.md`` (Dice/IoU mean ± sd over seeds).
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("src", help="raw polyp dataset (images/ + masks/) or a prepared folder")
+    p.add_argument("--out", required=True, help="experiment folder")
+    p.add_argument("--size", type=int, default=64)
+    p.add_argument("--folds", type=int, default=5, help="folds of prepare (raw source only)")
+    p.add_argument("--fold", type=int, default=0)
+    p.add_argument("--k", type=int, default=4, help="number of clusters")
+    p.add_argument("--extractor", default="handcrafted", choices=["handcrafted", "inception"])
+    p.add_argument("--weights", help="local Inception-v3 weights for --extractor inception")
+    p.add_argument("--net-channels", type=int, nargs="+", default=[16, 32, 64])
+    p.add_argument("--gen-steps", type=int, default=800)
+    p.add_argument("--gen-batch", type=int, default=16)
+    p.add_argument("--per-cluster", action="store_true", help="also train one joint model per cluster (paper)")
+    p.add_argument("--diff", choices=["sample", "inpaint"], default="sample",
+                   help="Diff set: samples of the cluster models, or RePaint-inpainted real images (synthpair inpaint)")
+    p.add_argument("--inpaint-mode", choices=["fast", "reference"], default="fast")
+    p.add_argument("--harmonise-strength", type=float, default=0.3)
+    p.add_argument("--colour-match", action="store_true", help="harmonise: match colour statistics to the source image")
+    p.add_argument("--sample-steps", type=int, default=25, help="DDIM steps of the sampled sets")
+    p.add_argument("--samples", type=int, nargs="+", default=[1], help="synthetic pairs per real image (1-3)")
+    p.add_argument("--seg-steps", type=int, default=300)
+    p.add_argument("--seg-batch", type=int, default=16)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    p.add_argument("--real-sizes", type=int, nargs="+", default=[16, 32, 64, 128])
+    p.add_argument("--replace-p", type=float, default=0.5, help="replace probability p of the small-data study")
+    p.add_argument("--studies", nargs="+", choices=["full", "small"], default=["full", "small"])
+    p.add_argument("--seed", type=int, default=0, help="seed of clustering, generator training and sampling")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..errors import fail
+
+    if not 1 <= min(args.samples) <= max(args.samples) <= 3:
+        raise fail(f"--samples {args.samples}: 1 to 3 synthetic pairs per real image (paper sec. 2.4)")
+    if not 0.0 <= args.replace_p <= 1.0:
+        raise fail(f"--replace-p {args.replace_p}: a probability in [0, 1]")
+    res = PolypExperiment(args).run()
+    print(f"polyp experiment: {Path(args.out) / 'results.md'}")
+    return 0 if res else 1
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+def _log(msg: str) -> None:
+    import sys
+    import time
+
+    print(f"[polyp {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def _cli(argv: list[str]) -> tuple[int, str]:
+    """Run a synthpair CLI command in-process → (exit status, one-line error or '')."""
+    import contextlib
+    import io
+
+    from ..cli.main import main
+
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        rc = main(argv)
+    lines = [ln for ln in err.getvalue().splitlines() if "error" in ln]
+    return rc, (lines[-1] if lines else "")
+
+
+def _has_command(name: str) -> bool:
+    from ..cli.main import build_parser
+
+    sub = [a for a in build_parser()._actions if a.__class__.__name__ == "_SubParsersAction"][0]
+    return name in sub.choices
+
+
+def _segment_supports(*fields: str) -> bool:
+    import dataclasses
+
+    from ..segmentation.train import SegmentConfig
+
+    names = {f.name for f in dataclasses.fields(SegmentConfig)}
+    return all(f in names for f in fields)
+
+
+def _unet_config(channels: list[int]) -> Any:
+    from ..networks.unet import UNetConfig
+
+    groups = min(16, min(channels))
+    return UNetConfig(channels=tuple(channels), attention_levels=tuple([False] * (len(channels) - 1) + [True]),
+                      num_head_channels=min(16, channels[-1]), norm_num_groups=groups)
+
+
+def train_run(data: Path, out: Path, cfg: Any, progress: bool) -> Path:
+    """Train (or resume, or skip when ``out/export`` is complete) one generator run."""
+    import shutil
+
+    from ..training.trainer import train_generator
+
+    if (out / "export" / "model.safetensors").is_file():
+        return out
+    if (out / "checkpoints" / "state.pt").is_file():
+        return train_generator(data, out, cfg, resume=True, progress=progress)
+    if out.exists():
+        shutil.rmtree(out)  # our own stage folder, stopped before its first checkpoint
+    return train_generator(data, out, cfg, progress=progress)
+
+
+def sample_for_items(runs: dict[int, Path] | Path, data: Path, fold: int, items: list[str], per_item: int,
+                     out: Path, *, seed: int = 0, clusters: dict[str, int] | None = None, steps: int = 25,
+                     batch_size: int = 16, min_area: int = 4, min_component: int = 3, progress: bool = False,
+                     relation: str = "cluster") -> Path:
+    """Write a synthetic folder with ``per_item`` sampled pairs per real training item (skip when complete).
+
+    ``runs``: one generator run (``joint`` or ``joint_cluster``) or {cluster: run} (per-cluster ``joint``
+    models; item i uses the model of its cluster). A ``joint_cluster`` run samples item i's pairs with
+    ``labels = clusters[i]``. Slot s (item j, copy r; s = j·per_item + r) uses seed ``seed + s``; a pair whose
+    cleaned mask has fewer than ``min_area`` pixels is redrawn with seed ``seed + s + a·len(slots)`` (attempt
+    a = 1, 2, 3). Manifest lines are those of ``synthpair generate`` plus ``source_item``, ``source_case``
+    (the real item the pair stands for), ``cluster`` and ``source_relation`` (``cluster``: sampled for that
+    item's cluster; ``none``: an unconditional sample assigned to the item in turn).
+    """
+    import json
+
+    import numpy as np
+
+    from ..config import from_dict
+    from ..data.dataset import PreparedDataset, dataset_info, write_dataset_json, write_pair
+    from ..diffusion.schedule import DiffusionConfig, NoiseSchedule
+    from ..env import resolve_autocast
+    from ..io import atomic_output_dir, write_text_atomic
+    from ..methods import DataInfo, get_method
+    from ..networks.export import load_export
+    from ..synthesis.generate import _generator_provenance, _labels, clean_mask, pair_id
+
+    if (out / "dataset.json").is_file():
+        return out
+    ds = PreparedDataset.open(data)
+    run_of = runs if isinstance(runs, dict) else None
+    slots = [(it, r) for it in items for r in range(per_item)]
+    group_run: dict[int, Path] = {}
+    slot_group = []
+    for it, _ in slots:
+        c = int(clusters[it]) if clusters is not None else 0
+        g = c if run_of is not None else 0
+        group_run[g] = run_of[c] if run_of is not None else Path(runs)  # type: ignore[arg-type]
+        slot_group.append(g)
+    provs, bundles, schedules = {}, {}, {}
+    for g, r in group_run.items():
+        provs[g] = _generator_provenance(r)
+        bundles[g] = load_export(r / "export")
+        schedules[g] = NoiseSchedule(from_dict(DiffusionConfig, bundles[g][1]["diffusion"], where="export:diffusion"))
+    amp = resolve_autocast("auto", "cpu")
+    kept: dict[int, tuple[np.ndarray, np.ndarray, int, list[int]]] = {}
+    pending = list(range(len(slots)))
+    attempts = 0
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=len(slots), desc=f"sample {out.name}", disable=not progress, leave=False)
+    while pending and attempts < 4:
+        for g in sorted(group_run):
+            todo = [s for s in pending if slot_group[s] == g]
+            model, ecfg = bundles[g]
+            method = get_method(ecfg["method"])
+            info = DataInfo.from_dict(ecfg["data"])
+            for b in range(0, len(todo), batch_size):
+                chunk = todo[b:b + batch_size]
+                seeds = [seed + s + attempts * len(slots) for s in chunk]
+                kw: dict[str, Any] = {}
+                if ecfg["method"] == "joint_cluster":
+                    kw["labels"] = [int(clusters[slots[s][0]]) for s in chunk]  # type: ignore[index]
+                imgs, msks = method.sample(model, schedules[g], seeds, data=info, steps=steps, autocast_dtype=amp,
+                                           **kw)
+                for s, sd, im, m in zip(chunk, seeds, imgs.numpy(), msks.numpy()):
+                    m = clean_mask(m, min_component)
+                    if int((m > 0).sum()) >= min_area:
+                        kept[s] = (im, m, sd, seeds)
+                        bar.update(1)
+        pending = [s for s in pending if s not in kept]
+        attempts += 1
+    bar.close()
+    with atomic_output_dir(out) as tmp:
+        lines, ds_items = [], []
+        for s, (it, r) in enumerate(slots):
+            if s not in kept:
+                continue
+            im, m, sd, seeds = kept[s]
+            g = slot_group[s]
+            prov = provs[g]
+            pid = f"{pair_id(sd)}_{g}" if run_of is not None else pair_id(sd)
+            write_pair(tmp, pid, im, m)
+            area = int((m > 0).sum())
+            lines.append({
+                "id": pid, "seed": sd, "batch_seeds": seeds, "method": prov["method"], "sampler": "ddim",
+                "steps": steps, "eta": 0.0, "device": "cpu", "amp": "auto", "min_component": min_component,
+                "model_sha256": prov["model_sha256"], "generator_run": prov["generator_run"], "fold": prov["fold"],
+                "train_cases": prov["train_cases"], "source_case": ds.case_of(it), "source_item": it,
+                "source_id": it, "source_data": str(ds.root.resolve()), "copy": r,
+                "cluster": None if clusters is None else int(clusters[it]),
+                "source_cluster": None if clusters is None else int(clusters[it]),
+                "target_cluster": None if clusters is None or relation == "none" else int(clusters[it]),
+                "source_relation": relation, "mask_area": area, "faithfulness": None})
+            ds_items.append({"id": pid, "case": f"synthetic:{pid}", "seed": sd, "source_case": ds.case_of(it),
+                             "spacing": None, "foreground_fraction": area / float(m.size)})
+        write_text_atomic(tmp / "manifest.jsonl", "".join(json.dumps(x) + "\n" for x in lines))
+        ecfg = bundles[min(group_run)][1]
+        info = dataset_info(
+            name=f"synthetic-{out.name}", modality=ds.modality, channels=ds.channels,
+            labels=_labels({**ecfg["data"], "labels": ecfg.get("labels")}), size=list(ds.size),
+            normalisation={"method": "synthetic"}, items=ds_items, synthetic=True,
+            generator_runs=sorted(str(p["generator_run"]) for p in provs.values()), fold=fold,
+            train_cases=sorted(set().union(*[set(p["train_cases"]) for p in provs.values()])),
+            per_item=per_item, unfilled_slots=len(slots) - len(kept))
+        write_dataset_json(tmp, info)
+    return out
+
+
+def view_set(full: Path, out: Path, m: int) -> Path:
+    """A view of synthetic folder ``full`` with the first ``m`` versions (manifest ``copy`` < m) of each item.
+
+    Writes ``dataset.json`` and ``manifest.jsonl`` subsets; ``images``/``masks`` are symlinks to ``full``'s."""
+    import json
+    import os
+
+    from ..io import atomic_output_dir, read_json, write_json_atomic, write_text_atomic
+    from ..synthesis.manifest import read_manifest
+
+    if (out / "dataset.json").is_file():
+        return out
+    lines = [r for r in read_manifest(full) if int(r.get("copy", 0)) < m]
+    keep = {r["id"] for r in lines}
+    info = read_json(full / "dataset.json", "dataset.json")
+    info = {**info, "items": [i for i in info["items"] if i["id"] in keep], "per_item": m, "view_of": str(full)}
+    with atomic_output_dir(out) as tmp:
+        for sub in ("images", "masks"):
+            os.symlink(os.path.relpath(full / sub, out), tmp / sub)
+        write_text_atomic(tmp / "manifest.jsonl", "".join(json.dumps(r) + "\n" for r in lines))
+        write_json_atomic(tmp / "dataset.json", info)
+    return out
+
+
+def cluster_agreement(data: Path, fold: int, clusters: dict[str, Any], syn: Path) -> dict[str, Any]:
+    """How well a synthetic set follows its clusters, in the clustering feature space of ``clusters.json``.
+
+    Features of the real training pairs and of the synthetic pairs (the handcrafted extractor) are
+    standardised with the **real** mean/sd per block (:func:`combine_blocks`' scaling); each synthetic pair is
+    assigned to the nearest real cluster centroid. Returns {"agreement": share assigned to the cluster it was
+    sampled for, "per_cluster": [{"cluster", "n", "agreement", "kid"}]}, where ``kid`` is KID (radiomics
+    image features, standardised by the real set) between the samples and the real pairs of that cluster.
+    """
+    import numpy as np
+
+    from ..data.clustering import pair_features
+    from ..data.dataset import PreparedDataset
+    from ..metrics.distribution import kid
+    from ..metrics.features import standardize
+    from ..synthesis.manifest import read_manifest
+
+    ds = PreparedDataset.open(data)
+    train_ids, _ = ds.split(fold)
+    rx, ry = ds.load(train_ids)
+    rl = np.array([clusters["assignments"][i] for i in train_ids])
+    recs = {r["id"]: r for r in read_manifest(syn)}
+    sds = PreparedDataset.open(syn, require_splits=False)
+    sx, sy = sds.load(sds.ids)
+    sl = np.array([int(recs[i]["cluster"]) for i in sds.ids])
+    ri, rm = pair_features(rx, ry)
+    si, sm = pair_features(sx, sy)
+    zr_i, zs_i = standardize(ri, si)
+    zr_m, zs_m = standardize(rm, sm)
+    fr = np.concatenate([zr_i / np.sqrt(ri.shape[1]), zr_m / np.sqrt(rm.shape[1])], 1)
+    fs = np.concatenate([zs_i / np.sqrt(si.shape[1]), zs_m / np.sqrt(sm.shape[1])], 1)
+    k = int(clusters["k"])
+    cent = np.stack([fr[rl == c].mean(0) for c in range(k)])
+    nearest = ((fs[:, None, :] - cent[None]) ** 2).sum(-1).argmin(1)
+    per = []
+    for c in range(k):
+        sel = sl == c
+        row: dict[str, Any] = {"cluster": c, "n": int(sel.sum()), "n_real": int((rl == c).sum())}
+        if sel.any():
+            row["agreement"] = float((nearest[sel] == c).mean())
+            if sel.sum() >= 2 and (rl == c).sum() >= 2:
+                row["kid"] = kid(zr_i[rl == c], zs_i[sel], subsets=50, subset_size=100, seed=0)["mean"]
+        per.append(row)
+    return {"agreement": float((nearest == sl).mean()), "per_cluster": per}
+
+
+def _mean_sd(values: list[float]) -> dict[str, Any]:
+    import numpy as np
+
+    v = np.asarray(values, dtype=np.float64)
+    return {"mean": float(v.mean()) if len(v) else None, "sd": float(v.std(ddof=1)) if len(v) > 1 else 0.0,
+            "n": int(len(v))}
+
+
+def _fmt(ms: dict[str, Any] | None) -> str:
+    if not ms or ms.get("mean") is None:
+        return "–"
+    return f"{ms['mean']:.3f} ± {ms['sd']:.3f}"
+
+
+# ------------------------------------------------------------------------------------------ experiment
+class PolypExperiment:
+    """The stages of the module docstring; every stage writes under ``args.out`` and is skipped when done."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.a = args
+        self.out = Path(args.out)
+        self.progress = not args.no_progress
+        self.notes: list[str] = []
+
+    # ---------------------------------------------------------------- stages
+    def prepare(self) -> Path:
+        from ..data.prepare import PrepareConfig, prepare_dataset
+
+        src = Path(self.a.src)
+        if (src / "dataset.json").is_file() and (src / "splits.json").is_file():
+            return src
+        data = self.out / "data"
+        if not (data / "dataset.json").is_file():
+            _log(f"prepare {src} → {data} ({self.a.size}px, {self.a.folds} folds)")
+            prepare_dataset(src, data, PrepareConfig(size=self.a.size, folds=self.a.folds), overwrite=data.exists())
+        return data
+
+    def cluster(self, data: Path) -> dict[str, Any]:
+        from ..data.clustering import ClusterConfig, cluster_dataset, read_clusters
+
+        cl = self.out / "clusters"
+        if not (cl / "clusters.json").is_file():
+            _log(f"cluster fold {self.a.fold} training pairs, k={self.a.k}")
+            cluster_dataset(data, cl, ClusterConfig(k=self.a.k, fold=self.a.fold, extractor=self.a.extractor,
+                                                    weights=self.a.weights or "", seed=self.a.seed),
+                            overwrite=cl.exists())
+        return read_clusters(cl / "clusters.json")
+
+    def train_cfg(self, method: str, steps: int, **kw: Any) -> Any:
+        from ..training.trainer import TrainConfig
+
+        return TrainConfig(method=method, fold=self.a.fold, steps=steps, batch_size=self.a.gen_batch,
+                           net=_unet_config(self.a.net_channels), preview_every=0, preview_n=8,
+                           checkpoint_every=200, seed=self.a.seed, **kw)
+
+    def generators(self, data: Path, clusters: dict[str, Any]) -> dict[str, Any]:
+        gen = self.out / "gen"
+        cl = self.out / "clusters"
+        runs: dict[str, Any] = {}
+        _log("generator gen/cond (joint_cluster)")
+        runs["cond"] = train_run(data, gen / "cond", self.train_cfg(
+            "joint_cluster", self.a.gen_steps, clusters=str((cl / "clusters.json").resolve())), self.progress)
+        _log("generator gen/full (joint, Full-Diff)")
+        runs["full"] = train_run(data, gen / "full", self.train_cfg("joint", self.a.gen_steps), self.progress)
+        if self.a.per_cluster:
+            k = int(clusters["k"])
+            total = sum(clusters["sizes"])
+            runs["per_cluster"] = {}
+            for c in range(k):
+                steps = max(int(round(self.a.gen_steps * clusters["sizes"][c] / total)), self.a.gen_steps // (2 * k), 1)
+                _log(f"generator gen/cluster_{c} (joint on {clusters['sizes'][c]} items, {steps} steps)")
+                runs["per_cluster"][c] = train_run(data, gen / f"cluster_{c}", self.train_cfg(
+                    "joint", steps, items=str((cl / f"cluster_{c}.json").resolve())), self.progress)
+        return runs
+
+    def synthetic(self, data: Path, clusters: dict[str, Any], runs: dict[str, Any]) -> dict[str, Path | None]:
+        from ..data.dataset import PreparedDataset
+
+        ds = PreparedDataset.open(data)
+        train_ids, _ = ds.split(self.a.fold)
+        m = max(self.a.samples)
+        syn = self.out / "syn"
+        assign = {i: int(c) for i, c in clusters["assignments"].items()}
+        sets: dict[str, Path | None] = {}
+        kw = dict(seed=self.a.seed, clusters=assign, steps=self.a.sample_steps, progress=self.progress)
+        if self.a.diff == "sample":
+            _log(f"Diff: {m} sampled pair(s) per training image from gen/cond")
+            sets["diff"] = sample_for_items(runs["cond"], data, self.a.fold, train_ids, m, syn / "diff", **kw)
+            _log(f"Full-Diff: {m} unconditional pair(s) per training image from gen/full")
+            sets["full"] = sample_for_items(runs["full"], data, self.a.fold, train_ids, m, syn / "full",
+                                            relation="none", **kw)
+            if self.a.per_cluster:
+                _log("Diff (per-cluster models)")
+                sets["diff_pc"] = sample_for_items(runs["per_cluster"], data, self.a.fold, train_ids, m,
+                                                   syn / "diff_pc", **kw)
+        else:
+            sets["diff"] = self._inpaint(data, [runs["cond"]], syn / "diff", m, cluster_file=True)
+            sets["full"] = self._inpaint(data, [runs["full"]], syn / "full", m, cluster_file=False)
+            if self.a.per_cluster:
+                sets["diff_pc"] = self._inpaint(data, [runs["per_cluster"][c] for c in sorted(runs["per_cluster"])],
+                                                syn / "diff_pc", m, cluster_file=True)
+        sets["styled"] = self._harmonise(sets["diff"], runs["cond"], syn / "styled")
+        return sets
+
+    def _inpaint(self, data: Path, runs: list[Path], out: Path, m: int, cluster_file: bool) -> Path | None:
+        if (out / "dataset.json").is_file():
+            return out
+        if not _has_command("inpaint"):
+            self.notes.append(f"{out.name}: not run — 'synthpair inpaint' is not available in this build")
+            return None
+        argv = ["inpaint", str(data), "--generator", *map(str, runs), "--out", str(out), "--dilate-px", "20",
+                "--mode", self.a.inpaint_mode, "--per-image", str(m), "--seed", str(self.a.seed), "--no-progress"]
+        if cluster_file:
+            argv += ["--clusters", str(self.out / "clusters" / "clusters.json")]
+        _log("synthpair " + " ".join(argv))
+        rc, err = _cli(argv)
+        if rc != 0 or not (out / "dataset.json").is_file():
+            self.notes.append(f"{out.name}: synthpair inpaint failed ({err or f'exit {rc}'})")
+            return None
+        return out
+
+    def _harmonise(self, src: Path | None, run: Path, out: Path) -> Path | None:
+        if (out / "dataset.json").is_file():
+            return out
+        if src is None:
+            return None
+        if not _has_command("harmonise"):
+            self.notes.append("styled: not run — 'synthpair harmonise' is not available in this build")
+            return None
+        argv = ["harmonise", str(src), "--generator", str(run), "--strength", str(self.a.harmonise_strength),
+                "--out", str(out), "--no-progress"] + (["--colour-match"] if self.a.colour_match else [])
+        _log("synthpair " + " ".join(argv))
+        rc, err = _cli(argv)
+        if rc != 0 or not (out / "dataset.json").is_file():
+            self.notes.append(f"styled: synthpair harmonise failed ({err or f'exit {rc}'})")
+            return None
+        return out
+
+    def generation_metrics(self, data: Path, clusters: dict[str, Any], sets: dict[str, Path | None]) -> dict[str, Any]:
+        """FD/KID-radiomics of each set vs the real training split, and per-cluster agreement of sampled sets."""
+        import warnings
+
+        from ..evaluation import EvalConfig, evaluate_images
+        from ..io import read_json
+
+        out: dict[str, Any] = {}
+        for name, path in sets.items():
+            if path is None:
+                continue
+            f = self.out / "eval" / f"{name}.json"
+            if f.is_file():
+                out[name] = read_json(f, "evaluation")
+                continue
+            _log(f"evaluate {name}")
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                res = evaluate_images(data, path, cfg=EvalConfig(diversity_pairs=200), fold=self.a.fold)
+            row = {"fd": res["distribution"].get("fd"), "kid": res["distribution"].get("kid"),
+                   "ms_ssim_synthetic": res["diversity"].get("ms_ssim_synthetic"),
+                   "ms_ssim_real": res["diversity"].get("ms_ssim_real"), "n": res["counts"]["synthetic"]}
+            if name in ("diff", "diff_pc") and self.a.diff == "sample":
+                row["clusters"] = cluster_agreement(data, self.a.fold, clusters, path)
+            from ..io import write_json_atomic
+
+            write_json_atomic(f, row)
+            out[name] = row
+        return out
+
+    def _segment(self, data: Path, out: Path, syn: Path | None, **cfg_kw: Any) -> dict[str, Any]:
+        from ..io import read_json
+        from ..segmentation.train import SegmentConfig, segment
+
+        if (out / "results.json").is_file():
+            return read_json(out / "results.json", "results.json")
+        cfg = SegmentConfig(steps=self.a.seg_steps, batch_size=self.a.seg_batch, folds=(self.a.fold,), **cfg_kw)
+        _log(f"segment {out.relative_to(self.out)}")
+        return segment(data, out, cfg, synthetic_dir=syn, progress=self.progress, overwrite=out.exists())
+
+    def study_full(self, data: Path, sets: dict[str, Path | None]) -> dict[str, Any]:
+        """Table 6 shape: rows Real, Diff, Styled-Diff, Full-Diff (+ per-cluster Diff) × samples per image."""
+        rows: dict[str, Any] = {}
+        seg = self.out / "seg" / "full"
+        vals = [self._segment(data, seg / f"real_s{s}", None, seed=s) for s in self.a.seeds]
+        rows["Real"] = {"all": self._agg(vals)}
+        names = {"diff": "Diff", "styled": "Styled-Diff", "full": "Full-Diff", "diff_pc": "Diff (per-cluster)"}
+        for key, label in names.items():
+            if key not in sets:
+                continue
+            if sets[key] is None:
+                rows[label] = None
+                continue
+            rows[label] = {}
+            for m in self.a.samples:
+                view = sets[key] if m == max(self.a.samples) else view_set(sets[key], self.out / "syn" / f"{key}_m{m}", m)
+                vals = [self._segment(data, seg / f"{key}_m{m}_s{s}", view, seed=s, mixing="synthetic_only")
+                        for s in self.a.seeds]
+                rows[label][str(m)] = self._agg(vals)
+        return rows
+
+    def study_small(self, data: Path, sets: dict[str, Path | None]) -> dict[str, Any] | None:
+        """Small-data study: real-only vs real + replace mixing (p) for each n_real, mean ± sd over seeds."""
+        if not _segment_supports("n_real", "subset_seed", "replace_p"):
+            self.notes.append("small-data study: not run — SegmentConfig has no n_real/subset_seed/replace mixing yet")
+            return None
+        key = "styled" if sets.get("styled") is not None else "diff"
+        syn = sets.get(key)
+        if syn is None:
+            self.notes.append("small-data study: not run — no synthetic set")
+            return None
+        from ..data.dataset import PreparedDataset
+
+        n_train = len(PreparedDataset.open(data).split(self.a.fold)[0])
+        seg = self.out / "seg" / "small"
+        rows: dict[str, Any] = {"synthetic_set": key, "p": self.a.replace_p, "rows": {}}
+        for n in self.a.real_sizes:
+            if n > n_train:
+                self.notes.append(f"small-data study: n_real={n} skipped (only {n_train} training images)")
+                continue
+            real = [self._segment(data, seg / f"n{n}_real_s{s}", None, seed=s, n_real=n, subset_seed=s)
+                    for s in self.a.seeds]
+            mix = [self._segment(data, seg / f"n{n}_{key}_s{s}", syn, seed=s, n_real=n, subset_seed=s,
+                                 mixing="replace", replace_p=self.a.replace_p) for s in self.a.seeds]
+            rows["rows"][str(n)] = {"real": self._agg(real), "synthetic": self._agg(mix)}
+        return rows
+
+    @staticmethod
+    def _agg(results: list[dict[str, Any]]) -> dict[str, Any]:
+        return {m: _mean_sd([r["summary"][m]["mean"] for r in results]) for m in ("dice", "iou")}
+
+    # ---------------------------------------------------------------- driver
+    def run(self) -> dict[str, Any]:
+        import time
+
+        from ..config import to_dict  # noqa: F401  (keeps config import style)
+        from ..io import ensure_dir, read_json, write_json_atomic, write_text_atomic
+
+        ensure_dir(self.out)
+        cfg = {k: v for k, v in vars(self.a).items() if k != "func"}
+        cfg_file = self.out / "config.json"
+        if cfg_file.is_file():
+            old = read_json(cfg_file, "config.json")
+            fixed = ("size", "fold", "k", "extractor", "net_channels", "gen_steps", "gen_batch", "seed", "diff",
+                     "sample_steps")
+            changed = [f for f in fixed if old.get(f) != cfg.get(f)]
+            if changed:
+                from ..errors import fail
+
+                raise fail(f"{cfg_file}: this experiment folder was made with other {', '.join(changed)}; rerun with "
+                           f"the same settings to resume, or choose a new --out")
+        write_json_atomic(cfg_file, cfg)
+        t0 = time.time()
+        data = self.prepare()
+        clusters = self.cluster(data)
+        runs = self.generators(data, clusters)
+        sets = self.synthetic(data, clusters, runs)
+        gen_metrics = self.generation_metrics(data, clusters, sets)
+        full = self.study_full(data, sets) if "full" in self.a.studies else None
+        small = self.study_small(data, sets) if "small" in self.a.studies else None
+        res = {"format": "synthpair-experiment", "experiment": "polyp", "config": cfg, "data": str(data),
+               "clusters": {"k": clusters["k"], "sizes": clusters["sizes"], "extractor": clusters["extractor"]},
+               "diff_source": ("samples of the cluster-conditioned model, each conditioned on its real image's "
+                               "cluster" if self.a.diff == "sample" else "RePaint inpainting of real training images"),
+               "synthetic_sets": {k: None if v is None else str(v) for k, v in sets.items()},
+               "generation": gen_metrics, "full_synthetic": full, "small_data": small, "notes": self.notes,
+               "seconds_this_call": round(time.time() - t0, 1)}
+        write_json_atomic(self.out / "results.json", res)
+        write_text_atomic(self.out / "results.md", results_markdown(res))
+        return res
+
+
+def results_markdown(res: dict[str, Any]) -> str:
+    """The two tables (and the generation metrics) of ``results.json`` as Markdown."""
+    cfg = res["config"]
+    lines = [f"# Polyp experiment (paper 002 shape): {res['data']}", "",
+             f"fold {cfg['fold']}, {cfg['size']} px, k={res['clusters']['k']} clusters (sizes "
+             f"{res['clusters']['sizes']}, {res['clusters']['extractor']} features), generators "
+             f"{cfg['gen_steps']} steps × batch {cfg['gen_batch']}, net {cfg['net_channels']}; segmenters "
+             f"{cfg['seg_steps']} steps; seeds {cfg['seeds']}. Diff = {res['diff_source']}.", ""]
+    gen = res.get("generation") or {}
+    if gen:
+        lines += ["## Generation (vs the real training split; radiomics features)", "",
+                  "| set | n | FD | KID | MS-SSIM syn (real) | cluster agreement |", "|---|---|---|---|---|---|"]
+        for k, r in gen.items():
+            kid = r.get("kid") or {}
+            kid_s = f"{kid.get('mean'):.4f}" if isinstance(kid, dict) and kid.get("mean") is not None else "–"
+            fd = f"{r['fd']:.3f}" if isinstance(r.get("fd"), (int, float)) else "–"
+
+            def ms(v: Any) -> str:
+                return f"{v['mean']:.3f}" if isinstance(v, dict) and v.get("mean") is not None else (
+                    f"{v:.3f}" if isinstance(v, (int, float)) else "–")
+            ag = r.get("clusters", {}).get("agreement")
+            lines.append(f"| {k} | {r.get('n')} | {fd} | {kid_s} | {ms(r.get('ms_ssim_synthetic'))} "
+                         f"({ms(r.get('ms_ssim_real'))}) | {'–' if ag is None else f'{ag:.2f}'} |")
+        lines.append("")
+    full = res.get("full_synthetic")
+    if full:
+        ms_list = [str(m) for m in cfg["samples"]]
+        lines += ["## (a) Full-synthetic training (Table 6 shape): Dice / IoU on real held-out images, mean ± sd over seeds",
+                  "", "| data | " + " | ".join(f"N={m} Dice | N={m} IoU" for m in ms_list) + " |",
+                  "|---|" + "---|---|" * len(ms_list)]
+        for name, row in full.items():
+            if row is None:
+                lines.append(f"| {name} | " + " | ".join("not run | not run" for _ in ms_list) + " |")
+            elif "all" in row:
+                lines.append(f"| {name} (all real training images) | " + " | ".join(
+                    f"{_fmt(row['all']['dice'])} | {_fmt(row['all']['iou'])}" for _ in ms_list) + " |")
+            else:
+                lines.append(f"| {name} | " + " | ".join(
+                    f"{_fmt(row[m]['dice'])} | {_fmt(row[m]['iou'])}" if m in row else "– | –" for m in ms_list) + " |")
+        lines.append("")
+    small = res.get("small_data")
+    if small:
+        lines += [f"## (b) Small data: real-only vs real + {small['synthetic_set']} (replace mixing, p={small['p']})",
+                  "", "| n_real | Real Dice | Real IoU | +Syn Dice | +Syn IoU |", "|---|---|---|---|---|"]
+        for n, row in small["rows"].items():
+            lines.append(f"| {n} | {_fmt(row['real']['dice'])} | {_fmt(row['real']['iou'])} | "
+                         f"{_fmt(row['synthetic']['dice'])} | {_fmt(row['synthetic']['iou'])} |")
+        lines += ["", "The generators were trained on the fold's whole training split (paper sec. 2.6.2 setting): "
+                      "they saw more real images than the small-data segmenter, never a test image.", ""]
+    if res.get("notes"):
+        lines += ["## Notes", ""] + [f"- {n}" for n in res["notes"]] + [""]
+    return "\n".join(lines)
