@@ -187,10 +187,7 @@ def test_joint_cluster_label_choice(tiny: tuple[Path, Path], tmp_path: Path, mon
             return LabelNet(int(cfg["clusters"]["k"]))
 
     base._load_builtin()
-    if "joint_cluster" not in base._REGISTRY:
-        monkeypatch.setitem(base._REGISTRY, "joint_cluster", StandIn)
-    else:  # H3's method is there: use its registry entry only for building our stand-in export
-        monkeypatch.setitem(base._REGISTRY, "joint_cluster", StandIn)
+    monkeypatch.setitem(base._REGISTRY, "joint_cluster", StandIn)  # restored after the test
     run = _write_run(tmp_path / "jc", LabelNet(k), "joint_cluster", data, {"clusters": {"k": k}})
     clusters = tmp_path / "clusters.json"
     ds = PreparedDataset.open(data)
@@ -213,7 +210,7 @@ def test_joint_cluster_label_choice(tiny: tuple[Path, Path], tmp_path: Path, mon
         assert np.array_equal(read_png(out / "masks" / f"{rec['id']}.png") > 0, region)
     assert seen == set(range(k))
     with pytest.raises(SynthpairError, match="fold"):
-        write_json_atomic(clusters, {"format": "synthpair-clusters", "k": k, "fold": 1, "assignments": {}})
+        write_json_atomic(clusters, {"format": "synthpair-clusters", "k": k, "fold": 1, "assignments": {"img002": 0}})
         inpaint(data, [run], tmp_path / "z", InpaintConfig(**FAST), clusters=clusters, progress=False)
 
 
@@ -238,3 +235,30 @@ def test_several_joint_runs_one_per_cluster(tiny: tuple[Path, Path], tmp_path: P
         assert rec["generator_run"] == runs[rec["target_cluster"]] and rec["generator_runs"] == runs
     shas = {r["target_cluster"]: r["model_sha256"] for r in lines}
     assert shas[0] != shas[1]
+
+
+@pytest.mark.slow
+def test_real_joint_cluster_run(tiny: tuple[Path, Path], tmp_path: Path) -> None:
+    """With the committed joint_cluster method (a tiny 3-step run): targets drawn in 0..k-1, recorded, and
+    harmonisation conditions on each pair's target cluster."""
+    import dataclasses
+
+    from synthpair.synthesis.harmonise import HarmoniseConfig, harmonise
+
+    data, _ = tiny
+    ds = PreparedDataset.open(data)
+    train_ids, _ = ds.split(0)
+    cl = tmp_path / "clusters.json"
+    assign = {i: n % 2 for n, i in enumerate(train_ids)}
+    write_json_atomic(cl, {"format": "synthpair-clusters", "version": 1, "k": 2, "fold": 0, "assignments": assign,
+                           "sizes": [sum(c == j for c in assign.values()) for j in range(2)]})
+    run = train_generator(data, tmp_path / "jc", dataclasses.replace(TINY_TRAIN, method="joint_cluster",
+                                                                     clusters=str(cl)), progress=False)
+    out = inpaint(data, [run], tmp_path / "syn", InpaintConfig(**FAST, per_image=2, items="3",
+                                                                require_interior=False), clusters=cl,
+                  progress=False)
+    lines = read_manifest(out)
+    assert lines and all(r["target_cluster"] in (0, 1) for r in lines)
+    assert all(r["source_cluster"] == train_ids.index(r["source_item"]) % 2 for r in lines)
+    h = harmonise(out, run, tmp_path / "h", HarmoniseConfig(strength=0.3, steps=10, device="cpu"), progress=False)
+    assert len(read_manifest(h)) == len(lines)

@@ -40,7 +40,7 @@ import numpy as np
 from ..config import save_config, to_dict
 from ..data.dataset import PreparedDataset, dataset_info, write_dataset_json, write_pair
 from ..errors import fail
-from ..io import atomic_output_dir, read_json, save_png_atomic, write_text_atomic
+from ..io import atomic_output_dir, save_png_atomic, write_text_atomic
 from .generate import _generator_provenance, _labels, clean_mask, pair_id
 from .manifest import MANIFEST
 
@@ -199,14 +199,12 @@ class GeneratorSet:
         return j if self.cluster_mode == "runs" else 0
 
 
-def read_clusters(path: Path | str, fold: int) -> dict[str, int]:
-    """``CLUSTERS/clusters.json`` → ``{item_id: cluster}`` (checked: format, same fold as the generator)."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / "clusters.json"
-    info = read_json(path, "clusters.json")
-    if info.get("format") != "synthpair-clusters" or "assignments" not in info:
-        raise fail(f"{path}: not a synthpair clusters file (format synthpair-clusters with assignments)")
+def read_source_clusters(path: Path | str, fold: int) -> dict[str, int]:
+    """``CLUSTERS/clusters.json`` (``synthpair cluster``; read by :func:`synthpair.data.clustering.read_clusters`)
+    → ``{item_id: cluster}``, refused when its fold differs from the generator's."""
+    from ..data.clustering import read_clusters
+
+    info = read_clusters(path)
     if info.get("fold") is not None and int(info["fold"]) != fold:
         raise fail(f"{path}: clusters of fold {info['fold']} but the generator is of fold {fold}; pass matching ones")
     return {str(k): int(v) for k, v in info["assignments"].items()}
@@ -273,7 +271,7 @@ def inpaint(data_dir: Path | str, runs: Sequence[Path | str], out_dir: Path | st
     device = str(resolve_device(cfg.device))
     gens = GeneratorSet(runs, device)
     gens.check_data(ds)
-    source_clusters = read_clusters(clusters, gens.fold) if clusters is not None else {}
+    source_clusters = read_source_clusters(clusters, gens.fold) if clusters is not None else {}
     sources, skipped_empty = select_sources(ds, gens.fold, cfg.items)
     if not sources:
         raise fail(f"{ds.root}: no training image of fold {gens.fold} has a lesion to inpaint")
