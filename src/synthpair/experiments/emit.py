@@ -341,6 +341,8 @@ def _run_rows(args: argparse.Namespace, out: Path, data: Path, fold: int, rows: 
                     done[name] = cache[key] = seg_dir
                 continue
             syn_dir = None
+            if syn is not None and not (syn_full / "dataset.json").is_file():
+                continue  # the generate stage has not finished yet (rows with synthetic data run later)
             if syn == "full":
                 syn_dir = syn_full
             elif syn is not None:
