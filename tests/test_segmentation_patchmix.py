@@ -324,6 +324,12 @@ def test_version_mixing_refuses_folders_without_source_items(tiny_data, tmp_path
     with pytest.raises(SynthpairError, match="none of the 6 synthetic pairs is a version"):
         segment(tiny_data, tmp_path / "s", SegmentConfig(steps=2, mixing="replace"), synthetic_dir=other,
                 progress=False)
+    # ratio mixing on a subset that keeps none of the pairs' source items
+    one = add_sources(write_syn(tmp_path / "one", train_cases), [train_ids[0]])
+    seed = next(k for k in range(20) if training_items(ds, 0, 1, k) != [train_ids[0]])
+    with pytest.raises(SynthpairError, match="n_real=1: no synthetic pair of the folder is a version"):
+        segment(tiny_data, tmp_path / "s", SegmentConfig(steps=2, ratio=0.5, n_real=1, subset_seed=seed),
+                synthetic_dir=one, progress=False)
     # a source_item in the test split is leakage even when no case field names it
     leaky = add_sources(write_syn(tmp_path / "leaky", train_cases), [train_ids[0], test_ids[0]])
     with pytest.raises(SynthpairError, match=f"fold 0 .*{ds.case_of(test_ids[0])}"):

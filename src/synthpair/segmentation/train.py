@@ -252,8 +252,9 @@ def _train_fold(ds: PreparedDataset, fold: int, cfg: SegmentConfig, syn_pool: Sy
         else:
             pool = _ratio_pool(syn_pool, real_ids, cfg.n_real > 0)
             if not pool.ids:
-                raise fail(f"n_real={cfg.n_real}: no synthetic pair of the folder is a version of the {len(real_ids)} "
-                           f"kept real items of fold {fold}; use a larger --n-real or another --subset-seed")
+                raise fail(f"n_real={cfg.n_real}: no synthetic pair of the folder is a version of the "
+                           f"{len(real_ids)} kept real items of fold {fold}; use a larger --n-real or another "
+                           f"--subset-seed")
         syn_x, syn_y = torch.from_numpy(pool.images), torch.from_numpy(pool.masks)
     mixing = make_mixing(cfg.mixing, real_images=real_x, real_masks=real_y, batch_size=cfg.batch_size,
                          ratio=cfg.ratio, syn_images=syn_x, syn_masks=syn_y, groups=groups, alpha=cfg.alpha,
@@ -271,16 +272,16 @@ def _train_fold(ds: PreparedDataset, fold: int, cfg: SegmentConfig, syn_pool: Sy
     losses = []
     t0 = time.perf_counter()
     model.train()
-    bar = tqdm(range(cfg.steps), desc=f"segment fold {fold} ({setting_name(cfg)})", file=sys.stderr,
-               disable=not progress, leave=False)
+
     def forward(x: torch.Tensor) -> torch.Tensor:
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             return model(x.to(device))
 
+    bar = tqdm(range(cfg.steps), desc=f"segment fold {fold} ({setting_name(cfg)})", file=sys.stderr,
+               disable=not progress, leave=False)
     for step in bar:
         batch = augment_batch(augment, mixing.batch(step, gen), gen)
-        batch = Batch(*(None if t is None else t.to(device) for t in
-                        (batch.images, batch.masks, batch.syn_images, batch.real_weight)))
+        batch = Batch(**{k: None if v is None else v.to(device) for k, v in vars(batch).items()})
         loss = batch_loss(forward, loss_fn, batch)
         opt.zero_grad(set_to_none=True)
         loss.backward()
