@@ -9,7 +9,7 @@ Stages (each skipped when its output exists, so rerunning resumes):
 3. on BUSI lesion-only 64x64 fold 0 (prompts "US, breast, {finding}" = benign/malignant from the ids), each
    ``--ft-steps`` steps: full fine-tuning (``init_from``), LoRA fine-tuning (``lora.enabled``), from scratch;
 4. 128 images per model (seeds 0..127, prompts = training prompts of a seeded permutation of the fold-0
-   training items, DDIM 20 steps, guidance 2) → ``synthpair evaluate images --real BUSI --fold 0``
+   training items, DDIM 10 steps, guidance 1 (no CFG doubling: CPU budget)) → ``synthpair evaluate images --real BUSI --fold 0``
    (radiomics FD/KID vs the training images);
 5. the table ``bench/results/prompt_finetune_busi64.md`` (+ .json): trainable parameters, CPU seconds, final
    training loss, FD/KID.
@@ -57,11 +57,22 @@ def run(cmd: list[str], log: Path) -> dict[str, float]:
 
 
 def train(data: str, out: Path, steps: int, extra: list[str], log: Path) -> dict[str, float]:
+    """``synthpair train``; a run interrupted with Ctrl-C (checkpoint, no export) is resumed with ``--resume``
+    and the CPU seconds of its first part (``<run>.prior_cpu``, read from /proc before the interrupt) added."""
     sets = NET + COMMON + [f"steps={steps}"] + extra
     cmd = [SYNTHPAIR, "train", data, "--method", "prompt", "--out", str(out), "--no-progress"]
-    for s in sets:
-        cmd += ["--set", s]
-    return run(cmd, log)
+    resume = (out / "checkpoints" / "state.pt").is_file() and not (out / "export").exists()
+    if resume:
+        cmd += ["--resume", "--steps", str(steps)]
+    else:
+        for s in sets:
+            cmd += ["--set", s]
+    res = run(cmd, log)
+    prior = out.parent / f"{out.name}.prior_cpu"
+    if resume and prior.is_file():
+        res["cpu_s"] += float(prior.read_text())
+        res["resumed"] = True
+    return res
 
 
 def final_loss(run_dir: Path) -> float:
@@ -127,11 +138,11 @@ def main() -> int:
     ap.add_argument("--busi", default="runs/mc/busi64")
     ap.add_argument("--phantoms", default="runs/h5/phantom64")
     ap.add_argument("--kvasir", default="runs/h5/kvasir64")
-    ap.add_argument("--pre-steps", type=int, default=400)
-    ap.add_argument("--ft-steps", type=int, default=200)
+    ap.add_argument("--pre-steps", type=int, default=300)
+    ap.add_argument("--ft-steps", type=int, default=150)
     ap.add_argument("--n", type=int, default=128)
-    ap.add_argument("--sample-steps", type=int, default=20)
-    ap.add_argument("--guidance", type=float, default=2.0)
+    ap.add_argument("--sample-steps", type=int, default=10)
+    ap.add_argument("--guidance", type=float, default=1.0)
     ap.add_argument("--results", default=str(ROOT / "bench" / "results" / "prompt_finetune_busi64"))
     args = ap.parse_args()
     out = Path(args.out)

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from conftest import write_tiny_prepared
+from synthpair.cli.main import main
 from synthpair.diffusion.cond import Cond
 from synthpair.errors import SynthpairError
 from synthpair.networks.lora import (LoRAConfig, LoRAConv2d, LoRALinear, inject_lora, lora_parameters,
@@ -138,7 +139,18 @@ def runs(tmp_path_factory) -> dict[str, Path]:
     data = write_tiny_prepared(tmp / "data", n=8)
     base_cfg = TrainConfig(method="prompt", net=NET, prompt=PromptConfig(dim=16, max_len=6, heads=2, aug_prob=0.3),
                            diffusion=DiffusionConfig(num_timesteps=50), **TINY)
-    train_generator(data, tmp / "base", base_cfg, progress=False)
+    # the base run through the CLI (--set for the prompt section), the fine-tuning runs through the library
+    sets = ["steps=3", "batch_size=4", "log_every=1", "preview_every=0", "preview_n=0", "preview_steps=2",
+            "checkpoint_every=0",
+            "amp=off", "warmup_steps=1", "device=cpu", "net.channels=[8,16]", "net.attention_levels=[false,true]",
+            "net.num_head_channels=8", "net.norm_num_groups=8", "prompt.dim=16", "prompt.max_len=6",
+            "prompt.heads=2", "prompt.aug_prob=0.3", "diffusion.num_timesteps=50"]
+    rc = main(["train", str(data), "--method", "prompt", "--out", str(tmp / "base"), "--no-progress",
+               *[a for s in sets for a in ("--set", s)]])
+    assert rc == 0
+    from synthpair.training.trainer import load_train_config
+
+    assert load_train_config(tmp / "base" / "config.json") == base_cfg
     lora_cfg = apply_overrides(base_cfg, [f"init_from={tmp / 'base'}", "lora.enabled=true", "lora.rank=2",
                                           "lr=0.01", "steps=2", "preview_n=2"])
     train_generator(data, tmp / "lora", lora_cfg, progress=False)
