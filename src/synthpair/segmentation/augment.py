@@ -42,7 +42,7 @@ generator state (one seed per batch is drawn from it). Registered in :data:`AUGM
   black image and background mask), because one MONAI call per sample costs ~3 ms each at 64×64.
 
 Cost per batch of 16 at 64×64 on one CPU thread (process CPU time; wall time was ~3× that on the shared,
-overloaded 2-core machine; runs/h4/bench.py): flip_rot 0.6 ms, random_mirror 0.5 ms, random_rotate /
+overloaded 2-core machine; best of 3 × 20 batches): flip_rot 0.6 ms, random_mirror 0.5 ms, random_rotate /
 random_scale 2.6 ms, the intensity baselines 1.1–2.2 ms, deepstack 10.7 ms; ``affine`` (per-sample MONAI
 ``RandAffined``) 22 ms. A U-Net training step at that size costs ~85 ms.
 """
