@@ -41,7 +41,7 @@ from ..config import save_config, to_dict
 from ..data.dataset import PreparedDataset, dataset_info, write_dataset_json, write_pair
 from ..errors import fail
 from ..io import atomic_output_dir, save_png_atomic, write_text_atomic
-from .generate import _generator_provenance, _labels, clean_mask, pair_id
+from .generate import _generator_provenance, clean_mask, pair_id
 from .manifest import MANIFEST
 
 JOINT_METHODS = ("joint", "joint_cluster")
@@ -366,8 +366,6 @@ def inpaint(data_dir: Path | str, runs: Sequence[Path | str], out_dir: Path | st
         bar.close()
         seconds = time.time() - t0
         write_text_atomic(tmp / MANIFEST, "".join(json.dumps(r) + "\n" for r in lines))
-        data_info = {**gens.data, **{k: gens.provs[0]["export_config"][k] for k in ("labels", "modality")
-                                     if k in gens.provs[0]["export_config"]}}
         items = [{"id": r["id"], "case": f"synthetic:{r['id']}", "seed": r["seed"], "source_case": r["source_case"],
                   "source_item": r["source_item"], "spacing": ds.spacing_of(r["source_item"]),
                   "foreground_fraction": r["mask_area"] / float(np.prod(size))} for r in lines]
@@ -377,7 +375,7 @@ def inpaint(data_dir: Path | str, runs: Sequence[Path | str], out_dir: Path | st
                    "seconds_per_pair": round(seconds / max(len(jobs), 1), 4), "config": to_dict(cfg)}
         info = dataset_info(
             name=f"inpainted-{ds.info.get('name', 'data')}", modality=ds.modality, channels=C,
-            labels=_labels({**data_info, "labels": ds.labels}), size=size, normalisation={"method": "synthetic"},
+            labels=ds.labels, size=size, normalisation={"method": "synthetic"},
             items=items, synthetic=True, generator_run=gens.provs[0]["generator_run"],
             generator_runs=[p["generator_run"] for p in gens.provs],
             model_sha256=gens.provs[0]["model_sha256"], fold=gens.fold,
