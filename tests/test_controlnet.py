@@ -161,3 +161,27 @@ def test_bad_settings_are_one_line_errors(tmp_path: Path) -> None:
     with pytest.raises(SynthpairError, match="control.scale"):
         ControlConfig(scale=-1)
     assert np.isfinite(ControlConfig().drop_prob)
+
+
+def test_guidance_combines_conditional_and_null_prompt_keeping_the_edges() -> None:
+    import dataclasses
+
+    from synthpair.methods.controlnet import guided
+    from synthpair.networks.controlnet import ControlConfig, ControlledUNet
+    from synthpair.networks.prompt import PromptConfig, PromptUNet
+    from synthpair.networks.unet import UNetConfig
+
+    torch.manual_seed(0)
+    base = PromptUNet(UNetConfig(**NET), 1, 1, 10, PromptConfig(dim=16, heads=2, max_len=8))
+    with torch.no_grad():
+        for p in base.parameters():
+            p.copy_(torch.randn_like(p) * 0.1)
+    net = ControlledUNet(base, ControlConfig()).eval()
+    x, t, cond = _inputs()
+    b = x.shape[0]
+    with torch.no_grad():
+        c = net(x, t, cond)
+        u = net(x, t, dataclasses.replace(cond, drop=torch.ones(b, dtype=torch.bool)))
+        assert not torch.allclose(c, u)
+        torch.testing.assert_close(guided(net, 3.0)(x, t, cond), u + 3.0 * (c - u), rtol=1e-5, atol=1e-5)
+        assert torch.equal(guided(net, 1.0)(x, t, cond), c)
