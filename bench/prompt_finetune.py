@@ -9,9 +9,9 @@ Stages (each skipped when its output exists, so rerunning resumes):
 3. on BUSI lesion-only 64x64 fold 0 (prompts "US, breast, {finding}" = benign/malignant from the ids), each
    ``--ft-steps`` steps: full fine-tuning (``init_from``), LoRA fine-tuning (``lora.enabled``), from scratch;
 4. 128 images per model (seeds 0..127, prompts = training prompts of a seeded permutation of the fold-0
-   training items, DDIM 10 steps, guidance 1 (no CFG doubling: CPU budget)) → ``synthpair evaluate images --real BUSI --fold 0``
+   training items, DDIM ``--sample-steps`` (25), ``--guidance`` (1: no CFG doubling, CPU budget)) → ``synthpair evaluate images --real BUSI --fold 0``
    (radiomics FD/KID vs the training images);
-5. the table ``bench/results/prompt_finetune_busi64.md`` (+ .json): trainable parameters, CPU seconds, final
+5. the table ``bench/results/prompt_finetune_busi64_s<steps>_g<guidance>.table.md`` (+ .json): trainable parameters, CPU seconds, final
    training loss, FD/KID.
 
 Everything runs on CPU with ``OMP_NUM_THREADS=1`` (children inherit it); CPU seconds are measured with
@@ -141,7 +141,7 @@ def main() -> int:
     ap.add_argument("--pre-steps", type=int, default=300)
     ap.add_argument("--ft-steps", type=int, default=150)
     ap.add_argument("--n", type=int, default=128)
-    ap.add_argument("--sample-steps", type=int, default=10)
+    ap.add_argument("--sample-steps", type=int, default=25)
     ap.add_argument("--guidance", type=float, default=1.0)
     ap.add_argument("--results", default=str(ROOT / "bench" / "results" / "prompt_finetune_busi64"))
     args = ap.parse_args()
@@ -171,17 +171,18 @@ def main() -> int:
     }
     for label, (key, extra) in runs.items():
         stage(f"train_{key}", out / key / "export", lambda k=key, e=extra: train(args.busi, out / k, args.ft_steps, e, log))
+    tag = f"s{args.sample_steps}_g{args.guidance:g}"
     for label, (key, _) in runs.items():
-        syn = out / f"syn_{key}"
-        stage(f"generate_{key}", syn, lambda k=key, s=syn: generate(out / k, args.busi, s, args.n, args.sample_steps,
+        syn = out / f"syn_{key}_{tag}"
+        stage(f"generate_{key}_{tag}", syn, lambda k=key, s=syn: generate(out / k, args.busi, s, args.n, args.sample_steps,
                                                                     args.guidance))
-        ev = out / f"eval_{key}.json"
-        stage(f"evaluate_{key}", ev, lambda s=syn, e=ev: run([SYNTHPAIR, "evaluate", "images", "--real", args.busi,
+        ev = out / f"eval_{key}_{tag}.json"
+        stage(f"evaluate_{key}_{tag}", ev, lambda s=syn, e=ev: run([SYNTHPAIR, "evaluate", "images", "--real", args.busi,
                                                               "--fold", "0", "--synthetic", str(s), "--out", str(e)], log))
 
     rows = []
     for label, (key, extra) in runs.items():
-        ev = json.loads((out / f"eval_{key}.json").read_text())
+        ev = json.loads((out / f"eval_{key}_{tag}.json").read_text())
         d = ev["distribution"]
         params, n_train = trainable(out / key)
         rows.append({"setting": label, "trainable_params": n_train, "params": params,
@@ -189,12 +190,13 @@ def main() -> int:
                      "final_loss": final_loss(out / key), "fd": d["synthetic_vs_real"]["fd"],
                      "kid": d["synthetic_vs_real"]["kid"], "fd_half": d["synthetic_vs_real_half"]["fd"],
                      "rr_fd": d["real_half_vs_real_half"]["fd"], "rr_kid": d["real_half_vs_real_half"]["kid"],
-                     "extra": extra, "gen_cpu_s": timing[f"generate_{key}"]["cpu_s"]})
+                     "extra": extra, "gen_cpu_s": timing[f"generate_{key}_{tag}"]["cpu_s"]})
     total_cpu = sum(v["cpu_s"] for v in timing.values())
     res = {"rows": rows, "timing": timing, "total_cpu_s": total_cpu, "pre_steps": args.pre_steps,
            "ft_steps": args.ft_steps, "n": args.n, "sample_steps": args.sample_steps, "guidance": args.guidance,
            "pretrain_final_loss": final_loss(pre), "pretrain_params": trainable(pre)}
-    Path(args.results).with_suffix(".json").write_text(json.dumps(res, indent=1))
+    results = f"{args.results}_{tag}"
+    Path(results + ".json").write_text(json.dumps(res, indent=1))
 
     def f(v: float | None, d: int = 3) -> str:
         return "–" if v is None else (f"{v:.{d}g}" if abs(v) < 1e4 else f"{v:.0f}")
@@ -207,7 +209,7 @@ def main() -> int:
     lines.append(f"| real vs real (halves of the training images) | | | | {f(rows[0]['rr_fd'])} | {f(rows[0]['rr_kid'])} | |")
     table = "\n".join(lines)
     print(table)
-    Path(args.results).with_suffix(".table.md").write_text(table + "\n")
+    Path(results + ".table.md").write_text(table + "\n")
     print(f"total CPU seconds (children + generation): {total_cpu:.0f}")
     return 0
 

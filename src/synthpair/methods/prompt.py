@@ -8,7 +8,8 @@ low-rank adapters train, see :mod:`synthpair.networks.lora`), and add the edge C
 (``networks/controlnet.py``) that makes the image follow a real pair's mask. On its own the model does not
 produce masks: ``sample`` returns ``cond.mask`` when given, else all-background masks.
 
-Training (``training_loss``): DDPM ``L_simple`` (eq. 11) on the image with the item's prompt tokens
+Training (``training_loss``): DDPM ``L_simple`` (eq. 11; target = ``diffusion.prediction``, eps in the paper, v by
+default here) on the image with the item's prompt tokens
 (``item_extras`` → ``extra["tokens"]`` (B, L)); classifier-free prompt dropout with ``prompt.drop_prob``; with
 probability ``prompt.aug_prob`` an item gets an augmentation phrase (sec. 4.4; :mod:`synthpair.data.aug_prompts`):
 its image is transformed and the phrase appended to its prompt. All draws come from the trainer's generator
