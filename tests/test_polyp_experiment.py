@@ -55,7 +55,9 @@ def test_polyp_end_to_end_and_resume(tmp_path: Path, monkeypatch: pytest.MonkeyP
     assert small["real"]["dice"]["n"] == 1 and small["synthetic"]["dice"]["n"] == 1
     seg = json.loads((out / "seg" / "small" / "n4_styled_s0" / "results.json").read_text())
     assert seg["config"]["mixing"] == "replace" and seg["config"]["n_real"] == 4
-    assert res["generation"]["diff"]["clusters"]["agreement"] is not None
+    gen = res["generation"]
+    assert gen["diff"]["clusters"]["agreement"] is not None and gen["diff_pc"]["clusters"]["agreement"] is not None
+    assert all(gen[k]["fd"] is not None and gen[k]["fd"] >= 0 for k in ("diff", "full", "styled", "diff_pc"))
     md = (out / "results.md").read_text()
     assert "Styled-Diff" in md and "| 4 |" in md
     # resume: everything is skipped, same numbers
@@ -74,3 +76,40 @@ def test_bad_arguments(tmp_path: Path) -> None:
     data = write_two_groups(tmp_path / "data", n=8, size=16)
     assert main(["experiment", "polyp", str(data), "--out", str(tmp_path / "e"), "--samples", "4"]) == 2
     assert main(["experiment", "polyp", str(data), "--out", str(tmp_path / "e"), "--replace-p", "2"]) == 2
+
+
+def test_set_metrics_on_a_copy_of_the_real_pairs(tmp_path: Path) -> None:
+    """A 'synthetic' set that is the real training pairs themselves: FD ≈ 0 against them, every pair lands in
+    its own cluster (two well-separated groups), and a view keeps only the first copy of each item."""
+    import numpy as np
+
+    from synthpair.data.clustering import ClusterConfig, cluster_dataset
+    from synthpair.data.dataset import PreparedDataset, dataset_info, write_dataset_json, write_pair
+    from synthpair.experiments.polyp import set_metrics, view_set
+    from synthpair.io import write_text_atomic
+
+    data = write_two_groups(tmp_path / "data", n=16, size=16)
+    cl = cluster_dataset(data, tmp_path / "cl", ClusterConfig(k=2, fold=0))
+    ds = PreparedDataset.open(data)
+    train, _ = ds.split(0)
+    images, masks = ds.load(train)
+    syn = tmp_path / "syn"
+    lines, items = [], []
+    for copy in range(2):
+        for i, (it, im, m) in enumerate(zip(train, images, masks)):
+            pid = f"p{copy}_{i}"
+            write_pair(syn, pid, im, m)
+            lines.append(json.dumps({"id": pid, "source_item": it, "copy": copy, "train_cases": [],
+                                     "cluster": cl["assignments"][it]}))
+            items.append({"id": pid, "case": f"synthetic:{pid}"})
+    write_text_atomic(syn / "manifest.jsonl", "\n".join(lines) + "\n")
+    write_dataset_json(syn, dataset_info(name="copy", modality="x", channels=3, labels={"background": 0, "polyp": 1},
+                                         size=(16, 16), normalisation={}, items=items))
+    view = view_set(syn, tmp_path / "syn_m1", 1)
+    assert len(PreparedDataset.open(view, require_splits=False).ids) == len(train)
+    res = set_metrics(data, 0, cl, view)
+    assert res["n"] == len(train)
+    assert res["fd"] == pytest.approx(0.0, abs=1e-6)
+    assert res["clusters"]["agreement"] == 1.0
+    assert [r["n"] for r in res["clusters"]["per_cluster"]] == cl["sizes"]
+    assert np.isfinite(res["fd_real_half_vs_half"]) and res["fd_real_half_vs_half"] > 0

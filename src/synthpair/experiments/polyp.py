@@ -19,8 +19,9 @@ Stages (each skipped when its output is complete, so rerunning the same command 
    * ``full`` — the same from ``gen/full`` (Full-Diff; with ``--diff sample`` its pairs are unconditional
      samples assigned to training images in turn, they do not depend on that image);
    * ``diff_pc`` (with ``--per-cluster``) — ``diff`` from the per-cluster models; both are compared with
-     FD/KID-radiomics against the real training split and with a per-cluster agreement (share of samples
-     whose nearest real cluster centroid, in the clustering feature space, is the requested cluster).
+     FD/KID (handcrafted colour + radiomics features) against the real training split and with a per-cluster
+     agreement (share of samples whose nearest real cluster centroid, in the clustering feature space, is the
+     requested cluster), :func:`set_metrics`.
 
    Sets with fewer samples per image (``--samples 1 2 3``) are views of the M set (``syn/<name>_m<m>/``:
    the first m versions of each image; images are symlinked, not copied);
@@ -277,50 +278,63 @@ def view_set(full: Path, out: Path, m: int) -> Path:
     return out
 
 
-def cluster_agreement(data: Path, fold: int, clusters: dict[str, Any], syn: Path) -> dict[str, Any]:
-    """How well a synthetic set follows its clusters, in the clustering feature space of ``clusters.json``.
+def set_metrics(data: Path, fold: int, clusters: dict[str, Any], syn: Path,
+                real_features: tuple[Any, Any] | None = None) -> dict[str, Any]:
+    """Generation metrics of a synthetic set in the handcrafted clustering feature space (one extraction).
 
-    Features of the real training pairs and of the synthetic pairs (the handcrafted extractor) are
-    standardised with the **real** mean/sd per block (:func:`combine_blocks`' scaling); each synthetic pair is
-    assigned to the nearest real cluster centroid. Returns {"agreement": share assigned to the cluster it was
-    sampled for, "per_cluster": [{"cluster", "n", "agreement", "kid"}]}, where ``kid`` is KID (radiomics
-    image features, standardised by the real set) between the samples and the real pairs of that cluster.
+    Image block = colour histograms + radiomics texture (:func:`synthpair.data.clustering.pair_features`),
+    z-scored with the **real** training pairs' mean/sd (:func:`synthpair.metrics.features.standardize`):
+    ``fd`` / ``kid`` (Fréchet distance, KID) synthetic vs all real training pairs, and the split-half baseline
+    ``fd_synthetic_vs_real_half`` vs ``fd_real_half_vs_half`` (same sample sizes; a seeded half of the real set).
+    Mask block = shape features; with the image block both z-scored and scaled by ``1/sqrt(D)`` each synthetic
+    pair is assigned to the nearest real cluster centroid: ``clusters.agreement`` = share assigned to the cluster
+    it was sampled for (manifest ``cluster``), ``clusters.per_cluster`` = that share and KID per cluster.
+    ``real_features`` caches ``pair_features`` of the real training pairs across sets.
     """
     import numpy as np
 
     from ..data.clustering import pair_features
     from ..data.dataset import PreparedDataset
-    from ..metrics.distribution import kid
+    from ..metrics.distribution import frechet_distance, kid
     from ..metrics.features import standardize
     from ..synthesis.manifest import read_manifest
 
     ds = PreparedDataset.open(data)
     train_ids, _ = ds.split(fold)
-    rx, ry = ds.load(train_ids)
+    ri, rm = real_features if real_features is not None else pair_features(*ds.load(train_ids))
     rl = np.array([clusters["assignments"][i] for i in train_ids])
     recs = {r["id"]: r for r in read_manifest(syn)}
     sds = PreparedDataset.open(syn, require_splits=False)
-    sx, sy = sds.load(sds.ids)
-    sl = np.array([int(recs[i]["cluster"]) for i in sds.ids])
-    ri, rm = pair_features(rx, ry)
-    si, sm = pair_features(sx, sy)
+    si, sm = pair_features(*sds.load(sds.ids))
     zr_i, zs_i = standardize(ri, si)
     zr_m, zs_m = standardize(rm, sm)
-    fr = np.concatenate([zr_i / np.sqrt(ri.shape[1]), zr_m / np.sqrt(rm.shape[1])], 1)
-    fs = np.concatenate([zs_i / np.sqrt(si.shape[1]), zs_m / np.sqrt(sm.shape[1])], 1)
-    k = int(clusters["k"])
-    cent = np.stack([fr[rl == c].mean(0) for c in range(k)])
-    nearest = ((fs[:, None, :] - cent[None]) ** 2).sum(-1).argmin(1)
-    per = []
-    for c in range(k):
-        sel = sl == c
-        row: dict[str, Any] = {"cluster": c, "n": int(sel.sum()), "n_real": int((rl == c).sum())}
-        if sel.any():
-            row["agreement"] = float((nearest[sel] == c).mean())
-            if sel.sum() >= 2 and (rl == c).sum() >= 2:
-                row["kid"] = kid(zr_i[rl == c], zs_i[sel], subsets=50, subset_size=100, seed=0)["mean"]
-        per.append(row)
-    return {"agreement": float((nearest == sl).mean()), "per_cluster": per}
+    rng = np.random.default_rng(0)
+    perm = rng.permutation(len(zr_i))
+    a, b = zr_i[perm[: len(perm) // 2]], zr_i[perm[len(perm) // 2:]]
+    sub = zs_i[rng.permutation(len(zs_i))[: len(b)]]
+    out: dict[str, Any] = {
+        "n": int(len(zs_i)), "features": "handcrafted image block (colour histograms + radiomics), z-scored by real",
+        "fd": frechet_distance(zr_i, zs_i), "kid": kid(zr_i, zs_i, subsets=50, subset_size=200, seed=0)["mean"],
+        "fd_synthetic_vs_real_half": frechet_distance(a, sub), "fd_real_half_vs_half": frechet_distance(a, b)}
+    labels = [recs[i].get("cluster") for i in sds.ids]
+    if all(v is not None for v in labels):
+        sl = np.array([int(v) for v in labels])
+        fr = np.concatenate([zr_i / np.sqrt(ri.shape[1]), zr_m / np.sqrt(rm.shape[1])], 1)
+        fs = np.concatenate([zs_i / np.sqrt(si.shape[1]), zs_m / np.sqrt(sm.shape[1])], 1)
+        k = int(clusters["k"])
+        cent = np.stack([fr[rl == c].mean(0) for c in range(k)])
+        nearest = ((fs[:, None, :] - cent[None]) ** 2).sum(-1).argmin(1)
+        per = []
+        for c in range(k):
+            sel = sl == c
+            row: dict[str, Any] = {"cluster": c, "n": int(sel.sum()), "n_real": int((rl == c).sum())}
+            if sel.any():
+                row["agreement"] = float((nearest[sel] == c).mean())
+                if sel.sum() >= 2 and (rl == c).sum() >= 2:
+                    row["kid"] = kid(zr_i[rl == c], zs_i[sel], subsets=50, subset_size=100, seed=0)["mean"]
+            per.append(row)
+        out["clusters"] = {"agreement": float((nearest == sl).mean()), "per_cluster": per}
+    return out
 
 
 def _mean_sd(values: list[float]) -> dict[str, Any]:
@@ -462,13 +476,15 @@ class PolypExperiment:
         return out
 
     def generation_metrics(self, data: Path, clusters: dict[str, Any], sets: dict[str, Path | None]) -> dict[str, Any]:
-        """FD/KID-radiomics of each set vs the real training split, and per-cluster agreement of sampled sets."""
+        """:func:`set_metrics` of each set vs the real training split (cached in ``eval/<set>.json``)."""
         import warnings
 
-        from ..evaluation import EvalConfig, evaluate_images
-        from ..io import read_json
+        from ..data.clustering import pair_features
+        from ..data.dataset import PreparedDataset
+        from ..io import read_json, write_json_atomic
 
         out: dict[str, Any] = {}
+        real = None
         for name, path in sets.items():
             if path is None:
                 continue
@@ -477,18 +493,13 @@ class PolypExperiment:
                 out[name] = read_json(f, "evaluation")
                 continue
             _log(f"evaluate {name}")
+            if real is None:
+                ds = PreparedDataset.open(data)
+                real = pair_features(*ds.load(ds.split(self.a.fold)[0]))
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                res = evaluate_images(data, path, cfg=EvalConfig(diversity_pairs=200), fold=self.a.fold)
-            row = {"fd": res["distribution"].get("fd"), "kid": res["distribution"].get("kid"),
-                   "ms_ssim_synthetic": res["diversity"].get("ms_ssim_synthetic"),
-                   "ms_ssim_real": res["diversity"].get("ms_ssim_real"), "n": res["counts"]["synthetic"]}
-            if name in ("diff", "diff_pc") and self.a.diff == "sample":
-                row["clusters"] = cluster_agreement(data, self.a.fold, clusters, path)
-            from ..io import write_json_atomic
-
-            write_json_atomic(f, row)
-            out[name] = row
+                out[name] = set_metrics(data, self.a.fold, clusters, path, real)
+            write_json_atomic(f, out[name])
         return out
 
     def _segment(self, data: Path, out: Path, syn: Path | None, **cfg_kw: Any) -> dict[str, Any]:
@@ -603,19 +614,13 @@ def results_markdown(res: dict[str, Any]) -> str:
              f"{cfg['seg_steps']} steps; seeds {cfg['seeds']}. Diff = {res['diff_source']}.", ""]
     gen = res.get("generation") or {}
     if gen:
-        lines += ["## Generation (vs the real training split; radiomics features)", "",
-                  "| set | n | FD | KID | MS-SSIM syn (real) | cluster agreement |", "|---|---|---|---|---|---|"]
+        lines += ["## Generation vs the real training split (handcrafted colour + radiomics features, z-scored by real)",
+                  "", "| set | n | FD | FD vs real half (real half vs half) | KID | cluster agreement |",
+                  "|---|---|---|---|---|---|"]
         for k, r in gen.items():
-            kid = r.get("kid") or {}
-            kid_s = f"{kid.get('mean'):.4f}" if isinstance(kid, dict) and kid.get("mean") is not None else "–"
-            fd = f"{r['fd']:.3f}" if isinstance(r.get("fd"), (int, float)) else "–"
-
-            def ms(v: Any) -> str:
-                return f"{v['mean']:.3f}" if isinstance(v, dict) and v.get("mean") is not None else (
-                    f"{v:.3f}" if isinstance(v, (int, float)) else "–")
-            ag = r.get("clusters", {}).get("agreement")
-            lines.append(f"| {k} | {r.get('n')} | {fd} | {kid_s} | {ms(r.get('ms_ssim_synthetic'))} "
-                         f"({ms(r.get('ms_ssim_real'))}) | {'–' if ag is None else f'{ag:.2f}'} |")
+            ag = (r.get("clusters") or {}).get("agreement")
+            lines.append(f"| {k} | {r.get('n')} | {r['fd']:.3f} | {r['fd_synthetic_vs_real_half']:.3f} "
+                         f"({r['fd_real_half_vs_half']:.3f}) | {r['kid']:.4f} | {'–' if ag is None else f'{ag:.2f}'} |")
         lines.append("")
     full = res.get("full_synthetic")
     if full:
