@@ -166,15 +166,15 @@ def main() -> None:
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     out = Path(args.out)
     scorer = None
+    fold = int(json.loads((Path(args.generator) / "training_cases.json").read_text())["fold"])
     if args.segmenter:
         from synthpair.synthesis.faithfulness import FaithfulnessScorer
 
-        fold = json.loads((Path(args.generator) / "training_cases.json").read_text())["fold"]
         scorer = FaithfulnessScorer(args.segmenter, fold=fold, data=args.data)
-    feats = None if args.no_fd else RealFeatures(Path(args.data), fold=0, n_sources=args.sources)
+    feats = None if args.no_fd else RealFeatures(Path(args.data), fold=fold, n_sources=args.sources)
     results: dict = {"data": args.data, "generator": args.generator, "sources": args.sources, "seed": args.seed,
                      "dilate_px": args.dilate_px, "threads": torch.get_num_threads(), "arms": {}}
-    results["real_sources"] = real_baseline(Path(args.data), 0, args.sources, args.dilate_px, scorer)
+    results["real_sources"] = real_baseline(Path(args.data), fold, args.sources, args.dilate_px, scorer)
     for name in args.arms:
         syn = out / name
         cfg = InpaintConfig(**ARMS[name], dilate_px=args.dilate_px, items=str(args.sources), seed=args.seed,
