@@ -109,3 +109,18 @@ def test_table_settings_are_compute_matched_and_shaped_like_table_2() -> None:
     assert [r[0] for r in abl["n (synthetic versions per real pair)"]][1:] == ["ours n=1", "ours n=2", "ours n=5", "ours n=10"]
     assert [r[2] for r in abl["n (synthetic versions per real pair)"]][1:] == ["n=1", "n=2", "n=5", "full"]
     assert len(abl["backbone"]) == 6 and abl["mixing (image vs loss)"][2][1]["mixing"] == "patch_loss"
+
+
+def test_rows_are_claimed_by_one_process_and_stale_locks_are_taken_over(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from synthpair.experiments.emit import claim
+
+    lock = tmp_path / "seg" / ".row.lock"
+    assert claim(lock) and lock.read_text() == str(os.getpid())
+    assert not claim(lock)  # held by a live process (this one)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    lock.write_text(dead.stdout.strip())  # that process has exited
+    assert claim(lock) and lock.read_text() == str(os.getpid())

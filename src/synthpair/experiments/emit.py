@@ -349,11 +349,42 @@ def _run_rows(args: argparse.Namespace, out: Path, data: Path, fold: int, rows: 
                 syn_dir = subset_synthetic(syn_full, syn_full.parent / f"synthetic_{syn.replace('=', '')}",
                                            int(syn.split("=")[1]))
             if not (seg_dir / "results.json").is_file():
-                _log(out, f"fold {fold}: segment '{name}' ({steps} steps) -> {seg_dir.name}")
-            _segment(data, seg_dir, syn_dir, fold, steps, args, **kw)
+                lock = seg_dir.parent / f".{seg_dir.name}.lock"
+                if not claim(lock):
+                    continue  # another process of this experiment is training this row
+                try:
+                    _log(out, f"fold {fold}: segment '{name}' ({steps} steps) -> {seg_dir.name}")
+                    _segment(data, seg_dir, syn_dir, fold, steps, args, **kw)
+                finally:
+                    lock.unlink(missing_ok=True)
             cache[key] = seg_dir
         done[name] = cache[key]
     return done
+
+
+def claim(lock: Path) -> bool:
+    """Claim a segmentation row for this process (lock file holding the pid, created exclusively), so several
+    processes of one experiment can share the rows; a lock whose process is gone is taken over."""
+    import os
+
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            try:
+                pid = int(lock.read_text().strip() or "0")
+                os.kill(pid, 0)
+                return False  # alive: its row
+            except (ValueError, ProcessLookupError, FileNotFoundError):
+                lock.unlink(missing_ok=True)  # stale
+                continue
+            except PermissionError:
+                return False
+        with os.fdopen(fd, "w") as fh:
+            fh.write(str(os.getpid()))
+        return True
+    return False
 
 
 def summarise_table(rows: dict[str, list[Path]], baseline: str) -> dict[str, Any]:
