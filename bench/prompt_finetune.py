@@ -29,6 +29,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 SYNTHPAIR = str(ROOT / ".venv" / "bin" / "synthpair")
@@ -198,7 +199,9 @@ def main() -> int:
     results = f"{args.results}_{tag}"
     Path(results + ".json").write_text(json.dumps(res, indent=1))
 
-    def f(v: float | None, d: int = 3) -> str:
+    def f(v: Any, d: int = 3) -> str:
+        if isinstance(v, dict):  # KID: {"mean", "sd"} over subsets
+            return "–" if v.get("mean") is None else f"{v['mean']:.{d}g} ± {v['sd']:.2g}"
         return "–" if v is None else (f"{v:.{d}g}" if abs(v) < 1e4 else f"{v:.0f}")
 
     lines = ["| setting | trainable params | train CPU s (wall s) | final loss | FD-radiomics ↓ | KID-radiomics ↓ | FD half-size |",
