@@ -82,6 +82,19 @@ def test_harmonise_keeps_mask_and_changes_image(inpainted: tuple[Path, Path, Pat
                for r in recs)
 
 
+def test_local_harmonisation_margin(inpainted: tuple[Path, Path, Path], tmp_path: Path) -> None:
+    from scipy import ndimage
+
+    _, run, syn = inpainted
+    out = harmonise(syn, run, tmp_path / "hm", _cfg(strength=0.5, margin=1), progress=False)
+    for rec in read_manifest(out):
+        grown = ndimage.binary_dilation(read_png(syn / "regions" / f"{rec['id']}.png").astype(bool), iterations=1)
+        a = read_png(out / "images" / f"{rec['id']}.png")
+        b = read_png(syn / "images" / f"{rec['id']}.png")
+        assert np.array_equal(a[~grown], b[~grown]) and not np.array_equal(a[grown], b[grown])
+        assert rec["harmonise"]["delta_outside"] <= rec["harmonise"]["delta_inside"]
+
+
 def test_colour_match_and_measurements() -> None:
     rng = np.random.default_rng(0)
     img = rng.normal(0.2, 0.1, (1, 16, 16)).clip(-1, 1)

@@ -27,7 +27,7 @@ def cmd_harmonise(args: argparse.Namespace) -> int:
 
     cfg = _config_from_args(HarmoniseConfig, args.config, args.set, section="harmonise")
     cfg = _with(cfg, strength=args.strength, steps=args.steps, seed=args.seed, batch_size=args.batch,
-                colour_match=True if args.colour_match else None, style_weights=args.style_weights,
+                colour_match=True if args.colour_match else None, style_weights=args.style_weights, margin=args.margin,
                 device=args.device)
     out = harmonise(args.synthetic, args.generator, args.out, cfg, progress=not args.no_progress,
                     overwrite=args.overwrite)
@@ -70,6 +70,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     sp.add_argument("synthetic", help="synthetic folder (from 'synthpair inpaint')")
     sp.add_argument("--generator", required=True, help="joint (or joint_cluster) generator run")
     sp.add_argument("--strength", type=float, help="fraction of the chain re-noised (default 0.3; 0 = unchanged)")
+    sp.add_argument("--margin", type=int, help="re-synthesise only the inpainted region grown by this many px "
+                                               "(default: the whole image)")
     sp.add_argument("--colour-match", action="store_true", help="match mean/sd per channel to the source image")
     sp.add_argument("--style-weights", help="local torchvision VGG16 state dict: add the Gram style step")
     common(sp)

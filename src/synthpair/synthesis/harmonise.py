@@ -9,7 +9,9 @@ offline, so harmonisation here is done by the generator itself (SDEdit-style par
 1. ``x = cat(image, one-hot mask in {-1, 1})``; noise it to ``t ≈ strength · T`` (``q(x_t | x)``, DDPM eq. 4);
 2. denoise with :func:`synthpair.diffusion.repaint.repaint` where the MASK channels are known everywhere
    (replaced each step by the noised known mask, RePaint eq. 8–9) and the image channels are free, so the
-   image is re-synthesised coherently around a fixed mask; the mask is kept exactly;
+   image is re-synthesised coherently around a fixed mask; the mask is kept exactly; with ``margin = m`` the
+   image is also known outside the inpainted region grown by m px (local harmonisation: the rest of the image
+   stays exact, only the region and a band around it are re-synthesised);
 3. optionally (``colour_match``) match per-channel mean/sd to the source real image (L*a*b* for RGB,
    ``skimage.color``; intensity for grey);
 4. optionally (``style_weights`` = local torchvision VGG16 state dict) a few Adam steps matching the source
@@ -50,6 +52,7 @@ class HarmoniseConfig:
     eta: float = 0.0
     jump_length: int = 1
     resample: int = 1                 # > 1: RePaint resampling during harmonisation too
+    margin: int | None = None         # px: re-synthesise only the inpainted region grown by this (None = whole image)
     colour_match: bool = False
     style_weights: str | None = None  # local VGG16 state dict → Gram style step
     style_steps: int = 20
@@ -245,6 +248,16 @@ def harmonise(syn_dir: Path | str, run: Path | str, out_dir: Path | str, cfg: Ha
             x = pack_joint(torch.from_numpy(images), torch.from_numpy(masks), syn.num_classes).to(device)
             known_mask = torch.zeros_like(x, dtype=torch.bool)
             known_mask[:, C:] = True  # mask channels known everywhere, image channels free
+            regions = _load_regions(syn_dir, block)
+            if cfg.margin is not None:  # local harmonisation: the image is known outside region ⊕ margin
+                from scipy import ndimage
+
+                for r, reg in enumerate(regions):
+                    if reg is None:
+                        raise fail(f"{syn_dir}: pair {block[r]} has no regions/ file; --set margin needs pairs "
+                                   f"written by 'synthpair inpaint' (or leave margin unset)")
+                    grown = ndimage.binary_dilation(reg, iterations=cfg.margin) if cfg.margin > 0 else reg
+                    known_mask[r, :C] = torch.from_numpy(~grown).to(device)
             cond = None
             if label_mode:
                 cond = Cond(label=torch.tensor([int(by_id[i]["target_cluster"]) for i in block], device=device))
@@ -252,7 +265,6 @@ def harmonise(syn_dir: Path | str, run: Path | str, out_dir: Path | str, cfg: Ha
                           resample=cfg.resample, sampler=cfg.sampler, eta=cfg.eta, cond=cond,
                           generators=seed_generators(seeds), autocast_dtype=autocast, strength=cfg.strength)
             out = res.x0[:, :C].float().clamp(-1, 1).cpu().numpy()
-            regions = _load_regions(syn_dir, block)
             for r, pid in enumerate(block):
                 rec = by_id[pid]
                 src = source_image(rec)
