@@ -168,6 +168,9 @@ def main() -> int:
         "full fine-tune (pool → BUSI)": ("full", [f"init_from={pre}", BUSI_PROMPT, "lr=2e-4"]),
         "LoRA fine-tune (pool → BUSI)": ("lora", [f"init_from={pre}", BUSI_PROMPT, "lr=1e-3", "lora.enabled=true",
                                                  "lora.rank=8", "lora.alpha=8"]),
+        "LoRA attention-only (pool → BUSI)": ("lora_attn", [f"init_from={pre}", BUSI_PROMPT, "lr=1e-3",
+                                                            "lora.enabled=true", "lora.rank=8", "lora.alpha=8",
+                                                            'lora.targets=["attention"]']),
         "BUSI from scratch": ("scratch", [BUSI_PROMPT, "lr=2e-4"]),
     }
     for label, (key, extra) in runs.items():
