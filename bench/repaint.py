@@ -59,6 +59,16 @@ def _ms(v: list[float]) -> str:
     return f"{a.mean():.3f} ± {a.std(ddof=1) if a.size > 1 else 0:.3f} (n={a.size})"
 
 
+def grad_elsewhere(image: np.ndarray, region: np.ndarray) -> float:
+    """Mean gradient magnitude off the region's boundary ring: the denominator of the seam ratio (a harmonisation
+    that only adds texture noise everywhere lowers the seam ratio by raising this)."""
+    from scipy import ndimage
+
+    ring = ndimage.binary_dilation(region) & ~ndimage.binary_erosion(region, border_value=1)
+    gy, gx = np.gradient(np.asarray(image, dtype=np.float64), axis=(1, 2))
+    return float(np.sqrt(gy ** 2 + gx ** 2).mean(axis=0)[~ring].mean())
+
+
 def measure(syn: Path, scorer) -> dict:
     """The quality proxies over the pairs of one inpainted (or harmonised) SYN folder."""
     from synthpair.data.dataset import PreparedDataset, read_png
@@ -75,6 +85,7 @@ def measure(syn: Path, scorer) -> dict:
     out = {"n": len(recs),
            "seam": [seam_ratio(images[i], regions[i]) for i in range(len(recs))],
            "contrast": [lesion_contrast(images[i], masks[i] > 0, regions[i]) for i in range(len(recs))],
+           "grad_elsewhere": [grad_elsewhere(images[i], regions[i]) for i in range(len(recs))],
            "mask_area": [int((m > 0).sum()) for m in masks],
            "touches_border": int(sum(bool((masks[i][region_border(regions[i])] > 0).any()) for i in range(len(recs))))}
     if scorer is not None:
@@ -134,6 +145,7 @@ def real_baseline(data: Path, fold: int, n_sources: int, dilate_px: float, score
     by_id = {it["id"]: it for it in ds.items}
     regions = [dilate_region(m > 0, dilate_px, dilation_scale(by_id[i], ds.size)) for i, m in zip(ids, masks)]
     out = {"n": len(ids), "seam": [seam_ratio(im, r) for im, r in zip(images, regions)],
+           "grad_elsewhere": [grad_elsewhere(im, r) for im, r in zip(images, regions)],
            "contrast": [lesion_contrast(im, m > 0, r) for im, m, r in zip(images, masks, regions)],
            "mask_area": [int((m > 0).sum()) for m in masks],
            "region_area": [int(r.sum()) for r in regions]}
@@ -157,6 +169,8 @@ def main() -> None:
     ap.add_argument("--no-fd", action="store_true", help="skip radiomics FD/KID")
     ap.add_argument("--harmonise-arm", default="fast", help="arm whose pairs are harmonised afterwards ('' = none)")
     ap.add_argument("--strengths", type=float, nargs="+", default=[0.3, 0.5])
+    ap.add_argument("--margins", nargs="+", default=["none"],
+                    help="harmonisation margins: none (whole image) and/or px (local harmonisation)")
     args = ap.parse_args()
 
     import torch
@@ -199,28 +213,31 @@ def main() -> None:
         from synthpair.synthesis.harmonise import HarmoniseConfig, harmonise
 
         results["harmonise"] = {}
-        for st in args.strengths:
+        for st, mg in [(st, mg) for mg in args.margins for st in args.strengths]:
+            margin = None if mg == "none" else int(mg)
             src = out / args.harmonise_arm
-            dst = out / f"{args.harmonise_arm}-harmonised-{st}"
+            key = f"{st}" if margin is None else f"{st}, margin {margin}"
+            dst = out / (f"{args.harmonise_arm}-harmonised-{st}" + ("" if margin is None else f"-m{margin}"))
             t_cpu = time.process_time()
             harmonise(src, args.generator, dst, HarmoniseConfig(strength=st, device="cpu", batch_size=args.batch,
-                                                                seed=args.seed), progress=False, overwrite=True)
+                                                                seed=args.seed, margin=margin),
+                      progress=False, overwrite=True)
             cpu = time.process_time() - t_cpu
             info = json.loads((dst / "dataset.json").read_text())["harmonise"]
             h = {"strength": st, "cpu_s_per_pair": cpu / max(info["pairs"], 1), "summary": info,
                  **measure(dst, scorer)}
             if feats is not None and info["pairs"] >= 2:
                 h.update(distribution(feats, dst))
-            results["harmonise"][str(st)] = h
+            results["harmonise"][key] = h
             Path(args.results + ".json").write_text(json.dumps(results, indent=2, default=float))
-            print(f"harmonise {st}: seam {info.get('mean_seam_before')} -> {info.get('mean_seam_after')}", flush=True)
+            print(f"harmonise {key}: seam {info.get('mean_seam_before')} -> {info.get('mean_seam_after')}", flush=True)
     write_table(results, Path(args.results + ".table.md"))
 
 
 def write_table(res: dict, path: Path) -> None:
     rows = ["| arm | sampler, steps, L, r | NFE/pair | CPU s/pair | wall s/pair | kept | seam ratio | "
-            "lesion contrast | faithfulness (Dice) | FD radiomics | KID radiomics |",
-            "|---|---|---|---|---|---|---|---|---|---|---|"]
+            "grad. elsewhere | lesion contrast | faithfulness (Dice) | FD radiomics | KID radiomics |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     first = res["real_sources"]
     for name, a in res["arms"].items():
         s = a["settings"]
@@ -229,24 +246,27 @@ def write_table(res: dict, path: Path) -> None:
         kid_s = f"{d['kid_mean']:.4f} ± {d['kid_sd']:.4f}" if d else "—"
         rows.append(f"| {name} | {s['sampler']}, {s['steps']}, {s['jump_length']}, {s['resample']} | "
                     f"{a['nfe_per_pair']:.0f} | {a['cpu_s_per_pair']:.2f} | {a['wall_s_per_pair']:.2f} | "
-                    f"{a['kept']}/{a['attempted']} ({a.get('touches_border', 0)} touch border) | {_ms(a.get('seam', []))} | {_ms(a.get('contrast', []))} | "
+                    f"{a['kept']}/{a['attempted']} ({a.get('touches_border', 0)} touch border) | {_ms(a.get('seam', []))} | "
+                    f"{_ms(a.get('grad_elsewhere', []))} | {_ms(a.get('contrast', []))} | "
                     f"{_ms(a.get('faithfulness', []))} | {fd_s} | {kid_s} |")
     b = res.get("real_sources_vs_real")
     fd_b = f"{b['fd']:.1f}" if b else "—"
     kid_b = f"{b['kid_mean']:.4f} ± {b['kid_sd']:.4f}" if b else "—"
     rows.append(f"| real sources (same regions) | — | — | — | — | — | {_ms(first.get('seam', []))} | "
+                f"{_ms(first.get('grad_elsewhere', []))} | "
                 f"{_ms(first.get('contrast', []))} | {_ms(first.get('faithfulness', []))} | "
                 f"{fd_b} | {kid_b} |")
     if res.get("harmonise"):
         rows += ["", "| harmonised arm (strength) | CPU s/pair | mean abs change inside region | outside | seam before → after | "
-                 "colour dist to source before → after | lesion contrast | faithfulness (Dice) | KID radiomics |",
-                 "|---|---|---|---|---|---|---|---|---|"]
+                 "grad. elsewhere after | colour dist to source before → after | lesion contrast | faithfulness (Dice) | "
+                 "KID radiomics |", "|---|---|---|---|---|---|---|---|---|---|"]
         for st, h in res["harmonise"].items():
             m = h["summary"]
             d = h.get("dist")
             kid_h = f"{d['kid_mean']:.4f} ± {d['kid_sd']:.4f}" if d else "—"
             rows.append(f"| {st} | {h['cpu_s_per_pair']:.2f} | {m.get('mean_delta_inside')} | "
                         f"{m.get('mean_delta_outside')} | {m.get('mean_seam_before')} → {m.get('mean_seam_after')} | "
+                        f"{_ms(h.get('grad_elsewhere', []))} | "
                         f"{m.get('mean_colour_dist_before')} → {m.get('mean_colour_dist_after')} | "
                         f"{_ms(h.get('contrast', []))} | {_ms(h.get('faithfulness', []))} | "
                         f"{kid_h} |")
