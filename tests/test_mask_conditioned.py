@@ -347,3 +347,22 @@ def test_learned_variance_ddpm_reduces_to_fixed_posterior_variance() -> None:
     assert not torch.allclose(run(learned(1.0), variance_channels=1), run(fixed), atol=1e-3)
     lb, lt = variance_bounds(sched, [29, 22])[0]
     assert lb > lt  # beta_t > beta~_t
+
+
+def test_guidance_doubles_every_condition_field_and_nulls_only_through_drop():
+    """The combiner's 2B-row batch carries tokens, control maps and labels of the caller (rows [cond; null])."""
+    seen = {}
+
+    def model(x, t, cond):
+        seen["cond"] = cond
+        return x * (1.0 + (~cond.drop).float().view(-1, 1, 1, 1))  # cond rows 2x, null rows 1x
+
+    x = torch.randn(2, 1, 4, 4)
+    cond = Cond(tokens=torch.tensor([[3, 4], [5, 0]]), control=torch.rand(2, 1, 4, 4), label=torch.tensor([1, 0]))
+    out = classifier_free(model, 3.0)(x, torch.zeros(2, dtype=torch.long), cond)
+    c = seen["cond"]
+    assert torch.equal(c.tokens, torch.cat([cond.tokens, cond.tokens]))
+    assert torch.equal(c.control, torch.cat([cond.control, cond.control]))
+    assert torch.equal(c.label, torch.cat([cond.label, cond.label]))
+    assert c.drop.tolist() == [False, False, True, True]
+    assert torch.allclose(out, x + 3.0 * (2 * x - x))  # null + s (cond - null)

@@ -35,8 +35,9 @@ def classifier_free(model: Callable[..., torch.Tensor], scale: float, mean_chann
             raise TypeError("classifier-free guidance needs a Cond with the conditions to drop")
         b = x_t.shape[0]
         drop = torch.cat([torch.zeros(b, dtype=torch.bool), torch.ones(b, dtype=torch.bool)]).to(x_t.device)
-        both = Cond(*(None if v is None else torch.cat([v, v]) for v in
-                      (cond.mask, cond.reference, cond.reference_embedding)), drop=drop)
+        fields = {f: None if getattr(cond, f) is None else torch.cat([getattr(cond, f)] * 2)
+                  for f in Cond.FIELDS if f != "drop"}  # every condition (mask, tokens, control, ...) doubled
+        both = Cond(**fields, drop=drop)
         out = model(torch.cat([x_t, x_t]), torch.cat([t, t]), both)
         out_c, out_u = out[:b], out[b:]
         c = out.shape[1] if mean_channels is None else mean_channels

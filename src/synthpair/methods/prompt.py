@@ -328,27 +328,11 @@ class PromptMethod:
                  else torch.zeros((n, *data.size), dtype=torch.long))
         gens = seed_generators(seeds)
         x_T = torch.stack([torch.randn((data.channels, *data.size), generator=g) for g in gens]).to(dev)
-        guided = classifier_free(_TokenBound(model, tokens.to(dev)), guidance)
+        guided = classifier_free(model, guidance)  # the combiner doubles every Cond field, tokens included
         x0 = run_sampler(guided, schedule, x_T, sampler=sampler, steps=steps, eta=eta,
                          cond=Cond(tokens=tokens.to(dev)), generators=gens, progress=progress,
                          autocast_dtype=autocast_dtype)
         return x0[:, :data.channels].float().clamp(-1, 1).cpu(), masks.cpu()
-
-
-class _TokenBound:
-    """``model(x, t, cond)`` with ``cond.tokens`` filled from ``tokens`` (B, L) when the caller's Cond lacks
-    them: the guidance combiner rebuilds the Cond of its doubled (2B-row) batch from mask/reference fields
-    only, so the prompt is re-attached here (repeated to the batch: rows [cond; null])."""
-
-    def __init__(self, model: Callable[..., torch.Tensor], tokens: torch.Tensor) -> None:
-        self.model, self.tokens = model, tokens
-
-    def __call__(self, x_t: torch.Tensor, t: torch.Tensor, cond: Any = None) -> torch.Tensor:
-        if cond is None or getattr(cond, "tokens", None) is None:
-            reps = x_t.shape[0] // self.tokens.shape[0]
-            drop = None if cond is None else cond.drop
-            cond = Cond(tokens=self.tokens.repeat(reps, 1), drop=drop)
-        return self.model(x_t, t, cond)
 
 
 def append_phrases(tokens: torch.Tensor, choice: torch.Tensor, phrases: Sequence[str], vocab: Vocabulary
