@@ -41,6 +41,9 @@ def test_emit_experiment_end_to_end_and_resume(tmp_path: Path) -> None:
     sub = [json.loads(ln) for ln in (out / "fold_0" / "synthetic_n1" / "manifest.jsonl").read_text().splitlines()]
     full = [json.loads(ln) for ln in (out / "fold_0" / "synthetic" / "manifest.jsonl").read_text().splitlines()]
     assert len(full) == 2 * len(sub) and {r["version"] for r in sub} == {0}
+    # one SEG folder per distinct setting: rows of several tables that train the same thing share it
+    seg = sorted((out / "fold_0" / "seg").glob("*/results.json"))
+    assert len(seg) == 8  # 5 main rows + n=1 + patch=4 + loss mixing (n=2, alpha=0.5, unet rows reuse)
     md = (out / "results.md").read_text()
     assert "| Method | Dice ↑" in md and "(baseline)" in md
     # rerunning resumes: every stage is complete, nothing is retrained (results unchanged, seg folders kept)

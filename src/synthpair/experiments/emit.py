@@ -330,36 +330,63 @@ def _setting_key(kw: dict[str, Any], syn: str | None, steps: int) -> str:
 def _run_rows(args: argparse.Namespace, out: Path, data: Path, fold: int, rows: list, steps: int,
               syn_full: Path, cache: dict[str, Path], execute: bool = True) -> dict[str, Path]:
     """Run (or reuse) every row's segmentation on ``fold`` → row name → SEG folder (``execute=False``: only
-    the rows already complete)."""
+    the rows already complete). Rows with the same setting (model, mixing, alpha, patch, augmentation,
+    synthetic folder, steps) share one SEG folder, also across processes and reruns."""
+    from ..io import write_json_atomic
+
     done: dict[str, Path] = {}
     for name, kw, syn in rows:
         key = _setting_key(kw, syn, steps)
         if key not in cache:
             seg_dir = out / f"fold_{fold}" / "seg" / _slug(f"{steps}steps_{kw.get('model')}_{name}_{syn or 'real'}")
-            if not execute:
-                if (seg_dir / "results.json").is_file():
-                    done[name] = cache[key] = seg_dir
+            same = _same_setting(seg_dir.parent, key)
+            if same is not None:  # this setting already ran under another row's name (maybe in another process)
+                done[name] = cache[key] = same
                 continue
-            syn_dir = None
+            if (seg_dir / "results.json").is_file():
+                write_json_atomic(seg_dir / SETTING_FILE, {"key": key})  # (folders of earlier versions)
+                done[name] = cache[key] = seg_dir
+                continue
+            if not execute:
+                continue
             if syn is not None and not (syn_full / "dataset.json").is_file():
                 continue  # the generate stage has not finished yet (rows with synthetic data run later)
+            syn_dir = None
             if syn == "full":
                 syn_dir = syn_full
             elif syn is not None:
                 syn_dir = subset_synthetic(syn_full, syn_full.parent / f"synthetic_{syn.replace('=', '')}",
                                            int(syn.split("=")[1]))
-            if not (seg_dir / "results.json").is_file():
-                lock = seg_dir.parent / f".{seg_dir.name}.lock"
-                if not claim(lock):
-                    continue  # another process of this experiment is training this row
-                try:
-                    _log(out, f"fold {fold}: segment '{name}' ({steps} steps) -> {seg_dir.name}")
-                    _segment(data, seg_dir, syn_dir, fold, steps, args, **kw)
-                finally:
-                    lock.unlink(missing_ok=True)
+            lock = seg_dir.parent / f".{seg_dir.name}.lock"
+            if not claim(lock):
+                continue  # another process of this experiment is training this row
+            try:
+                _log(out, f"fold {fold}: segment '{name}' ({steps} steps) -> {seg_dir.name}")
+                _segment(data, seg_dir, syn_dir, fold, steps, args, **kw)
+                write_json_atomic(seg_dir / SETTING_FILE, {"key": key})
+            finally:
+                lock.unlink(missing_ok=True)
             cache[key] = seg_dir
         done[name] = cache[key]
     return done
+
+
+SETTING_FILE = "experiment_setting.json"
+
+
+def _same_setting(seg_root: Path, key: str) -> Path | None:
+    """A finished SEG folder of this experiment with the same setting key (written after each row), or None."""
+    import json
+
+    if not seg_root.is_dir():
+        return None
+    for f in sorted(seg_root.glob(f"*/{SETTING_FILE}")):
+        try:
+            if json.loads(f.read_text()).get("key") == key and (f.parent / "results.json").is_file():
+                return f.parent
+        except (OSError, ValueError):
+            continue
+    return None
 
 
 def claim(lock: Path) -> bool:
