@@ -166,7 +166,7 @@ def test_bad_settings_are_one_line_errors(tmp_path: Path) -> None:
 def test_guidance_combines_conditional_and_null_prompt_keeping_the_edges() -> None:
     import dataclasses
 
-    from synthpair.methods.controlnet import guided
+    from synthpair.diffusion.guidance import classifier_free as guided
     from synthpair.networks.controlnet import ControlConfig, ControlledUNet
     from synthpair.networks.prompt import PromptConfig, PromptUNet
     from synthpair.networks.unet import UNetConfig

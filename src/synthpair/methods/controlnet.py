@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from ..diffusion.cond import Cond, null_cond_flags
+from ..diffusion.guidance import classifier_free
 from ..diffusion.losses import diffusion_loss
 from ..diffusion.sampling import sample as run_sampler
 from ..errors import fail
@@ -95,25 +96,6 @@ def encode_item_tokens(ds: Any, ids: Sequence[str], base_cfg: dict[str, Any]) ->
     rows = [torch.stack([vocab.encode(p, max_len)] + [vocab.encode(with_phrase(p, ph), max_len) for ph in phrases])
             for p in prompts]
     return (torch.stack(rows) if rows else torch.zeros((0, 1 + len(phrases), max_len), dtype=torch.long)), prompts
-
-
-def guided(model: Callable[..., torch.Tensor], scale: float) -> Callable[..., torch.Tensor]:
-    """Classifier-free guidance on the prompt: ``out_null + s (out_cond - out_null)`` in one doubled batch, with
-    every :class:`Cond` field (tokens, edge maps, masks) duplicated and only the prompt nulled via ``drop``
-    (the edge map conditions both halves, as in ControlNet). ``s = 1`` is the plain conditional prediction."""
-    scale = float(scale)
-
-    def run(x_t: torch.Tensor, t: torch.Tensor, cond: Any = None) -> torch.Tensor:
-        if scale == 1.0:
-            return model(x_t, t, cond)
-        b = x_t.shape[0]
-        drop = torch.cat([torch.zeros(b, dtype=torch.bool), torch.ones(b, dtype=torch.bool)]).to(x_t.device)
-        both = Cond(**{f: None if getattr(cond, f) is None else torch.cat([getattr(cond, f)] * 2)
-                       for f in Cond.FIELDS if f != "drop"}, drop=drop)
-        out = model(torch.cat([x_t, x_t]), torch.cat([t, t]), both)
-        return out[b:] + scale * (out[:b] - out[b:])
-
-    return run
 
 
 class ControlNetMethod:
@@ -280,6 +262,8 @@ class ControlNetMethod:
             raise fail(f"cond.tokens: need one prompt per seed ({len(seeds)}); encode the prompts with the base's "
                        f"vocabulary")
         check_edge_maps(cond.control, data.size, batch=len(seeds), where="cond.control")
+        # prompt guidance (diffusion.guidance): every Cond field doubled, only the prompt nulled via ``drop`` — the
+        # edge map conditions both halves, as in ControlNet
         s = self.default_guidance(net) if guidance is None else float(guidance)
         if s != 1.0 and net.cfg.drop_prob <= 0:
             raise fail(f"guidance={s}: this ControlNet was trained without prompt dropout (control.drop_prob=0); "
@@ -289,11 +273,11 @@ class ControlNetMethod:
         run_cond = Cond(tokens=cond.tokens.to(dev), control=cond.control.float().to(dev))
         gens = seed_generators(seeds)
         x_T = torch.stack([torch.randn((data.channels, *data.size), generator=g) for g in gens]).to(dev)
-        x0 = run_sampler(guided(model, s), schedule, x_T, sampler=sampler, steps=steps, eta=eta, cond=run_cond,
+        x0 = run_sampler(classifier_free(model, s), schedule, x_T, sampler=sampler, steps=steps, eta=eta, cond=run_cond,
                          generators=gens, progress=progress, autocast_dtype=autocast_dtype)
         return x0[:, :data.channels].float().clamp(-1, 1).cpu(), masks.cpu()
 
 
 register_method("controlnet", ControlNetMethod)
 
-__all__ = ["ControlNetMethod", "encode_item_tokens", "item_prompts", "read_base_config", "base_source", "guided"]
+__all__ = ["ControlNetMethod", "encode_item_tokens", "item_prompts", "read_base_config", "base_source"]
