@@ -414,9 +414,11 @@ def claim(lock: Path) -> bool:
     return False
 
 
-def summarise_table(rows: dict[str, list[Path]], baseline: str) -> dict[str, Any]:
-    """Row name → SEG folders (one per fold) → {"rows": {name: summary}, "paired": {name: Dice vs baseline},
-    "n_cases", "distance_unit"}; cases pooled over folds (each held out once)."""
+def summarise_table(rows: dict[str, list[Path]], baseline: str, against: dict[str, str] | None = None
+                    ) -> dict[str, Any]:
+    """Row name → SEG folders (one per fold) → {"rows": {name: summary}, "paired": {name: Dice vs its reference
+    row}, "distance_unit"}; cases pooled over folds (each held out once). The reference row is ``baseline``
+    unless ``against`` names another (backbone table: each "+ ours" row against its own backbone)."""
     from ..io import read_json
     from ..metrics.statistics import paired_comparison, summarize_rows
 
@@ -429,8 +431,9 @@ def summarise_table(rows: dict[str, list[Path]], baseline: str) -> dict[str, Any
             unit = res.get("distance_unit", unit)
             per_case[name] += res["per_case"]
     summaries = {name: summarize_rows(rs) for name, rs in per_case.items()}
-    paired = {name: paired_comparison(per_case[baseline], rs, "dice") for name, rs in per_case.items()
-              if name != baseline}
+    against = {name: (against or {}).get(name, baseline) for name in per_case if name != baseline}
+    paired = {name: {**paired_comparison(per_case[ref], per_case[name], "dice"), "against": ref}
+              for name, ref in against.items()}
     return {"rows": summaries, "paired": paired, "baseline": baseline, "distance_unit": unit,
             "seg_dirs": {n: [str(d) for d in ds] for n, ds in rows.items()}}
 
@@ -458,7 +461,8 @@ def table_markdown(title: str, table: dict[str, Any]) -> str:
             delta = "–"
         else:
             p = "n/a" if pc["p_value"] is None else f"{pc['p_value']:.3f}"
-            delta = f"{pc['mean_diff'] * 100:+.2f} (p={p})"
+            ref = "" if pc.get("against", table["baseline"]) == table["baseline"] else f" vs {pc['against']}"
+            delta = f"{pc['mean_diff'] * 100:+.2f} (p={p}){ref}"
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {delta} | {summ['dice']['n']} |")
     return "\n".join(lines) + "\n"
 
@@ -528,7 +532,8 @@ def run(args: argparse.Namespace) -> int:
             md.append(table_markdown("Table 2 shape: augmentations vs EMIT-Diff", t))
         for title, rows in abl_dirs.items():
             if all(len(v) == len(folds) for v in rows.values()):
-                t = summarise_table(rows, next(iter(rows)))
+                against = {n: n.replace(" + ours", " baseline") for n in rows if n.endswith(" + ours")}
+                t = summarise_table(rows, next(iter(rows)), against)
                 results["tables"][f"ablation: {title}"] = t
                 md.append(table_markdown(f"Ablation: {title} ({abl_steps} steps)", t))
         results["seconds"] = round(time.time() - t0, 1)
