@@ -217,3 +217,23 @@ def test_ctrl_c_checkpoint_resumes_exactly(straight_run, data, tmp_path, monkeyp
     assert torch.load(run / "checkpoints" / "state.pt", weights_only=True)["step"] == 3
     train_generator(data, run, TINY, resume=True, progress=False)
     assert _losses(run) == _losses(straight_run)
+
+
+def test_resume_accepts_checkpoint_written_before_a_config_field_existed(straight_run, data, tmp_path):
+    """A checkpoint whose stored config lacks a section added later (left at its default) still resumes;
+    the same section set to a non-default value is a config change and is refused."""
+    import shutil
+
+    run = tmp_path / "old"
+    shutil.copytree(straight_run, run)
+    path = run / "checkpoints" / "state.pt"
+    state = torch.load(path, weights_only=True)
+    del state["config"]["pig"]  # as written by a version without TrainConfig.pig
+    state["config_hash"] = "written-by-an-older-version"
+    torch.save(state, path)
+    train_generator(data, run, dataclasses.replace(TINY, steps=TINY.steps + 1), resume=True, progress=False)
+    assert len(_losses(run)) == TINY.steps + 1
+    torch.save(state, path)
+    changed = dataclasses.replace(TINY, steps=TINY.steps + 1, pig=dataclasses.replace(TINY.pig, image_from="m2i"))
+    with pytest.raises(SynthpairError, match=r"pig\.image_from"):
+        train_generator(data, run, changed, resume=True, progress=False)

@@ -271,9 +271,14 @@ def _load_checkpoint(path: Path, cfg: TrainConfig) -> dict[str, Any]:
                 out.update(flat(v, f"{pre}{k}.") if isinstance(v, dict) else {f"{pre}{k}": v})
             return out
 
-        fo, fn = flat(old), flat(new)
+        fo, fn, fd = flat(old), flat(new), flat(to_dict(TrainConfig()))
         diff = sorted(k for k in set(fo) | set(fn)
-                      if fo.get(k) != fn.get(k) and k.split(".")[0] not in RESUME_FREE_KEYS)
+                      if fo.get(k) != fn.get(k) and k.split(".")[0] not in RESUME_FREE_KEYS
+                      # a setting added to TrainConfig after the checkpoint was written, left at its default,
+                      # cannot have changed that run's math
+                      and not (k not in fo and k in fd and fn.get(k) == fd[k]))
+        if not diff:
+            return state
         shown = ", ".join(f"{k} ({fo.get(k)!r} -> {fn.get(k)!r})" for k in diff[:6]) or "unknown keys"
         raise fail(f"{path}: checkpoint was written with a different config: {shown}; "
                    "resume with the run's own config.json or start a new --out")
