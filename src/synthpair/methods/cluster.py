@@ -26,12 +26,11 @@ import torch
 from torch import nn
 
 from ..diffusion.cond import Cond
-from ..diffusion.losses import diffusion_loss
 from ..diffusion.sampling import sample as run_sampler
 from ..errors import fail
 from ..networks.unet import DiffusionUNet, UNetConfig
 from .base import DataInfo, register_method
-from .joint import pack_joint, seed_generators, unpack_joint
+from .joint import joint_loss, seed_generators, unpack_joint
 
 
 class ClusterUNet(DiffusionUNet):
@@ -138,16 +137,8 @@ class JointClusterMethod:
         drawn for the whole batch from ``generator`` exactly as :class:`~synthpair.methods.joint.JointMethod`."""
         if extra is None or "label" not in extra:
             raise ValueError("joint_cluster training_loss needs extra={'label': int64 (B,)} (trainer item_extras)")
-        rank, world = shard
-        b, _, h, w = images.shape
-        c = data.channels + data.num_classes - 1
-        t = torch.randint(0, schedule.T, (b,), generator=generator)
-        noise = torch.randn((b, c, h, w), generator=generator)
-        rows = slice(rank, None, world)
-        device = images.device
-        x0 = pack_joint(images[rows], masks[rows], data.num_classes)
-        cond = Cond(label=extra["label"][rows].to(device))
-        return diffusion_loss(model, schedule, x0, t[rows].to(device), noise[rows].to(device), cond)
+        return joint_loss(model, schedule, images, masks, generator, data=data, shard=shard,
+                          cond=Cond(label=extra["label"]))
 
     def sample(self, model: Callable[..., torch.Tensor], schedule: Any, seeds: Sequence[int], *, data: DataInfo,
                sampler: str = "ddim", steps: int = 25, eta: float = 0.0, device: torch.device | str = "cpu",

@@ -43,6 +43,27 @@ def seed_generators(seeds: Sequence[int]) -> list[torch.Generator]:
     return [torch.Generator().manual_seed(int(s)) for s in seeds]
 
 
+def joint_loss(model: Callable[..., torch.Tensor], schedule: Any, images: torch.Tensor, masks: torch.Tensor,
+               generator: torch.Generator, *, data: DataInfo, shard: tuple[int, int] = (0, 1),
+               cond: Any = None) -> torch.Tensor:
+    """DDPM ``L_simple`` (Ho et al. 2020, eq. 14) on the packed (C + K)-channel tensor of a batch.
+
+    t ~ U{0..T-1} and eps ~ N(0, I) are drawn for the whole global batch from ``generator`` (CPU), then rows
+    ``rank::world`` of ``shard`` are used; ``cond`` (a :class:`~synthpair.diffusion.cond.Cond` of the whole
+    batch, e.g. cluster labels) is cut to the same rows and passed to the network.
+    """
+    rank, world = shard
+    b, _, h, w = images.shape
+    c = data.channels + data.num_classes - 1
+    t = torch.randint(0, schedule.T, (b,), generator=generator)
+    noise = torch.randn((b, c, h, w), generator=generator)
+    rows = slice(rank, None, world)
+    device = images.device
+    x0 = pack_joint(images[rows], masks[rows], data.num_classes)
+    cond = None if cond is None else cond.rows(rows).to(device)
+    return diffusion_loss(model, schedule, x0, t[rows].to(device), noise[rows].to(device), cond)
+
+
 class JointMethod:
     """Unconditional diffusion over the packed (C + K)-channel image+mask tensor."""
 
@@ -59,15 +80,7 @@ class JointMethod:
                       shard: tuple[int, int] = (0, 1)) -> torch.Tensor:
         """DDPM ``L_simple`` on the packed tensor; t ~ U{0..T-1}, eps ~ N(0, I) drawn for the whole batch
         from ``generator`` (CPU), then rows ``rank::world`` are used on this rank."""
-        rank, world = shard
-        b, _, h, w = images.shape
-        c = data.channels + data.num_classes - 1
-        t = torch.randint(0, schedule.T, (b,), generator=generator)
-        noise = torch.randn((b, c, h, w), generator=generator)
-        rows = slice(rank, None, world)
-        device = images.device
-        x0 = pack_joint(images[rows], masks[rows], data.num_classes)
-        return diffusion_loss(model, schedule, x0, t[rows].to(device), noise[rows].to(device))
+        return joint_loss(model, schedule, images, masks, generator, data=data, shard=shard)
 
     def sample(self, model: Callable[..., torch.Tensor], schedule: Any, seeds: Sequence[int], *, data: DataInfo,
                sampler: str = "ddim", steps: int = 25, eta: float = 0.0, device: torch.device | str = "cpu",

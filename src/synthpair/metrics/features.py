@@ -413,12 +413,16 @@ class InceptionV3(nn.Module):
         return self.layers(x)["Mixed_7c"].mean(dim=(2, 3))
 
 
-def load_state_dict_file(path: Path | str) -> dict[str, torch.Tensor]:
-    """Read a state dict from ``.safetensors`` or ``.pt``/``.pth`` (``weights_only=True``, never a pickle that runs code)."""
+def load_state_dict_file(path: Path | str, missing_hint: str | None = None) -> dict[str, torch.Tensor]:
+    """Read a state dict from ``.safetensors`` or ``.pt``/``.pth`` (``weights_only=True``, never a pickle that runs code).
+
+    One-line errors for a missing file (``missing_hint`` says what to pass instead; default: the Inception-v3
+    advice of the feature extractors), an unreadable file, or content that is not a dict of tensors."""
     path = Path(path)
     if not path.is_file():
-        raise fail(f"{path}: weights file not found; pass --weights with a local Inception-v3 state dict "
-                   f"(.safetensors or .pt), or use the default --extractor radiomics which needs none")
+        hint = missing_hint or ("pass --weights with a local Inception-v3 state dict (.safetensors or .pt), or use "
+                                "the default --extractor radiomics which needs none")
+        raise fail(f"{path}: weights file not found; {hint}")
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
@@ -429,7 +433,7 @@ def load_state_dict_file(path: Path | str) -> dict[str, torch.Tensor]:
             if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
                 sd = sd["state_dict"]
     except Exception as err:  # noqa: BLE001 — any reader error is a bad file for the user
-        raise fail(f"{path}: cannot read weights ({type(err).__name__}: {err}); pass a .safetensors or .pt "
+        raise fail(f"{path}: cannot read weights, unreadable file ({type(err).__name__}: {err}); pass a .safetensors or .pt "
                    f"state dict") from None
     if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
         raise fail(f"{path}: not a state dict of tensors; save model.state_dict() to .safetensors or .pt")

@@ -64,22 +64,10 @@ def load_vgg16_features(path: Path | str, device: torch.device | str = "cpu") ->
     Accepts torchvision key names (``features.*``; ``classifier.*`` ignored). One-line errors: file missing,
     unreadable, or weights of another architecture (missing/unexpected keys or wrong shapes).
     """
-    path = Path(path)
-    if not path.is_file():
-        raise fail(f"{path}: VGG16 weights file not found; pass a local torchvision vgg16 state dict "
-                   f"(.safetensors or .pt) or leave the style step off")
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
+    from .features import load_state_dict_file
 
-            state = load_file(str(path))
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001  (torch/safetensors raise many types for corrupt files)
-        raise fail(f"{path}: unreadable weights file ({type(err).__name__}); pass a torchvision vgg16 state dict") \
-            from None
-    if not isinstance(state, dict):
-        raise fail(f"{path}: not a state dict; save model.state_dict() of torchvision's vgg16")
+    state = load_state_dict_file(path, missing_hint="pass a local torchvision vgg16 state dict (.safetensors or .pt) "
+                                                    "or leave the style step off")
     state = {k: v for k, v in state.items() if not k.startswith("classifier.")}
     model = VGG16Features()
     want = model.state_dict()
