@@ -1,4 +1,5 @@
-"""``synthpair <command>``: prepare, train, generate, segment, run, demo, report, replay, evaluate.
+"""``synthpair <command>``: prepare, train, generate, segment, run, demo, report, replay, evaluate, pool, cluster,
+inpaint, harmonise, experiment.
 
 Each command parses its arguments, builds a frozen config (defaults ← ``--config FILE`` ← ``--set k=v``)
 and calls one library function. Errors the user can fix print one line (``synthpair: error: …``) and exit
