@@ -125,3 +125,15 @@ def test_every_classic_augmentation_takes_rgb_non_square_batches():
             a, b = fn(x, m, torch.Generator().manual_seed(1))
             assert a.shape == x.shape and b.shape == m.shape and b.dtype == torch.int64, name
             assert float(a.min()) >= -1 and float(a.max()) <= 1, name
+
+
+def test_affine_keeps_non_square_shapes_and_alignment():
+    """MONAI's quarter turns would swap H and W: for H != W the affine chain leaves them out."""
+    g = torch.Generator().manual_seed(0)
+    m = (torch.rand(6, 16, 24, generator=g) > 0.5).long()
+    x = (m.float() * 2 - 1)[:, None]
+    for seed in range(4):
+        a, b = AUGMENTATIONS["affine"](x, m, torch.Generator().manual_seed(seed))
+        assert a.shape == x.shape and b.shape == m.shape
+        inside = (a[:, 0] > 0.5) & (b == 1)
+        assert inside.sum() > 0.5 * (b == 1).sum()  # image still bright where the mask is

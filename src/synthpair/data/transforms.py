@@ -20,10 +20,13 @@ from ..errors import fail
 KINDS = ("none", "flip", "flip_rot", "affine")
 
 
-def paired_train_transforms(kind: str = "flip_rot", seed: int | None = 0, size: int | None = None):
+def paired_train_transforms(kind: str = "flip_rot", seed: int | None = 0, size: int | None = None,
+                            square: bool = True):
     """A seeded ``monai.transforms.Compose`` over keys ``image`` (C, H, W) and ``mask`` (1, H, W).
 
     ``size`` is only used by ``affine`` to express the translation range in pixels (default 64).
+    ``square=False`` (H != W) leaves out the quarter turns, which would swap H and W (the two flips still
+    give the 180° turn).
     """
     from monai.transforms import Compose, RandAffined, RandFlipd, RandRotate90d
 
@@ -33,7 +36,7 @@ def paired_train_transforms(kind: str = "flip_rot", seed: int | None = 0, size: 
     ops = []
     if kind in ("flip", "flip_rot", "affine"):
         ops += [RandFlipd(keys, prob=0.5, spatial_axis=0), RandFlipd(keys, prob=0.5, spatial_axis=1)]
-    if kind in ("flip_rot", "affine"):
+    if kind in ("flip_rot", "affine") and square:
         ops.append(RandRotate90d(keys, prob=0.75, max_k=3, spatial_axes=(0, 1)))
     if kind == "affine":
         t = 0.06 * (size or 64)

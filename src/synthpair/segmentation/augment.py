@@ -107,7 +107,8 @@ def monai_affine(images: torch.Tensor, masks: torch.Tensor,
     from ..data.transforms import apply_paired, paired_train_transforms
 
     seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
-    transform = paired_train_transforms("affine", seed=seed, size=int(images.shape[-1]))
+    transform = paired_train_transforms("affine", seed=seed, size=int(images.shape[-1]),
+                                        square=images.shape[-1] == images.shape[-2])
     with _no_meta():
         out_i, out_m = apply_paired(transform, images.detach().cpu().numpy(), masks.detach().cpu().numpy())
     return (torch.from_numpy(out_i).to(images.device, images.dtype),
