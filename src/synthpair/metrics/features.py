@@ -421,7 +421,7 @@ def load_state_dict_file(path: Path | str, missing_hint: str | None = None) -> d
     path = Path(path)
     if not path.is_file():
         hint = missing_hint or ("pass --weights with a local Inception-v3 state dict (.safetensors or .pt), or use "
-                                "the default --extractor radiomics which needs none")
+                                "the default --extractor, which needs no weights")
         raise fail(f"{path}: weights file not found; {hint}")
     try:
         if path.suffix == ".safetensors":
