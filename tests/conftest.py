@@ -47,3 +47,15 @@ def write_tiny_prepared(root: Path, n: int = 12, size: int = 16, folds: int = 3,
 def tiny_data(tmp_path: Path) -> Path:
     """A prepared folder: 12 single-channel 16×16 disks, binary masks, 3 folds."""
     return write_tiny_prepared(tmp_path / "data")
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny networks: one thread is faster than two on a loaded 2-core machine (no oversubscription). Use with
+    ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

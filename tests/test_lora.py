@@ -22,12 +22,7 @@ NET = UNetConfig(channels=(8, 16), attention_levels=(False, True), num_head_chan
 PC = PromptConfig(dim=16, max_len=6, heads=2)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _net(seed: int = 0) -> PromptUNet:

@@ -25,13 +25,7 @@ SMALL = dict(ref_width=8, ref_embed=32, ref_dim=16, ref_tokens=2, spade_hidden=8
 INFO = DataInfo(1, 3, (16, 16))
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny networks: one thread is faster than two on a loaded 2-core machine (no oversubscription)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _batch(b: int = 4, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

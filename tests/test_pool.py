@@ -16,12 +16,7 @@ from synthpair.data.pool import build_pool, convert_channels, parse_source
 from synthpair.errors import SynthpairError
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _named(root: Path, name: str, ids_prefix: str = "", **kw) -> Path:
