@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from conftest import write_tiny_prepared
 from synthpair.cli.main import main
