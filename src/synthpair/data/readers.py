@@ -45,16 +45,17 @@ KEY_COLUMNS = ("stem", "id", "image", "filename", "file", "name")
 class RawItem:
     """One 2-D pair before resizing/normalisation.
 
-    ``image``: float32 (H, W) or (H, W, 3) raw intensities; ``mask``: int64 (H, W) labels 0..K;
-    ``spacing``: (row, col) mm of the *original* grid or None; paths are relative to the source root.
+    ``image``: float32 (H, W) or (H, W, 3) raw intensities; ``mask``: int64 (H, W) labels 0..K, or None for
+    an unlabelled image; ``spacing``: (row, col) mm of the *original* grid or None; paths are relative to
+    the source root.
     """
 
     id: str
     case: str
     image: np.ndarray
-    mask: np.ndarray
+    mask: np.ndarray | None
     source_image: str
-    source_mask: str
+    source_mask: str | None
     slice_index: int | None = None
     spacing: tuple[float, float] | None = None
 
@@ -560,6 +561,60 @@ def iter_source(source: Source, *, axis: int = 2, foreground_only: bool = False,
                                     empty_fraction=empty_fraction, seed=seed)
         else:
             yield _read_2d_pair(source, key, img_paths, mask_path)
+
+
+# ----------------------------------------------------------------------------------------------------
+# unlabelled images (prepare --unlabelled DIR, or SRC/unlabelled/)
+# ----------------------------------------------------------------------------------------------------
+_MASK_LIKE = ("_mask", "_seg", "_label", "_labels", "_gt")
+
+
+def list_unlabelled(folder: Path | str) -> list[tuple[str, Path]]:
+    """Images of an unlabelled folder (``DIR/*`` or ``DIR/images/*``: 2-D files, NIfTI volumes, DICOM series
+    folders) → [(stem, path)] sorted by stem. A folder that holds masks is an error: unlabelled means no mask.
+    (An nnU-Net raw folder's ``imagesTs`` is a test set, never unlabelled training data: pass it nowhere.)"""
+    import re
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise fail(f"{folder}: unlabelled image folder not found; pass a folder of images (no masks)")
+    for sub in ("masks", "labels", "labelsTr"):
+        if (folder / sub).is_dir():
+            raise fail(f"{folder / sub}: the unlabelled folder holds masks; put image+mask pairs in the labelled "
+                       f"source (images/ + masks/) and keep only images in the unlabelled folder")
+    img_dir = folder / "images" if (folder / "images").is_dir() else folder
+    files = _listing(img_dir, IMAGE_EXTS + VOLUME_EXTS)
+    pat = re.compile("(" + "|".join(_MASK_LIKE) + r")(_\d+)?$", re.IGNORECASE)
+    masks = [p for stem, p in files.items() if pat.search(stem)]
+    if masks:
+        raise fail(f"{masks[0]}: looks like a mask ({len(masks)} file(s) named *_mask/_seg/_label) in the "
+                   f"unlabelled folder; remove the masks (or pair them with their images in the labelled source)")
+    if not files:
+        raise fail(f"{img_dir}: no images found (.png/.jpg/.tif/.nii.gz/.dcm); add images or drop --unlabelled")
+    return sorted(files.items())
+
+
+def iter_unlabelled(folder: Path | str, files: list[tuple[str, Path]], *, axis: int = 2
+                    ) -> Iterator[SourceGroup]:
+    """Read the images of :func:`list_unlabelled` one by one: a 2-D file gives one item (``id`` = its stem,
+    ``case`` = its stem); a volume or DICOM series gives all its slices along ``axis`` (``<stem>_s<i>``,
+    case = the stem). Items have ``mask=None``."""
+    root = Path(folder)
+    for stem, p in files:
+        rel = str(p.relative_to(root))
+        if p.is_dir() or split_ext(p)[1] in VOLUME_EXTS:
+            vol, zooms = (read_dicom_series(p)[:2] if p.is_dir() else read_volume(p))
+            r_ax, c_ax = [a for a in range(3) if a != axis]
+            items = [RawItem(id=f"{stem}_s{i:04d}", case=stem, image=np.take(vol, i, axis=axis).astype(np.float32),
+                             mask=None, source_image=rel, source_mask=None, slice_index=i,
+                             spacing=(float(zooms[r_ax]), float(zooms[c_ax]))) for i in range(vol.shape[axis])]
+            yield SourceGroup(items=items, stats=vol, dtype="float32")
+            continue
+        image, dtype, spacing = read_image_2d(p)
+        if not np.all(np.isfinite(image)):
+            raise fail(f"{p}: image contains NaN or inf values; fix or remove it")
+        yield SourceGroup(items=[RawItem(id=stem, case=stem, image=image, mask=None, source_image=rel,
+                                         source_mask=None, spacing=spacing)], stats=image, dtype=dtype)
 
 
 def source_summary(source: Source) -> dict[str, Any]:
