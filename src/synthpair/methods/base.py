@@ -103,4 +103,4 @@ def get_method(name: str) -> Method:
 
 
 def _load_builtin() -> None:
-    from . import cluster, conditional, controlnet, joint, pig, prompt  # noqa: F401  (register themselves)
+    from . import cluster, conditional, controlnet, image, joint, pig, prompt  # noqa: F401  (register themselves)

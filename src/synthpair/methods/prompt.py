@@ -112,7 +112,9 @@ class PromptMethod:
 
     name = "prompt"
     conditional = False
-    images_only = True  # generates images; masks come from the caller (EMIT-Diff: the real pair's mask)
+    # learns and generates images only (masks come from the caller, EMIT-Diff: the real pair's mask): the trainer
+    # loads no mask for it, may add unlabelled images, and its runs account no mask items
+    uses_masks = False
 
     def __init__(self) -> None:
         self._prompts: list[str] | None = None

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Literal
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -45,7 +46,7 @@ from .ema import ema_decay_at, ema_update, make_ema
 
 # Keys that may differ between a checkpoint and the config it is resumed with (they do not change the math).
 RESUME_FREE_KEYS = ("steps", "log_every", "preview_every", "preview_n", "preview_steps", "checkpoint_every",
-                    "device")
+                    "device", "snapshot_every")
 
 
 @dataclass(frozen=True)
@@ -81,6 +82,8 @@ class TrainConfig:
     items: str = ""                 # JSON file: list of item ids (a subset of the fold's training split), "" = all
     init_from: str = ""             # RUN or RUN/export: start from its weights (fine-tuning); "" = random init
     clusters: str = ""              # CL/clusters.json of 'synthpair cluster' (method joint_cluster); "" = none
+    unlabelled: bool = True         # image-only methods: also learn from the unlabelled items of DATA
+    snapshot_every: int = 0         # > 0: also export the EMA weights every N steps to snapshots/step_<N>/
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size"):
@@ -143,17 +146,19 @@ def _flip(images: torch.Tensor, masks: torch.Tensor, flips: torch.Tensor) -> tup
     fh = flips[:, 0].to(images.device)
     fv = flips[:, 1].to(images.device)
     images = torch.where(fh.view(-1, 1, 1, 1), images.flip(-1), images)
-    masks = torch.where(fh.view(-1, 1, 1), masks.flip(-1), masks)
     images = torch.where(fv.view(-1, 1, 1, 1), images.flip(-2), images)
-    masks = torch.where(fv.view(-1, 1, 1), masks.flip(-2), masks)
+    if masks is not None:  # image-only methods train without masks
+        masks = torch.where(fh.view(-1, 1, 1), masks.flip(-1), masks)
+        masks = torch.where(fv.view(-1, 1, 1), masks.flip(-2), masks)
     return images, masks
 
 
 def read_item_subset(path: Path | str, train_ids: list[str], fold: int) -> list[str]:
     """Item ids listed in JSON file ``path`` (a list, or ``{"items": [...]}``), kept in training-split order.
 
-    One-line errors: unreadable file, an empty list, or an id outside fold ``fold``'s training split (a test
-    item must never reach a generator).
+    One-line errors: unreadable file, an empty list, or an id outside ``train_ids`` (fold ``fold``'s training
+    split — labelled items for mask-using methods, labelled + unlabelled for image-only ones; a test item must
+    never reach a generator).
     """
     from ..io import read_json
 
@@ -180,25 +185,73 @@ def _init_source(spec: str) -> tuple[Path, Path | None]:
     return p, None
 
 
-def _load_init_weights(model: nn.Module, spec: str) -> dict[str, Any]:
-    """Copy the weights of the export ``spec`` into ``model`` (same architecture); returns provenance."""
+def _load_init_weights(model: nn.Module, spec: str, *, method: str, info: DataInfo) -> dict[str, Any]:
+    """Copy the weights of the export ``spec`` into ``model``; returns provenance (export, method, sha256, the
+    init run's cases and its label accounting, and how the weights were mapped).
+
+    Same method: a strict load (same architecture). Another method (e.g. an image-only run as the start of a
+    joint / mask2image / dsdm run): :func:`synthpair.networks.transfer.transfer_weights` loads the shared U-Net
+    weights and initialises the new mask inputs/outputs/SPADE norms. A run of another image size, channel
+    count or (between mask-aware methods) label set is refused with one line."""
     from ..networks.export import load_export, sha256_file
+    from ..networks.transfer import transfer_weights
 
     export_dir, run_dir = _init_source(spec)
     src, src_cfg = load_export(export_dir)
-    try:
-        model.load_state_dict(src.state_dict(), strict=True)
-    except RuntimeError as err:
-        first = str(err).splitlines()[0] if str(err) else "mismatch"
-        raise fail(f"{export_dir}: train.init_from weights do not fit this network ({first}); use the same "
-                   f"method/net settings as that run") from None
+    src_info = DataInfo.from_dict(src_cfg["data"])
+    if src_info.channels != info.channels or tuple(src_info.size) != tuple(info.size):
+        raise fail(f"{export_dir}: train.init_from run has {src_info.channels}-channel {src_info.size[0]}×"
+                   f"{src_info.size[1]} images but this data has {info.channels}-channel {info.size[0]}×"
+                   f"{info.size[1]}; pre-train on the same channels and size (prepare --size) or drop init_from")
+    src_method = src_cfg.get("method")
+    src_masks = getattr(get_method(src_method), "uses_masks", True)
+    if src_masks and src_info.num_classes != info.num_classes:
+        raise fail(f"{export_dir}: train.init_from run was trained on {src_info.num_classes} labels but this data "
+                   f"has {info.num_classes}; start from a run of the same label set or an image-only run")
+    mapping: dict[str, Any] = {"mode": "strict"}
+    if src_method == method:
+        try:
+            model.load_state_dict(src.state_dict(), strict=True)
+        except RuntimeError as err:
+            first = str(err).splitlines()[0] if str(err) else "mismatch"
+            raise fail(f"{export_dir}: train.init_from weights do not fit this network ({first}); use the same "
+                       f"method/net settings as that run") from None
+    else:
+        try:
+            mapping = {"mode": "transfer", **transfer_weights(model, src.state_dict())}
+        except ValueError as err:
+            raise fail(f"{export_dir}: train.init_from: {err}; use the same net settings as that run") from None
     cases: list[str] = []
+    accounting: dict[str, Any] = {}
     if run_dir is not None:
         from ..io import read_json
 
-        cases = list(read_json(run_dir / "training_cases.json", "training_cases.json").get("cases", []))
-    return {"export": str(export_dir.resolve()), "method": src_cfg.get("method"),
-            "weights_sha256": sha256_file(export_dir / "model.safetensors"), "cases": cases}
+        tc = read_json(run_dir / "training_cases.json", "training_cases.json")
+        cases = list(tc.get("cases", []))
+        accounting = run_label_accounting(tc, src_method)
+    return {"export": str(export_dir.resolve()), "method": src_method,
+            "weights_sha256": sha256_file(export_dir / "model.safetensors"), "cases": cases,
+            "accounting": accounting, "mapping": mapping}
+
+
+def run_label_accounting(training_cases: dict[str, Any], method: str | None) -> dict[str, Any]:
+    """``{"mask_items", "image_items", "data"}`` a finished run learnt from, read from its training_cases.json.
+
+    Runs written before the accounting existed have ``items`` (the training items): for a mask-using method
+    those are both its mask and image items. Without ``items`` the run's cases are all that is known
+    (``mask_cases``): a consumer then treats every labelled item of those cases as seen (conservative)."""
+    if "mask_items" in training_cases:
+        out = {"mask_items": list(training_cases["mask_items"]), "image_items": list(training_cases["image_items"])}
+        if training_cases.get("mask_cases_unresolved"):
+            out["mask_cases_unresolved"] = list(training_cases["mask_cases_unresolved"])
+        return {**out, "data": training_cases.get("data")}
+    uses_masks = getattr(get_method(method), "uses_masks", True) if method else True
+    items = list(training_cases.get("items", []))
+    if items:
+        return {"mask_items": items if uses_masks else [], "image_items": items, "data": training_cases.get("data")}
+    cases = list(training_cases.get("cases", []))
+    return {"mask_items": [], "image_items": [], "mask_cases_unresolved": cases if uses_masks else [],
+            "data": training_cases.get("data")}
 
 
 def draw_batch(n: int, batch_size: int, generator: torch.Generator, flips: bool
@@ -243,8 +296,8 @@ class _RunLog:
 
 # ------------------------------------------------------------------------------------------- checkpoint
 def _save_checkpoint(path: Path, *, model: nn.Module, ema: nn.Module, opt: torch.optim.Optimizer,
-                     sched: Any, gen_state: torch.Tensor, step: int, cfg: TrainConfig) -> None:
-    state = {"step": step, "config_hash": config_hash(cfg), "config": to_dict(cfg),
+                     sched: Any, gen_state: torch.Tensor, step: int, cfg: TrainConfig, cpu_seconds: float = 0.0) -> None:
+    state = {"step": step, "config_hash": config_hash(cfg), "config": to_dict(cfg), "cpu_seconds": float(cpu_seconds),
              "model": model.state_dict(), "ema": ema.state_dict(), "optimizer": opt.state_dict(),
              "scheduler": sched.state_dict(), "generator": gen_state, "torch_rng": torch.get_rng_state(),
              "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
@@ -310,20 +363,24 @@ def train_generator(data_dir: Path | str, out_dir: Path | str, cfg: TrainConfig 
         dist.barrier()
 
     ds = PreparedDataset.open(data_dir)
-    train_ids, _ = ds.split(cfg.fold)
+    method = get_method(cfg.method)
+    uses_masks = getattr(method, "uses_masks", True)
+    # mask-using methods see labelled training items only; image-only methods may add the unlabelled ones
+    train_ids = ds.split(cfg.fold)[0] if uses_masks else ds.image_train_ids(cfg.fold, unlabelled=cfg.unlabelled)
     if not train_ids:
         raise fail(f"{data_dir}: fold {cfg.fold} has no training items; check splits.json")
-    train_cases, _ = ds.fold_cases(cfg.fold)
     if cfg.items:
         train_ids = read_item_subset(cfg.items, train_ids, cfg.fold)
-        train_cases = sorted({ds.case_of(i) for i in train_ids})
+    train_cases = sorted({ds.case_of(i) for i in train_ids})
     info = DataInfo(ds.channels, ds.num_classes, ds.size)
-    method = get_method(cfg.method)
     device = _device(cfg.device, local_rank, world)
     autocast = resolve_autocast(cfg.amp, device)
-    images_np, masks_np = ds.load(train_ids)
+    if uses_masks:
+        images_np, masks_np = ds.load(train_ids)
+        masks: torch.Tensor | None = torch.from_numpy(masks_np).to(device)
+    else:
+        images_np, masks = ds.load_images(train_ids), None
     images = torch.from_numpy(images_np).to(device)
-    masks = torch.from_numpy(masks_np).to(device)
 
     # Optional per-item tensors of the method (cluster labels, prompt tokens, ...), indexed like train_ids.
     extras = ({k: v.to(device) for k, v in method.item_extras(ds, train_ids, cfg).items()}
@@ -334,9 +391,17 @@ def train_generator(data_dir: Path | str, out_dir: Path | str, cfg: TrainConfig 
         model = method.build_for_training(info, cfg, ds, train_ids).to(device)
     else:
         model = method.build_network(info, cfg.net, cond_cfg=cfg.cond).to(device)
-    init = _load_init_weights(model, cfg.init_from) if cfg.init_from else None
+    init = _load_init_weights(model, cfg.init_from, method=cfg.method, info=info) if cfg.init_from else None
+    # label accounting: whose masks and whose images this run learnt from (its init_from chain included)
+    mask_items = set(train_ids) if uses_masks else set()
+    image_items = set(train_ids)
+    unresolved: set[str] = set()
     if init is not None:
         train_cases = sorted(set(train_cases) | set(init["cases"]))  # the generator has seen both
+        acc = init.get("accounting") or {}
+        mask_items |= set(acc.get("mask_items", []))
+        image_items |= set(acc.get("image_items", []))
+        unresolved |= set(acc.get("mask_cases_unresolved", []))
     if hasattr(method, "setup"):  # e.g. DSDM: contrastive pre-training of the frozen reference encoder
         method.setup(model, images, masks, data=info, seed=cfg.seed, fresh=state is None,
                      log=((lambda msg: (ensure_dir(out), _RunLog(out).line(msg))) if is_main else None), cfg=cfg)
@@ -351,7 +416,9 @@ def train_generator(data_dir: Path | str, out_dir: Path | str, cfg: TrainConfig 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warm) if warm else 1.0)
     gen = torch.Generator().manual_seed(cfg.seed)
     step = 0
+    cpu_before = 0.0  # CPU seconds of this run's training loop before this process (resumed runs)
     if state is not None:
+        cpu_before = float(state.get("cpu_seconds", 0.0))
         model.load_state_dict(state["model"])
         ema.load_state_dict(state["ema"])
         opt.load_state_dict(state["optimizer"])
@@ -376,7 +443,10 @@ def train_generator(data_dir: Path | str, out_dir: Path | str, cfg: TrainConfig 
         write_json_atomic(out / "training_cases.json", {
             "fold": cfg.fold, "data": str(data_dir.resolve()), "cases": sorted(train_cases),
             "items": list(train_ids), "num_items": len(train_ids),
-            "init_from": None if init is None else {k: v for k, v in init.items() if k != "cases"}})
+            "mask_items": sorted(mask_items), "image_items": sorted(image_items),
+            **({"mask_cases_unresolved": sorted(unresolved)} if unresolved else {}),
+            "num_mask_items": len(mask_items), "num_image_items": len(image_items),
+            "init_from": None if init is None else {k: v for k, v in init.items() if k not in ("cases", "accounting")}})
         if resume:
             log.truncate_metrics(step)
             log.line(f"resume from step {step} -> {cfg.steps}")
@@ -385,12 +455,36 @@ def train_generator(data_dir: Path | str, out_dir: Path | str, cfg: TrainConfig 
             n_train = sum(p.numel() for p in trainable)
             log.line(f"start: method={cfg.method} fold={cfg.fold} items={len(train_ids)} params={n_params} "
                      f"trainable={n_train} init_from={cfg.init_from or '-'} "
-                     f"device={device} autocast={autocast} world={world}")
+                     f"device={device} autocast={autocast} world={world} threads={torch.get_num_threads()}")
+            if init is not None and init["mapping"]["mode"] == "transfer":
+                mp = init["mapping"]
+                log.line(f"init_from {init['method']} -> {cfg.method}: {mp['copied']} tensors copied, "
+                         f"{mp['adapted']} adapted (new input/output channels, SPADE norms), {mp['new']} new, "
+                         f"{mp['unused']} unused")
+
+    cpu_t0 = time.process_time()
+
+    def cpu_seconds() -> float:
+        """CPU time (all threads of this process) spent in training so far, resumed segments included."""
+        return cpu_before + time.process_time() - cpu_t0
 
     def checkpoint(at_step: int, gen_state: torch.Tensor) -> None:
         if is_main:
             _save_checkpoint(ckpt_path, model=model, ema=ema, opt=opt, sched=sched, gen_state=gen_state,
-                             step=at_step, cfg=cfg)
+                             step=at_step, cfg=cfg, cpu_seconds=cpu_seconds())
+
+    def write_export(folder: Path, at_step: int) -> None:
+        from ..networks.export import save_export
+
+        extra = {"cond": to_dict(method.cond_config(cfg.cond))} if getattr(method, "conditional", False) else {}
+        if hasattr(method, "export_extra"):  # method-specific sections (vocabulary, base run, clusters, ...)
+            extra.update(method.export_extra(ema, cfg))
+        save_export(folder, ema, state=method.export_state(ema) if hasattr(method, "export_state") else None,
+                    export_config={
+            **extra, "method": cfg.method, "init_from": None if init is None else init["export"],
+            "net": to_dict(cfg.net), "diffusion": to_dict(cfg.diffusion), "data": info.to_dict(), "labels": ds.labels,
+            "fold": cfg.fold, "step": at_step, "cpu_seconds": round(cpu_seconds(), 1),
+            "train_config_hash": config_hash(cfg)})
 
     def preview(at_step: int) -> None:
         if not is_main or cfg.preview_n < 1:
@@ -400,8 +494,9 @@ def train_generator(data_dir: Path | str, out_dir: Path | str, cfg: TrainConfig 
         imgs, msks = method.sample(ema, schedule, list(range(cfg.preview_n)), data=info, sampler="ddim",
                                    steps=min(cfg.preview_steps, cfg.diffusion.num_timesteps), device=device,
                                    autocast_dtype=autocast)
+        msks_np = np.zeros((imgs.shape[0], *imgs.shape[2:]), np.int64) if msks is None else msks.numpy()
         save_png_atomic(out / "samples" / f"step_{at_step}.png",
-                        pair_grid(imgs.numpy(), msks.numpy(), ncols=8, num_classes=info.num_classes))
+                        pair_grid(imgs.numpy(), msks_np, ncols=8, num_classes=info.num_classes))
 
     bar = None
     if is_main and progress:
@@ -415,7 +510,7 @@ def train_generator(data_dir: Path | str, out_dir: Path | str, cfg: TrainConfig 
         while step < cfg.steps:
             idx, flips = draw_batch(len(train_ids), cfg.batch_size, gen, cfg.augment_flips)
             idx_d = idx.to(device)
-            x, m = images[idx_d], masks[idx_d]
+            x, m = images[idx_d], (None if masks is None else masks[idx_d])
             if flips is not None:
                 x, m = _flip(x, m, flips)
             kw = {} if extras is None else {"extra": {k: v[idx_d] for k, v in extras.items()}}
@@ -444,7 +539,7 @@ def train_generator(data_dir: Path | str, out_dir: Path | str, cfg: TrainConfig 
                     now = time.perf_counter()
                     ips = n_loss * cfg.batch_size / max(now - t_last, 1e-9)
                     rec = {"step": step, "loss": mean_loss, "lr": sched.get_last_lr()[0],
-                           "grad_norm": float(grad_norm), "img_per_s": ips}
+                           "grad_norm": float(grad_norm), "img_per_s": ips, "cpu_s": round(cpu_seconds(), 2)}
                     log.metrics(rec)
                     log.line(f"step {step} loss {mean_loss:.5f} lr {rec['lr']:.2e} img/s {ips:.1f}")
                     if bar is not None:
@@ -456,6 +551,8 @@ def train_generator(data_dir: Path | str, out_dir: Path | str, cfg: TrainConfig 
                 preview(step)
             if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step != cfg.steps:
                 checkpoint(step, gen_state)
+            if is_main and cfg.snapshot_every and step % cfg.snapshot_every == 0:
+                write_export(out / "snapshots" / f"step_{step}", step)
     except KeyboardInterrupt:
         if not updating:
             checkpoint(step, gen_state)
@@ -470,17 +567,8 @@ def train_generator(data_dir: Path | str, out_dir: Path | str, cfg: TrainConfig 
     checkpoint(step, gen.get_state())
     preview(step)
     if is_main:
-        from ..networks.export import save_export
-
-        extra = {"cond": to_dict(method.cond_config(cfg.cond))} if getattr(method, "conditional", False) else {}
-        if hasattr(method, "export_extra"):  # method-specific sections (vocabulary, base run, clusters, ...)
-            extra.update(method.export_extra(ema, cfg))
-        save_export(out / "export", ema, state=method.export_state(ema) if hasattr(method, "export_state") else None,
-                    export_config={
-            **extra, "method": cfg.method, "init_from": None if init is None else init["export"], "net": to_dict(cfg.net), "diffusion": to_dict(cfg.diffusion),
-            "data": info.to_dict(), "labels": ds.labels, "fold": cfg.fold, "step": step,
-            "train_config_hash": config_hash(cfg)})
-        log.line(f"done: {step} steps; export written to {out / 'export'}")
+        write_export(out / "export", step)
+        log.line(f"done: {step} steps ({cpu_seconds() / 60:.1f} CPU-min); export written to {out / 'export'}")
     if world > 1:
         dist.barrier()
     return out

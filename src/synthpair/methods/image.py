@@ -1,0 +1,68 @@
+"""Image-only diffusion (``--method image``): an unconditional DDPM over the image channels alone.
+
+It learns from images, never from masks, so it can use every labelled AND unlabelled training-side image of
+a prepared folder (``PreparedDataset.image_train_ids``; ``TrainConfig.unlabelled``). Its uses:
+
+* pre-training for every mask-aware method: ``--set init_from=RUN`` on a ``joint`` / ``mask2image`` /
+  ``dsdm`` / ``pig`` / ``prompt`` run loads the shared U-Net weights and initialises the new mask inputs so
+  the image prediction is unchanged where they are zero (:mod:`synthpair.networks.transfer`), leaving the N
+  labelled pairs only the mask relationship to learn;
+* a frozen feature extractor for diffusion-feature segmenters (:mod:`synthpair.segmentation.ddfeatures`);
+* unconditional images (``synthpair generate RUN`` writes an image-only synthetic folder, e.g. for FD/KID).
+
+Network: MONAI ``DiffusionModelUNet`` with ``in = out = C`` channels; loss: DDPM ``L_simple`` (Ho et al.
+2020, eq. 14) on the configured prediction target (eps / x0 / v).
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import torch
+from torch import nn
+
+from ..diffusion.losses import diffusion_loss
+from ..diffusion.sampling import sample as run_sampler
+from .base import DataInfo, register_method
+from .joint import seed_generators
+
+
+class ImageMethod:
+    """Unconditional diffusion over images (B, C, H, W) in [-1, 1]; masks are neither read nor produced."""
+
+    name = "image"
+    uses_masks = False
+
+    def build_network(self, data: DataInfo, net_cfg: Any, cond_cfg: Any = None) -> nn.Module:
+        from ..networks.unet import build_unet
+
+        return build_unet(net_cfg, in_channels=data.channels, out_channels=data.channels)
+
+    def training_loss(self, model: Callable[..., torch.Tensor], schedule: Any, images: torch.Tensor,
+                      masks: torch.Tensor | None, generator: torch.Generator, *, data: DataInfo,
+                      shard: tuple[int, int] = (0, 1)) -> torch.Tensor:
+        """``L_simple`` on images float (B, C, H, W) in [-1, 1] (``masks`` is ignored, normally None).
+
+        t ~ U{0..T-1} (B,) and eps ~ N(0, I) (B, C, H, W) are drawn for the whole global batch from
+        ``generator`` (CPU); rows ``rank::world`` of ``shard`` are used on this rank."""
+        rank, world = shard
+        b = images.shape[0]
+        t = torch.randint(0, schedule.T, (b,), generator=generator)
+        noise = torch.randn(tuple(images.shape), generator=generator)
+        rows = slice(rank, None, world)
+        dev = images.device
+        return diffusion_loss(model, schedule, images[rows], t[rows].to(dev), noise[rows].to(dev))
+
+    def sample(self, model: Callable[..., torch.Tensor], schedule: Any, seeds: Sequence[int], *, data: DataInfo,
+               sampler: str = "ddim", steps: int = 25, eta: float = 0.0, device: torch.device | str = "cpu",
+               autocast_dtype: torch.dtype | None = None, progress: bool = False
+               ) -> tuple[torch.Tensor, None]:
+        """Images from seeds → (images float32 (B, C, H, W) in [-1, 1] on CPU, None). Image i depends only on
+        ``seeds[i]`` (x_T and sampler noise from ``torch.Generator().manual_seed(seeds[i])``)."""
+        gens = seed_generators(seeds)
+        x_T = torch.stack([torch.randn((data.channels, *data.size), generator=g) for g in gens]).to(device)
+        x0 = run_sampler(model, schedule, x_T, sampler=sampler, steps=steps, eta=eta, generators=gens,
+                         progress=progress, autocast_dtype=autocast_dtype)
+        return x0.float().clamp(-1.0, 1.0).cpu(), None
+
+
+register_method("image", ImageMethod)
