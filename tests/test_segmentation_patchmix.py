@@ -295,19 +295,26 @@ def test_segment_patch_mixing_end_to_end(tiny_data, tmp_path):
     # loss mixing and replacement on a subset of 4 real items: only the kept items' versions count
     keep = training_items(ds, 0, 4, 3)
     assert len(set(keep) & set(train_ids[:3])) == 2  # 2 of the 3 items with versions are kept
+    # (the synthetic folder's generator saw every training case: a label-budget excess, allowed and marked here)
+    with pytest.raises(SynthpairError, match="outside this segmenter's 4 labelled training items"):
+        segment(tiny_data, tmp_path / "refused", SegmentConfig(steps=3, batch_size=4, mixing="replace", n_real=4,
+                                                               subset_seed=3), synthetic_dir=syn, progress=False)
+    assert not (tmp_path / "refused").exists()
     for mixing, extra in [("patch_loss", {"alpha": 0.3, "patch": 16}), ("replace", {"replace_p": 0.5})]:
         r = segment(tiny_data, tmp_path / mixing, SegmentConfig(steps=3, batch_size=4, mixing=mixing, n_real=4,
-                                                                 subset_seed=3, **extra),
+                                                                 subset_seed=3, allow_label_excess=True, **extra),
                     synthetic_dir=syn, progress=False)
+        assert r["generator_saw_more_labels"] and r["setting"].endswith("[generator saw more labels]")
         f = r["folds"][0]
         assert f["real_subset"] == {"n_real": 4, "subset_seed": 3, "items": keep}
         assert f["n_train_real"] == 4 and f["mixing"]["n_real_with_synthetic"] == 2
         assert f["mixing"]["n_synthetic"] == 4 and f["mixing"]["n_real_unmixed"] == 2
     # ratio mixing on a subset: only pairs whose source_item was kept
-    r = segment(tiny_data, tmp_path / "ratio", SegmentConfig(steps=2, batch_size=4, ratio=1.0, n_real=4, subset_seed=3),
+    r = segment(tiny_data, tmp_path / "ratio", SegmentConfig(steps=2, batch_size=4, ratio=1.0, n_real=4, subset_seed=3,
+                                                             allow_label_excess=True),
                 synthetic_dir=syn, progress=False)
     assert r["folds"][0]["n_synthetic"] == 4
-    assert r["setting"] == "real+synthetic r=1 n=4"
+    assert r["setting"] == "real+synthetic r=1 n=4 [generator saw more labels]"
 
 
 def test_version_mixing_refuses_folders_without_source_items(tiny_data, tmp_path):
@@ -328,7 +335,8 @@ def test_version_mixing_refuses_folders_without_source_items(tiny_data, tmp_path
     one = add_sources(write_syn(tmp_path / "one", train_cases), [train_ids[0]])
     seed = next(k for k in range(20) if training_items(ds, 0, 1, k) != [train_ids[0]])
     with pytest.raises(SynthpairError, match="n_real=1: no synthetic pair of the folder is a version"):
-        segment(tiny_data, tmp_path / "s", SegmentConfig(steps=2, ratio=0.5, n_real=1, subset_seed=seed),
+        segment(tiny_data, tmp_path / "s", SegmentConfig(steps=2, ratio=0.5, n_real=1, subset_seed=seed,
+                                                         allow_label_excess=True),  # past the label-budget check
                 synthetic_dir=one, progress=False)
     # a source_item in the test split is leakage even when no case field names it
     leaky = add_sources(write_syn(tmp_path / "leaky", train_cases), [train_ids[0], test_ids[0]])

@@ -66,6 +66,10 @@ def check_synthetic(syn_dir: Path | str, real: PreparedDataset, folds: Sequence[
     syn_dir = Path(syn_dir)
     records = read_manifest(syn_dir, allow_empty=False)
     syn = PreparedDataset.open(syn_dir, require_splits=False)
+    if syn.unlabelled_ids:
+        raise fail(f"{syn_dir}: {len(syn.unlabelled_ids)} synthetic item(s) have no mask (an image-only generator "
+                   f"made them); segmentation needs pairs — generate from a mask-aware generator (joint, mask2image, "
+                   f"dsdm, pig), e.g. one fine-tuned from this image-only run with --set init_from=RUN")
     missing = sorted(set(syn.ids) - {str(r["id"]) for r in records})
     if missing:
         raise fail(f"{syn_dir}: {len(missing)} item(s) of dataset.json have no manifest line (e.g. {missing[0]}), so "

@@ -110,6 +110,7 @@ class SegmentConfig:
     augment: str = "flip_rot"
     eval_batch: int = 64
     device: str = "auto"
+    allow_label_excess: bool = False  # accept synthetic pairs whose models saw masks beyond this run's labels
 
     def __post_init__(self) -> None:
         if self.model not in MODELS:
@@ -166,27 +167,17 @@ def setting_name(cfg: SegmentConfig) -> str:
 
 
 def training_items(ds: PreparedDataset, fold: int, n_real: int = 0, subset_seed: int = 0) -> list[str]:
-    """The real training items of ``fold``: all of them (``n_real = 0``) or a seeded subset of ``n_real``.
+    """The real (labelled) training items of ``fold``: all of them (``n_real = 0``) or a seeded, nested subset
+    of ``n_real`` — :func:`synthpair.data.budget.nested_subset` (the 16-item subset of a seed is the first
+    half of its 32-item one; items in dataset order). Generator training on the same subset:
+    ``TrainConfig.items = training_items(ds, fold, n, seed)``."""
+    from ..data.budget import nested_subset
 
-    The subset is nested and deterministic: the cases of the fold's training split (in split order) are
-    shuffled once with ``numpy.random.default_rng(subset_seed)``, their items (dataset order within a case)
-    are listed case by case in that order and the first ``n_real`` are kept — so for the same seed the
-    16-item subset is the first half of the 32-item one. Items are returned in dataset order. Generator
-    training on the same subset: ``TrainConfig.items = training_items(ds, fold, n, seed)``.
-    """
     train_ids, _ = ds.split(fold)
-    if n_real <= 0:
-        return list(train_ids)
     if n_real > len(train_ids):
         raise fail(f"n_real={n_real}: fold {fold} of {ds.root} has only {len(train_ids)} training items; "
                    f"choose --n-real <= {len(train_ids)} (0 = all)")
-    by_case: dict[str, list[str]] = {}
-    for i in train_ids:
-        by_case.setdefault(ds.case_of(i), []).append(i)
-    cases = [c for c in ds.fold_cases(fold)[0] if c in by_case]
-    order = np.random.default_rng(int(subset_seed)).permutation(len(cases))
-    kept = set([i for k in order for i in by_case[cases[k]]][:n_real])
-    return [i for i in train_ids if i in kept]
+    return nested_subset(ds, fold, n_real, subset_seed)
 
 
 def _spacings(ds: PreparedDataset, ids: list[str]) -> list[tuple[float, float] | None]:
@@ -377,6 +368,8 @@ def segment(data_dir: Path | str, out_dir: Path | str, cfg: SegmentConfig = Segm
         raise fail(f"--synthetic {synthetic_dir}: given but ratio=0 (real-only) would ignore it; set a ratio > 0, "
                    f"e.g. --mix ratio=0.5, or drop --synthetic")
     syn_pool = None
+    budget_checks: dict[int, dict[str, Any]] = {}
+    syn_mask_items: set[str] = set()
     if synthetic_dir is not None:
         syn = check_synthetic(synthetic_dir, ds, cfg.folds)
         sources = {str(r["id"]): r.get("source_item") for r in read_manifest(synthetic_dir)}
@@ -384,15 +377,26 @@ def segment(data_dir: Path | str, out_dir: Path | str, cfg: SegmentConfig = Segm
                                  [None if sources[i] is None else str(sources[i]) for i in syn.ids])
         if cfg.mixing in VERSION_MIXINGS:
             _check_versions(synthetic_dir, syn_pool, folds_items, cfg)
+        from ..synthesis.accounting import check_label_budget, synthetic_mask_items
+
+        for k, items in folds_items.items():
+            budget_checks[k] = check_label_budget(synthetic_dir, ds, items, allow=cfg.allow_label_excess)
+        syn_mask_items = synthetic_mask_items(synthetic_dir, ds)[0]
     device = resolve_device(cfg.device)
 
     with atomic_output_dir(out_dir, overwrite=overwrite) as tmp:
         save_config(cfg, tmp / "config.json")
         folds = [_train_fold(ds, k, cfg, syn_pool, device, tmp / f"fold_{k}", progress) for k in cfg.folds]
+        for f in folds:
+            real = folds_items[f["fold"]]
+            f["label_accounting"] = {"mask_items": sorted(set(real) | syn_mask_items), "image_items": list(real),
+                                     **({"synthetic_check": budget_checks[f["fold"]]} if budget_checks else {})}
         rows = [r for f in folds for r in f.pop("per_case")]
+        excess = any(c["generator_saw_more_labels"] for c in budget_checks.values())
         results = {
             "format": RESULTS_FORMAT, "version": 1,
-            "setting": setting_name(cfg),
+            "setting": setting_name(cfg) + (" [generator saw more labels]" if excess else ""),
+            "generator_saw_more_labels": excess,
             "data": str(Path(data_dir).resolve()),
             "synthetic": None if synthetic_dir is None else str(Path(synthetic_dir).resolve()),
             "config": to_dict(cfg),

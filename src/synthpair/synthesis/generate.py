@@ -38,6 +38,7 @@ from ..data.dataset import dataset_info, read_png, to_uint8, write_dataset_json,
 from ..env import resolve_device
 from ..errors import fail
 from ..networks.export import sha256_file
+from .accounting import ACCOUNTING, write_accounting
 from .manifest import MANIFEST, read_manifest
 from ..io import check_writable_dir, read_json, translate_os_errors, write_json_atomic
 
@@ -205,7 +206,8 @@ def _sample(model_bundle: Any, seeds: list[int], cfg: GenerateConfig, device: st
     if source is None:
         images, masks = synthesize_batch(model_bundle, seeds, sampler=cfg.sampler, steps=cfg.steps, eta=cfg.eta,
                                          device=device, amp=amp)
-        return (np.asarray(images, dtype=np.float32), np.asarray(masks, dtype=np.int64),
+        return (np.asarray(images, dtype=np.float32),
+                None if masks is None else np.asarray(masks, dtype=np.int64),  # None: an image-only generator
                 [{} for _ in seeds], [])
     import torch
 
@@ -371,6 +373,31 @@ def source_guidance(bundle: Any, prov: dict[str, Any], cfg: GenerateConfig) -> f
     return float(cfg.guidance if cfg.guidance is not None else get_method(prov["method"]).default_guidance(bundle[0]))
 
 
+def chain_accounting(run: Path, prov: dict[str, Any], source: Any, scorer: Any) -> dict[str, Any]:
+    """The label accounting of a generation (:mod:`.accounting`): the generator (its init chain included), a
+    ControlNet's frozen base run, the mask/reference source and the faithfulness segmenter that filters pairs."""
+    from .accounting import run_accounting, segmenter_accounting, union
+
+    sources = [("generator", prov["generator_run"], run_accounting(run))]
+    base = prov["export_config"].get("base") or {}
+    if base.get("run") and (Path(base["run"]) / "training_cases.json").is_file():
+        sources.append(("base generator", str(base["run"]), run_accounting(base["run"])))
+    if isinstance(source, PerRealSource):
+        sources.append(("per-real pairs", str(source.ds.root), {"mask_items": source.ids, "image_items": source.ids}))
+    elif source is not None:
+        refs = list(source.ids) if source.needs_reference else []
+        if source.joint is not None:
+            sources.append(("mask source", source.joint_run, run_accounting(source.joint_run)))
+            if refs and source.reference == "random":
+                sources.append(("reference images", str(source.ds.root), {"mask_items": [], "image_items": refs}))
+        else:
+            sources.append(("mask source", str(source.ds.root), {"mask_items": list(source.ids), "image_items": refs}))
+    if scorer is not None:
+        sources.append(("faithfulness segmenter", str(scorer.seg_dir),
+                        segmenter_accounting(scorer.seg_dir, int(prov["fold"]))))
+    return union(sources)
+
+
 def generate(run_dir: Path | str, out_dir: Path | str, cfg: GenerateConfig = GenerateConfig(),
              progress: bool = True) -> Path:
     """Sample ``cfg.n`` pairs from the generator in ``run_dir`` into ``out_dir`` (resumes if interrupted).
@@ -418,6 +445,7 @@ def generate(run_dir: Path | str, out_dir: Path | str, cfg: GenerateConfig = Gen
     device = str(resolve_device(cfg.device))
     amp = cfg.amp
     scorer = _scorer(run, prov, cfg, source is not None, device)
+    accounting = chain_accounting(run, prov, source, scorer)
     per_real = isinstance(source, PerRealSource)
     n_target = source.total if per_real else cfg.n  # per-real: every version of every training pair, no filter
     max_attempts = n_target if per_real else int(np.ceil(cfg.n * cfg.max_attempts_factor))
@@ -430,7 +458,9 @@ def generate(run_dir: Path | str, out_dir: Path | str, cfg: GenerateConfig = Gen
         stop = state["next_seed"] + cfg.batch_size
         seeds = list(range(state["next_seed"], min(stop, cfg.seed + n_target) if per_real else stop))
         images, masks, cond_recs, extra_cases = _sample(model_bundle, seeds, cfg, device, amp, source)
-        if source is None:
+        if masks is None:  # image-only generator: images without masks (no mask filter, no faithfulness)
+            masks = [None] * len(seeds)
+        elif source is None:
             masks = np.stack([clean_mask(m, cfg.min_component) for m in masks])
         faith = scorer.score(images, masks) if scorer is not None else [None] * len(seeds)
         train_cases = sorted(set(prov["train_cases"]) | set(extra_cases))
@@ -438,8 +468,8 @@ def generate(run_dir: Path | str, out_dir: Path | str, cfg: GenerateConfig = Gen
         for seed, image, mask, crec, f in zip(seeds, images, masks, cond_recs, faith):
             if state["kept"] + len(new_lines) >= n_target:
                 break
-            area = int((mask > 0).sum())
-            if area < max(cfg.min_area, 1) and not cfg.keep_empty and not per_real:
+            area = None if mask is None else int((mask > 0).sum())
+            if area is not None and area < max(cfg.min_area, 1) and not cfg.keep_empty and not per_real:
                 continue
             if cfg.min_faithfulness is not None and f < cfg.min_faithfulness:
                 continue
@@ -452,6 +482,7 @@ def generate(run_dir: Path | str, out_dir: Path | str, cfg: GenerateConfig = Gen
                 "model_sha256": prov["model_sha256"], "generator_run": prov["generator_run"],
                 "fold": prov["fold"], "train_cases": train_cases, "source_case": None,
                 "mask_area": area, "faithfulness": None if f is None else round(float(f), 6),
+                "label_accounting": ACCOUNTING, "num_mask_items_seen": accounting["num_mask_items"],
                 **({"guidance": source_guidance(model_bundle, prov, cfg)} if source is not None else {}),
                 **crec,
             })
@@ -468,7 +499,8 @@ def generate(run_dir: Path | str, out_dir: Path | str, cfg: GenerateConfig = Gen
 
     lines = _committed_lines(out, state["next_seed"])
     items = [{"id": r["id"], "case": f"synthetic:{r['id']}", "seed": r["seed"], "source_case": r["source_case"],
-              "spacing": None, "foreground_fraction": r["mask_area"] / float(np.prod(data_info.get("size", [1, 1])))}
+              "spacing": None, **({"labelled": False, "foreground_fraction": None} if r["mask_area"] is None else
+                                  {"foreground_fraction": r["mask_area"] / float(np.prod(data_info.get("size", [1, 1])))})}
              for r in lines]
     info = dataset_info(
         name=f"synthetic-{Path(prov['generator_run']).name}", modality=data_info.get("modality", "unknown"),
@@ -476,7 +508,9 @@ def generate(run_dir: Path | str, out_dir: Path | str, cfg: GenerateConfig = Gen
         size=data_info.get("size", [0, 0]), normalisation={"method": "synthetic"}, items=items,
         synthetic=True, generator_run=prov["generator_run"], model_sha256=prov["model_sha256"],
         fold=prov["fold"], train_cases=sorted(set(prov["train_cases"]).union(*[r["train_cases"] for r in lines])),
-        faithfulness=_faithfulness_summary(lines))
+        faithfulness=_faithfulness_summary(lines),
+        label_accounting={k: accounting[k] for k in ("num_mask_items", "num_image_items", "sources")})
+    write_accounting(out, accounting)
     write_dataset_json(out, info)
     write_json_atomic(out / PROGRESS, {**state, "complete": True})
     if progress:
@@ -492,8 +526,9 @@ def _faithfulness_summary(lines: list[dict[str, Any]]) -> dict[str, Any] | None:
     return summarize_faithfulness(vals) if vals else None
 
 
-def regenerate_pair(syn_dir: Path | str, pair: str) -> tuple[np.ndarray, np.ndarray]:
-    """Re-create one pair from its manifest line → (image uint8 like the PNG, mask uint8 labels).
+def regenerate_pair(syn_dir: Path | str, pair: str) -> tuple[np.ndarray, np.ndarray | None]:
+    """Re-create one pair from its manifest line → (image uint8 like the PNG, mask uint8 labels, or None for an
+    image-only generator).
 
     Replays the recorded batch (``batch_seeds``) with the recorded sampler, steps, eta, device and amp on
     the generator run the line names; refuses if the weights changed since (sha256 mismatch).
@@ -526,6 +561,8 @@ def regenerate_pair(syn_dir: Path | str, pair: str) -> tuple[np.ndarray, np.ndar
     i = rec["batch_seeds"].index(rec["seed"])
     image = to_uint8(images[i])
     image = image[0] if image.shape[0] == 1 else image.transpose(1, 2, 0)
+    if masks is None:  # image-only generator
+        return image, None
     mask = (masks[i] if source is not None else clean_mask(masks[i], rec.get("min_component", 1))).astype(np.uint8)
     return image, mask
 
@@ -534,5 +571,7 @@ def verify_pair(syn_dir: Path | str, pair: str) -> bool:
     """True when :func:`regenerate_pair` reproduces the stored PNGs exactly."""
     image, mask = regenerate_pair(syn_dir, pair)
     stored_image = read_png(Path(syn_dir) / "images" / f"{pair}.png")
+    if mask is None:  # image-only pair
+        return bool(np.array_equal(image, stored_image))
     stored_mask = read_png(Path(syn_dir) / "masks" / f"{pair}.png")
     return bool(np.array_equal(image, stored_image) and np.array_equal(mask, stored_mask))
