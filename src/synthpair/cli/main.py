@@ -1,4 +1,4 @@
-"""``synthpair <command>``: prepare, train, generate, segment, run, demo, report, replay, evaluate, pool, cluster,
+"""``synthpair <command>``: prepare, budget, train, generate, segment, run, demo, report, replay, evaluate, pool, cluster,
 inpaint, harmonise, experiment.
 
 Each command parses its arguments, builds a frozen config (defaults ← ``--config FILE`` ← ``--set k=v``)
@@ -56,9 +56,19 @@ def cmd_prepare(args: argparse.Namespace) -> int:
                 empty_fraction=args.empty_fraction,
                 foreground_only=True if args.foreground_only else None,
                 dedup=False if args.no_dedup else None, dedup_threshold=args.dedup_threshold,
-                colour_normalisation=args.colour_norm)
+                colour_normalisation=args.colour_norm, unlabelled=args.unlabelled, splits_file=args.splits,
+                splits_key=args.splits_key)
     out = prepare_dataset(args.src, args.out, cfg, overwrite=args.overwrite)
     print(f"prepared dataset: {out}")
+    return 0
+
+
+def cmd_budget(args: argparse.Namespace) -> int:
+    from ..data.budget import BudgetConfig, make_budget_view
+
+    cfg = BudgetConfig(fold=args.fold or 0, n=args.n or 0, seed=args.seed or 0, subset=args.subset or "")
+    out = make_budget_view(args.data, args.out, cfg, overwrite=args.overwrite)
+    print(f"label-budget view: {out}")
     return 0
 
 
@@ -154,7 +164,8 @@ def cmd_segment(args: argparse.Namespace) -> int:
     mix = _parse_mix(args.mix)
     folds = tuple(args.folds) if args.folds else None
     cfg = _with(cfg, model=args.model, steps=args.steps, folds=list(folds) if folds else None,
-                augment=args.augment, n_real=args.n_real, subset_seed=args.subset_seed, **mix)
+                augment=args.augment, n_real=args.n_real, subset_seed=args.subset_seed,
+                allow_label_excess=True if args.allow_more_labels else None, **mix)
     if args.synthetic is None and cfg.needs_synthetic:
         raise fail(f"--mix {args.mix or cfg.mixing}: needs --synthetic SYN (a folder written by 'synthpair generate')")
     if args.synthetic is not None and not args.mix and not cfg.needs_synthetic:
@@ -210,6 +221,9 @@ def cmd_report(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="synthpair", description=__doc__.split("\n")[0])
     p.add_argument("--version", action="version", version=_version())
+    p.add_argument("--threads", type=int, metavar="N",
+                   help="CPU threads for PyTorch (default: $SYNTHPAIR_THREADS, else PyTorch's choice); use 1 on a "
+                        "machine another CPU-bound job shares")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     def common(sp: argparse.ArgumentParser) -> None:
@@ -231,9 +245,27 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--dedup-threshold", type=float)
     sp.add_argument("--colour-norm", choices=["none", "reinhard"],
                     help="RGB only: Reinhard colour normalisation to the dataset's mean L*a*b* statistics")
+    sp.add_argument("--unlabelled", metavar="DIR",
+                    help="folder of images WITHOUT masks, added as unlabelled training-side items (default: "
+                         "SRC/unlabelled/ when present)")
+    sp.add_argument("--splits", metavar="FILE",
+                    help="fixed splits: {test, pool, train_subsets} by stem (e.g. label-scarce.json) or nnU-Net "
+                         "splits_final.json, instead of --folds")
+    sp.add_argument("--splits-key", metavar="KEY", help="dataset inside a split file that holds several")
     sp.add_argument("--overwrite", action="store_true")
     common(sp)
     sp.set_defaults(func=cmd_prepare)
+
+    sp = sub.add_parser("budget", help="label-budget view: N labelled training items, the rest of the training "
+                                       "side unlabelled (a prepared folder every stage can use)")
+    sp.add_argument("data", help="prepared dataset folder")
+    sp.add_argument("--out", required=True)
+    sp.add_argument("--fold", type=int, help="fold of DATA (default 0)")
+    sp.add_argument("--n", type=int, help="labelled items: a seeded, nested subset of the fold's training items")
+    sp.add_argument("--seed", type=int, help="seed of the --n subset (default 0)")
+    sp.add_argument("--subset", help="a named subset recorded by 'prepare --splits FILE', e.g. seed0_N16")
+    sp.add_argument("--overwrite", action="store_true")
+    sp.set_defaults(func=cmd_budget)
 
     sp = sub.add_parser("train", help="train a generator on the training split of one fold")
     sp.add_argument("data", help="prepared dataset folder")
@@ -291,6 +323,9 @@ def build_parser() -> argparse.ArgumentParser:
                                       "random_mirror, random_rotate, random_scale, deepstack (nnU-Net-style chain)")
     sp.add_argument("--n-real", type=int, help="train on a seeded, nested subset of N real training items (0 = all)")
     sp.add_argument("--subset-seed", type=int, help="seed of the --n-real subset (default 0)")
+    sp.add_argument("--allow-more-labels", action="store_true",
+                    help="accept synthetic pairs whose models saw masks of items outside this run's labelled "
+                         "training items (paper replications); the row is marked")
     sp.add_argument("--model", help="unet, attention_unet, basic_unet, segresnet, swin_unetr")
     sp.add_argument("--folds", type=int, nargs="+")
     sp.add_argument("--steps", type=int)
@@ -349,6 +384,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        _set_threads(args.threads)
         return int(args.func(args) or 0)
     except SynthpairError as err:
         print(f"synthpair: error: {err}", file=sys.stderr)
@@ -359,6 +395,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_INTERRUPTED
     finally:
         _close_distributed()
+
+
+def _set_threads(threads: int | None) -> None:
+    """``--threads N`` (else ``$SYNTHPAIR_THREADS``) → ``torch.set_num_threads(N)``; one-line error when not >= 1."""
+    from ..errors import fail
+
+    raw = threads if threads is not None else os.environ.get("SYNTHPAIR_THREADS")
+    if raw in (None, ""):
+        return
+    try:
+        n = int(raw)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise fail(f"--threads / SYNTHPAIR_THREADS={raw!r}: must be an integer >= 1")
+    import torch
+
+    torch.set_num_threads(n)
 
 
 def _close_distributed() -> None:
