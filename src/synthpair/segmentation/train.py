@@ -46,7 +46,7 @@ from ..synthesis.manifest import read_manifest
 from .augment import AUGMENTATIONS, augment_batch
 from .leakage import check_synthetic
 from .mixing import MIXINGS, Batch, batch_loss, group_by_source, make_mixing
-from .models import MODELS, build_segmenter, check_model
+from .models import MODELS, build_segmenter, check_model, data_info
 
 RESULTS_FORMAT = "synthpair-segment"
 
@@ -398,6 +398,7 @@ def segment(data_dir: Path | str, out_dir: Path | str, cfg: SegmentConfig = Segm
             "setting": setting_name(cfg) + (" [generator saw more labels]" if excess else ""),
             "generator_saw_more_labels": excess,
             "data": str(Path(data_dir).resolve()),
+            "data_info": data_info(ds),  # channels/num_classes/size/labels/name: the folder rebuilds its models alone
             "synthetic": None if synthetic_dir is None else str(Path(synthetic_dir).resolve()),
             "config": to_dict(cfg),
             "device": str(device),
