@@ -93,15 +93,17 @@ def read_segment_results(seg_dir: Path | str) -> dict[str, Any]:
     """``SEG/results.json`` of a finished ``synthpair segment`` folder; one-line error when it is not one."""
     seg_dir = Path(seg_dir)
     if not seg_dir.is_dir():
-        raise fail(f"{seg_dir}: segmentation folder not found; pass a folder written by 'synthpair segment DATA --out SEG'")
+        raise fail(f"{seg_dir}: segmentation folder not found; pass a folder written by "
+                   f"'synthpair segment DATA --out SEG'")
     path = seg_dir / "results.json"
     if not path.is_file():
         raise fail(f"{path}: missing, so {seg_dir} is not a finished 'synthpair segment' folder; rerun "
                    f"'synthpair segment DATA --out {seg_dir}'")
     res = read_json(path, "segmentation results.json")
-    if not isinstance(res, dict) or res.get("format") != "synthpair-segment":
-        raise fail(f"{path}: not a 'synthpair segment' results file (format {res.get('format') if isinstance(res, dict) else None!r}); "
-                   f"pass a SEG folder written by 'synthpair segment'")
+    fmt = res.get("format") if isinstance(res, dict) else None
+    if fmt != "synthpair-segment":
+        raise fail(f"{path}: not a 'synthpair segment' results file (format {fmt!r}); pass a SEG folder written by "
+                   f"'synthpair segment'")
     return res
 
 
