@@ -165,7 +165,8 @@ def cmd_segment(args: argparse.Namespace) -> int:
     folds = tuple(args.folds) if args.folds else None
     cfg = _with(cfg, model=args.model, steps=args.steps, folds=list(folds) if folds else None,
                 augment=args.augment, n_real=args.n_real, subset_seed=args.subset_seed,
-                allow_label_excess=True if args.allow_more_labels else None, **mix)
+                allow_label_excess=True if args.allow_more_labels else None,
+                **({"features.generator": args.generator} if args.generator else {}), **mix)
     if args.synthetic is None and cfg.needs_synthetic:
         raise fail(f"--mix {args.mix or cfg.mixing}: needs --synthetic SYN (a folder written by 'synthpair generate')")
     if args.synthetic is not None and not args.mix and not cfg.needs_synthetic:
@@ -326,7 +327,13 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--allow-more-labels", action="store_true",
                     help="accept synthetic pairs whose models saw masks of items outside this run's labelled "
                          "training items (paper replications); the row is marked")
-    sp.add_argument("--model", help="unet, attention_unet, basic_unet, segresnet, swin_unetr")
+    sp.add_argument("--model", help="unet, attention_unet, basic_unet, segresnet, swin_unetr; diffusion-feature "
+                                    "segmenters (need --generator): ddpm_unet (the generator's U-Net trained end to "
+                                    "end), ddpm_unet_skip / ddpm_unet_caa (+ frozen features by skip connections / "
+                                    "cross-attention), ddpm_pixel (per-pixel classifier on frozen features)")
+    sp.add_argument("--generator", metavar="RUN",
+                    help="generator run (e.g. --method image on DATA with its unlabelled images) whose frozen U-Net "
+                         "gives the features of a ddpm_* model (= --set features.generator=RUN)")
     sp.add_argument("--folds", type=int, nargs="+")
     sp.add_argument("--steps", type=int)
     common(sp)

@@ -13,14 +13,18 @@ wrapper holds it (``unet.``, ``diffusion_unet.``, PIG's ``image.unet.`` / ``guid
 * equal shapes → copied;
 * ``conv_in.conv.weight`` with more input channels (O, C_t, k, k) ⊃ (O, C_s, k, k) → the first C_s
   columns copied, the extra ones (mask channels) set to zero, so with the extra inputs at zero the first
-  layer — and hence the whole network — computes what the source computed;
+  layer — and hence the whole network — computes what the source computed; with fewer input channels (a
+  joint / mask2image source, an image-only target such as a segmenter) → the first C_t columns (the image);
 * ``out.2.conv.*`` with more output channels → the first C_s rows copied; the extra rows (mask channels,
   learned variance) keep the target's initialisation (MONAI zero-initialises this layer);
 * a SPADE norm (``...normK.param_free_norm`` + ``mlp_gamma`` / ``mlp_beta`` / ``mlp_shared``) whose plain
   counterpart ``...normK.weight/bias`` exists in the source → the GroupNorm affine goes to
   ``param_free_norm`` and ``mlp_gamma`` / ``mlp_beta`` are zeroed, so ``norm(x)·(1 + γ) + β`` equals the
   source's norm whatever the mask;
-* anything else keeps its initialisation and is reported as new (e.g. cross-attention, class embeddings).
+* a plain norm ``...normK.weight/bias`` whose source is a SPADE norm → the SPADE's ``param_free_norm``
+  affine (the mask-dependent modulation is dropped);
+* anything else keeps its initialisation and is reported as new (e.g. cross-attention, class embeddings), as
+  does every key starting with one of ``skip`` (e.g. a segmenter's new output layer ``out.2.``).
 """
 from __future__ import annotations
 
@@ -42,7 +46,8 @@ def core_name(key: str) -> str | None:
     return m.group(1) if m else None
 
 
-def transfer_weights(target: nn.Module, source_state: dict[str, torch.Tensor]) -> dict[str, Any]:
+def transfer_weights(target: nn.Module, source_state: dict[str, torch.Tensor], skip: tuple[str, ...] = ()
+                     ) -> dict[str, Any]:
     """Load ``source_state`` (a U-Net state dict, any wrapper) into ``target`` as described in the module doc.
 
     Returns a report ``{"copied", "adapted", "new", "unused"}`` (counts) with ``adapted_keys`` and a few
@@ -58,6 +63,9 @@ def transfer_weights(target: nn.Module, source_state: dict[str, torch.Tensor]) -
     with torch.no_grad():
         for key, dst in state.items():
             c = core_name(key)
+            if skip and c is not None and c.startswith(skip):
+                new.append(key)
+                continue
             src = by_core.get(c) if c is not None else None
             if src is not None and src.shape == dst.shape:
                 dst.copy_(src.to(dst.dtype))
@@ -71,6 +79,19 @@ def transfer_weights(target: nn.Module, source_state: dict[str, torch.Tensor]) -
                 adapted.append(key)
                 used.add(c)
                 continue
+            if src is not None and c.startswith("conv_in.") and c.endswith("weight") and src.dim() == dst.dim() \
+                    and src.shape[0] == dst.shape[0] and src.shape[2:] == dst.shape[2:] and src.shape[1] > dst.shape[1]:
+                dst.copy_(src[:, : dst.shape[1]].to(dst.dtype))
+                adapted.append(key)
+                used.add(c)
+                continue
+            if c is not None and src is None and re.search(r"\.norm\d*\.(weight|bias)$", c):
+                spade = re.sub(r"\.(weight|bias)$", r".param_free_norm.\1", c)
+                if spade in by_core and by_core[spade].shape == dst.shape:
+                    dst.copy_(by_core[spade].to(dst.dtype))
+                    adapted.append(key)
+                    used.add(spade)
+                    continue
             if src is not None and c.startswith("out.") and src.dim() == dst.dim() and src.shape[0] < dst.shape[0] \
                     and src.shape[1:] == dst.shape[1:]:
                 dst[: src.shape[0]].copy_(src.to(dst.dtype))

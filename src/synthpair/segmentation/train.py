@@ -29,7 +29,7 @@ import io
 import json
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -44,6 +44,8 @@ from ..io import atomic_output_dir, write_json_atomic, write_text_atomic
 from ..metrics.segmentation import METRICS, distance_unit, per_case_metrics, summarize
 from ..synthesis.manifest import read_manifest
 from .augment import AUGMENTATIONS, augment_batch
+from .ddfeatures import FeatureConfig
+from .ddmodels import DDPM_MODELS, is_ddpm
 from .leakage import check_synthetic
 from .mixing import MIXINGS, Batch, batch_loss, group_by_source, make_mixing
 from .models import MODELS, build_segmenter, check_model, data_info
@@ -111,10 +113,17 @@ class SegmentConfig:
     eval_batch: int = 64
     device: str = "auto"
     allow_label_excess: bool = False  # accept synthetic pairs whose models saw masks beyond this run's labels
+    features: FeatureConfig = field(default_factory=FeatureConfig)  # ddpm_* models: the diffusion features
 
     def __post_init__(self) -> None:
-        if self.model not in MODELS:
-            raise ValueError(f"model {self.model!r} is unknown; choose one of {', '.join(MODELS)}")
+        if self.model not in MODELS and not is_ddpm(self.model):
+            raise ValueError(f"model {self.model!r} is unknown; choose one of {', '.join((*MODELS, *DDPM_MODELS))}")
+        if is_ddpm(self.model) and not self.features.generator:
+            raise fail(f"--model {self.model}: needs a generator run for its diffusion features "
+                       f"(--generator RUN, i.e. --set features.generator=RUN)")
+        if self.features.generator and not is_ddpm(self.model):
+            raise fail(f"features.generator is set but --model {self.model} does not use diffusion features; "
+                       f"choose one of {', '.join(DDPM_MODELS)} or drop the generator")
         if self.steps < 1 or self.batch_size < 1 or self.eval_batch < 1:
             raise ValueError("steps, batch_size and eval_batch must be >= 1")
         if not self.lr > 0 or self.weight_decay < 0:
@@ -224,7 +233,7 @@ def _ratio_pool(syn: SyntheticPool, real_ids: list[str], subset: bool) -> Synthe
 
 
 def _train_fold(ds: PreparedDataset, fold: int, cfg: SegmentConfig, syn_pool: SyntheticPool | None,
-                device: torch.device, fold_dir: Path, progress: bool) -> dict[str, Any]:
+                device: torch.device, fold_dir: Path, progress: bool, extractor: Any = None) -> dict[str, Any]:
     from monai.losses import DiceCELoss
     from safetensors.torch import save_file
     from tqdm.auto import tqdm
@@ -254,9 +263,13 @@ def _train_fold(ds: PreparedDataset, fold: int, cfg: SegmentConfig, syn_pool: Sy
 
     torch.manual_seed(cfg.seed)  # same initial weights for every setting of a comparison
     gen = torch.Generator().manual_seed(cfg.seed + 1_000_003 * fold)
-    model = build_segmenter(cfg.model, ds.channels, ds.num_classes, ds.size).to(device)
+    ddpm = _ddpm_setup(ds, fold, cfg, real_ids, real_x, real_y, fold_dir, extractor) if extractor else None
+    if cfg.model == "ddpm_pixel":
+        return _train_pixel_fold(ds, fold, cfg, ddpm, real_ids, real_x, real_y, mixing, gen, fold_dir, progress)
+    model = (ddpm["model"] if ddpm else build_segmenter(cfg.model, ds.channels, ds.num_classes, ds.size)).to(device)
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr,
+                            weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.steps)
     bf16 = resolve_autocast(cfg.amp, device, cpu_auto=False) is not None
 
@@ -303,6 +316,84 @@ def _train_fold(ds: PreparedDataset, fold: int, cfg: SegmentConfig, syn_pool: Sy
     return {"fold": fold, "n_train_real": mix["n_real"], "n_synthetic": mix["n_synthetic"], "n_test": len(test_ids),
             "mixing": mix, "augment": cfg.augment, "real_subset": subset,
             "final_loss": losses[-1]["loss"], "train_seconds": round(train_s, 3), "eval_seconds": round(eval_s, 3),
+            **({"features": ddpm["record"]} if ddpm else {}),
+            "distance_unit": distance_unit(rows), "summary": summarize(rows), "per_case": rows}
+
+
+def _ddpm_setup(ds: PreparedDataset, fold: int, cfg: SegmentConfig, real_ids: list[str], real_x: torch.Tensor,
+                real_y: torch.Tensor, fold_dir: Path, extractor: Any) -> dict[str, Any]:
+    """Blocks/timesteps of a ``ddpm_*`` model (given, or chosen by the feature analysis on the labelled
+    training items of this fold — never the test split) and the model itself (pixel head: built here, trained
+    in :mod:`.pixel`). Returns {"model", "cells", "cache", "record"}."""
+    from ..io import write_bytes_atomic
+    from .ddfeatures import FeatureCache
+    from .ddmodels import build_ddpm_segmenter
+    from .feature_analysis import analyse_features, choose_cells, heatmap_png
+    from .pixel import build_pixel_segmenter
+
+    fc = cfg.features
+    cache = FeatureCache(extractor)
+    record: dict[str, Any] = {"generator": str(extractor.export_dir.resolve()), "method": extractor.method,
+                              "weights_sha256": extractor.weights_sha256, "draws": fc.draws,
+                              "noise_seed": fc.noise_seed}
+    blocks, timesteps = list(fc.blocks), [int(t) for t in fc.timesteps]
+    if fc.auto and cfg.model != "ddpm_unet":
+        analysis = analyse_features(extractor, real_x, real_y, blocks=fc.candidate_blocks,
+                                    timesteps=fc.candidate_timesteps, num_classes=ds.num_classes,
+                                    folds=fc.analysis_folds, seed=cfg.seed, cache=cache, keys=real_ids)
+        chosen_b, chosen_t = choose_cells(analysis, fc.n_blocks, fc.n_timesteps)
+        blocks, timesteps = blocks or chosen_b, timesteps or chosen_t
+        analysis.update(chosen_blocks=blocks, chosen_timesteps=timesteps, items=list(real_ids))
+        fold_dir.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(fold_dir / "feature_analysis.json", analysis)
+        write_bytes_atomic(fold_dir / "feature_analysis.png", heatmap_png(analysis))
+        record["analysis"] = "feature_analysis.json"
+    record.update(blocks=blocks, timesteps=timesteps)
+    if cfg.model == "ddpm_pixel":
+        model = build_pixel_segmenter(extractor, [(b, t) for t in timesteps for b in blocks], ds.num_classes, fc)
+    else:
+        model = build_ddpm_segmenter(cfg.model, extractor, ds.num_classes, fc, blocks, timesteps)
+        record["init"] = {k: v for k, v in model.transfer.items() if k in ("copied", "adapted", "new", "unused")}
+        record["e2e_timestep"] = fc.e2e_timestep
+        if cfg.model != "ddpm_unet":
+            record["fusion_timesteps"] = model.timesteps
+    return {"model": model, "cache": cache, "record": record}
+
+
+def _train_pixel_fold(ds: PreparedDataset, fold: int, cfg: SegmentConfig, ddpm: dict[str, Any],
+                      real_ids: list[str], real_x: torch.Tensor, real_y: torch.Tensor, mixing: Any,
+                      gen: torch.Generator, fold_dir: Path, progress: bool) -> dict[str, Any]:
+    """``ddpm_pixel``: the per-pixel head on cached features (:mod:`.pixel`), scored like every segmenter."""
+    from safetensors.torch import save_file
+
+    from .pixel import predict_pixel, train_pixel
+
+    _, test_ids = ds.split(fold)
+    model, cache = ddpm["model"], ddpm["cache"]
+    t0 = time.perf_counter()
+    losses, info = train_pixel(model, real_x, real_y, real_ids, steps=cfg.steps, batch_size=cfg.batch_size,
+                               lr=cfg.lr, weight_decay=cfg.weight_decay, augment=cfg.augment, seed=cfg.seed,
+                               generator=gen, cache=cache, progress=progress,
+                               desc=f"segment fold {fold} ({setting_name(cfg)})")
+    train_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    test_x, test_y = ds.load(test_ids)
+    pred = predict_pixel(model, torch.from_numpy(test_x), test_ids, cache)
+    rows = per_case_metrics(pred, test_y, ds.num_classes, _spacings(ds, test_ids), test_ids)
+    for r in rows:
+        r["fold"] = fold
+        r["case"] = ds.case_of(r["id"])
+    eval_s = time.perf_counter() - t0
+    fold_dir.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.detach().cpu().contiguous() for k, v in model.head.state_dict().items()},
+              str(fold_dir / "model.safetensors"), metadata={"model": cfg.model, "fold": str(fold)})
+    write_text_atomic(fold_dir / "loss.jsonl", "".join(json.dumps(r) + "\n" for r in losses))
+    mix = mixing.describe()
+    subset = {"n_real": cfg.n_real, "subset_seed": cfg.subset_seed, "items": real_ids} if cfg.n_real else None
+    return {"fold": fold, "n_train_real": mix["n_real"], "n_synthetic": 0, "n_test": len(test_ids),
+            "mixing": mix, "augment": cfg.augment, "real_subset": subset,
+            "final_loss": losses[-1]["loss"], "train_seconds": round(train_s, 3), "eval_seconds": round(eval_s, 3),
+            "features": {**ddpm["record"], **info, "cached_rows": cache.computed},
             "distance_unit": distance_unit(rows), "summary": summarize(rows), "per_case": rows}
 
 
@@ -354,7 +445,8 @@ def segment(data_dir: Path | str, out_dir: Path | str, cfg: SegmentConfig = Segm
     ``source_item`` or a fold with no version of its real items) or output folder — before any training.
     """
     ds = PreparedDataset.open(data_dir)
-    check_model(cfg.model, ds.size)
+    if not is_ddpm(cfg.model):
+        check_model(cfg.model, ds.size)
     for k in cfg.folds:
         ds.split(k)
     if cfg.mixing in ("patch", "patch_loss") and cfg.patch > max(ds.size):
@@ -383,13 +475,23 @@ def segment(data_dir: Path | str, out_dir: Path | str, cfg: SegmentConfig = Segm
             budget_checks[k] = check_label_budget(synthetic_dir, ds, items, allow=cfg.allow_label_excess)
         syn_mask_items = synthetic_mask_items(synthetic_dir, ds)[0]
     device = resolve_device(cfg.device)
+    extractor, gen_acc = None, None
+    if is_ddpm(cfg.model):
+        extractor, gen_acc = _open_feature_generator(ds, cfg, folds_items, device, synthetic_dir)
+        for k, chk in _generator_budget(ds, gen_acc, folds_items, cfg).items():
+            if chk["generator_saw_more_labels"] or k not in budget_checks:
+                budget_checks[k] = chk
 
     with atomic_output_dir(out_dir, overwrite=overwrite) as tmp:
         save_config(cfg, tmp / "config.json")
-        folds = [_train_fold(ds, k, cfg, syn_pool, device, tmp / f"fold_{k}", progress) for k in cfg.folds]
+        folds = [_train_fold(ds, k, cfg, syn_pool, device, tmp / f"fold_{k}", progress, extractor)
+                 for k in cfg.folds]
+        gen_mask = set((gen_acc or {}).get("mask_items", []))
+        gen_image = set((gen_acc or {}).get("image_items", []))
         for f in folds:
             real = folds_items[f["fold"]]
-            f["label_accounting"] = {"mask_items": sorted(set(real) | syn_mask_items), "image_items": list(real),
+            f["label_accounting"] = {"mask_items": sorted(set(real) | syn_mask_items | gen_mask),
+                                     "image_items": sorted(set(real) | gen_image),
                                      **({"synthetic_check": budget_checks[f["fold"]]} if budget_checks else {})}
         rows = [r for f in folds for r in f.pop("per_case")]
         excess = any(c["generator_saw_more_labels"] for c in budget_checks.values())
@@ -414,6 +516,57 @@ def segment(data_dir: Path | str, out_dir: Path | str, cfg: SegmentConfig = Segm
         write_json_atomic(tmp / "results.json", results)
         write_text_atomic(tmp / "per_case.csv", _per_case_csv(rows))
     return results
+
+
+def _open_feature_generator(ds: PreparedDataset, cfg: SegmentConfig, folds_items: dict[int, list[str]],
+                            device: torch.device, synthetic_dir: Any) -> tuple[Any, dict[str, Any]]:
+    """The frozen generator of a ``ddpm_*`` model, checked before anything is written: a diffusion U-Net
+    method, the data's channels and size, existing blocks/timesteps, a run folder with provenance, and none of
+    its training cases in an evaluated test split (leakage). Returns (extractor, its label accounting)."""
+    from ..io import read_json
+    from ..synthesis.accounting import run_accounting
+    from .ddfeatures import DiffusionFeatures, generator_run_of
+
+    fc = cfg.features
+    if cfg.model == "ddpm_pixel" and synthetic_dir is not None:
+        raise fail("--model ddpm_pixel trains on cached features of the real labelled items; use ddpm_unet, "
+                   "ddpm_unet_skip or ddpm_unet_caa with synthetic pairs")
+    extractor = DiffusionFeatures(fc.generator, seed=fc.noise_seed, draws=fc.draws, device=device)
+    extractor.check_data(ds.channels, ds.size, str(ds.root))
+    extractor.check(fc.blocks, fc.timesteps)
+    if fc.auto and cfg.model != "ddpm_unet":
+        extractor.check(fc.candidate_blocks, fc.candidate_timesteps)
+    run = generator_run_of(extractor.export_dir)
+    if run is None:
+        raise fail(f"{extractor.export_dir}: no training_cases.json next to this export, so what the generator saw "
+                   f"is unknown; pass the generator's run folder (synthpair train --out RUN)")
+    cases = set(read_json(run / "training_cases.json", "training_cases.json").get("cases", []))
+    for k in cfg.folds:
+        bad = sorted(cases & set(ds.fold_cases(k)[1]))
+        if bad:
+            raise fail(f"{run}: the generator was trained on {len(bad)} case(s) of the test split of fold {k} "
+                       f"(e.g. {bad[0]}); train it on this fold's training side only (unlabelled images included)")
+    return extractor, run_accounting(run)
+
+
+def _generator_budget(ds: PreparedDataset, acc: dict[str, Any], folds_items: dict[int, list[str]],
+                      cfg: SegmentConfig) -> dict[int, dict[str, Any]]:
+    """The feature generator's masks against each fold's labelled items (refused unless allow_label_excess)."""
+    known = set(ds.labelled_ids)
+    out = {}
+    for k, items in folds_items.items():
+        mask = set(acc.get("mask_items", []))
+        outside = sorted(mask - set(items))
+        other = len(acc.get("mask_cases_unresolved", [])) + len([i for i in outside if i not in known])
+        excess = bool(outside or other)
+        if excess and not cfg.allow_label_excess:
+            raise fail(f"{cfg.features.generator}: the generator's chain saw the masks of {len(outside)} item(s) "
+                       f"outside this segmenter's {len(items)} labelled training items (e.g. "
+                       f"{(outside or ['another dataset'])[0]!r}); use an image-only generator or one trained on "
+                       f"the same labels, or pass --allow-more-labels (the row is then marked)")
+        out[k] = {"segmenter_mask_items": len(items), "generator_mask_items": len(mask), "outside": len(outside),
+                  "outside_cases": len(acc.get("mask_cases_unresolved", [])), "generator_saw_more_labels": excess}
+    return out
 
 
 __all__ = ["SegmentConfig", "segment", "predict", "setting_name", "training_items"]
