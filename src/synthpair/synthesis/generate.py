@@ -415,6 +415,12 @@ def generate(run_dir: Path | str, out_dir: Path | str, cfg: GenerateConfig = Gen
     prov = _generator_provenance(run)
     model_bundle = load_export(run / "export")
     source = _condition_source(model_bundle, prov, cfg, cfg.seed)
+    from ..methods import get_method
+
+    if not getattr(get_method(prov["method"]), "uses_masks", True) and (
+            cfg.min_faithfulness is not None or cfg.segmenter not in ("auto", "off")):
+        raise fail(f"{run}: this {prov['method']!r} generator makes images without masks, so there is no mask "
+                   f"faithfulness to score; drop --min-faithfulness / --segmenter")
     export_cfg = prov["export_config"]
     data_info = {**export_cfg.get("data", {}), **{k: export_cfg[k] for k in ("labels", "modality") if k in export_cfg}}
 
