@@ -14,7 +14,8 @@ Both folders use the prepared-dataset layout (docs/architecture.md); images are 
   its nearest real training image by SSIM (a closeness measure, stated in ``paired.reference``); beside it
   the real-vs-real baseline: each real image against its SSIM-nearest *other* real image. PSNR of an exact
   copy is infinite and left out of the mean (``n_infinite_psnr`` counts them);
-* ``masks``: area / components / perimeter / compactness, real vs synthetic; ``faithfulness``: the mean ±
+* ``masks``: area / components / perimeter / compactness, real vs synthetic (None when either set has
+  image-only items: unlabelled real images, or the output of an image-only generator); ``faithfulness``: the mean ±
   sd of the manifest's per-pair mask faithfulness (Dice of a reference segmenter, written by mask-conditioned
   generation) when present, else None;
 * ``memorisation``: nearest real training image per synthetic image by features and by SSIM, flags.
@@ -60,7 +61,7 @@ class EvalConfig:
 @dataclass
 class ImageSet:
     images: np.ndarray        # (N, C, H, W) float32 in [-1, 1]
-    masks: np.ndarray         # (N, H, W) int64
+    masks: np.ndarray | None  # (N, H, W) int64; None when any item is image-only (no mask)
     ids: list[str]
     num_classes: int
     root: Path | None = None
@@ -81,7 +82,10 @@ def load_set(root: Path | str, ids: list[str] | None = None, what: str = "datase
     ids = list(ds.ids if ids is None else ids)
     if len(ids) < 2:
         raise fail(f"{root}: {len(ids)} image(s); the {what} set needs at least 2 images to compare distributions")
-    images, masks = ds.load(ids)
+    if all(ds.is_labelled(i) for i in ids):
+        images, masks = ds.load(ids)
+    else:  # unlabelled real images or an image-only generator's output: images only, no mask statistics
+        images, masks = ds.load_images(ids), None
     source = faith = None
     man = root / "manifest.jsonl"
     if man.is_file():
@@ -118,11 +122,14 @@ def _source_index(real: ImageSet, syn: ImageSet) -> np.ndarray | None:
     return np.array(out)
 
 
-def _resize(images: np.ndarray, masks: np.ndarray, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+def _resize(images: np.ndarray, masks: np.ndarray | None, size: tuple[int, int]
+            ) -> tuple[np.ndarray, np.ndarray | None]:
     import torch
     import torch.nn.functional as F
 
     t = F.interpolate(torch.from_numpy(images), size=size, mode="bilinear", antialias=True, align_corners=False)
+    if masks is None:
+        return t.clamp(-1, 1).numpy(), None
     m = F.interpolate(torch.from_numpy(masks[:, None].astype(np.float32)), size=size, mode="nearest")
     return t.clamp(-1, 1).numpy(), m[:, 0].long().numpy()
 
@@ -214,7 +221,8 @@ def evaluate_arrays(real: ImageSet, syn: ImageSet, cfg: EvalConfig = EvalConfig(
                      "real_vs_real": {k: finite(base[k]) for k in PAIRED_METRICS},
                      "real_vs_real_reference": "each real training image vs its SSIM-nearest other real image",
                      "n_infinite_psnr": int(np.isinf(vals["psnr"]).sum())}
-    res["masks"] = compare_mask_stats(real.masks, syn.masks, max(real.num_classes, syn.num_classes))
+    res["masks"] = (None if real.masks is None or syn.masks is None else
+                    compare_mask_stats(real.masks, syn.masks, max(real.num_classes, syn.num_classes)))
     faith = [f for f in (syn.faithfulness or []) if f is not None]
     res["faithfulness"] = ({**mean_sd(faith), "source": "manifest 'faithfulness': Dice of a reference segmenter "
                                                         "trained on real data vs the generating mask"} if faith else None)
