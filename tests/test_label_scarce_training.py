@@ -240,8 +240,14 @@ def test_segment_cli_allow_more_labels(chain, tmp_path, capsys):
     assert json.loads((tmp_path / "b" / "results.json").read_text())["generator_saw_more_labels"] is True
 
 
-def test_image_only_generation_is_unlabelled_and_refused_by_segment(chain, tmp_path):
-    syn = generate(chain["image"], tmp_path / "syn", GEN, progress=False)
+@pytest.fixture(scope="module")
+def image_syn(chain):
+    """Four images from the image-only run (no masks)."""
+    return generate(chain["image"], chain["root"] / "image_syn", GEN, progress=False)
+
+
+def test_image_only_generation_is_unlabelled_and_refused_by_segment(chain, image_syn, tmp_path):
+    syn = image_syn
     ds = PreparedDataset.open(syn, require_splits=False)
     assert len(ds.unlabelled_ids) == 4 and not list((syn / "masks").glob("*.png"))
     acc = json.loads((syn / "label_accounting.json").read_text())
@@ -249,6 +255,39 @@ def test_image_only_generation_is_unlabelled_and_refused_by_segment(chain, tmp_p
     with pytest.raises(SynthpairError, match="no mask") as exc:
         segment(chain["v6"], tmp_path / "seg", dataclasses.replace(SEG, ratio=0.5), synthetic_dir=syn, progress=False)
     assert "\n" not in str(exc.value)
+
+
+@pytest.mark.parametrize("fold", [0, None])
+def test_evaluate_images_of_an_image_only_generation(chain, image_syn, fold):
+    """FD/KID of an image-only generator (its documented use) against the real images: no mask statistics, and a
+    real folder holding unlabelled items is read too (regression: both were refused as 'a stage that needs
+    masks')."""
+    import warnings
+
+    from synthpair.evaluation.images import EvalConfig, evaluate_images
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        res = evaluate_images(chain["v6"], image_syn, cfg=EvalConfig(kid_subset_size=4, diversity_pairs=4,
+                                                                     lpips_pairs=2), fold=fold)
+    v6 = PreparedDataset.open(chain["v6"])
+    n_real = len(v6.split(0)[0]) if fold == 0 else len(v6.ids)
+    assert res["counts"] == {"real": n_real, "synthetic": 4} and res["masks"] is None
+    assert res["distribution"]["synthetic_vs_real"]["fd"] is not None
+    assert res["distribution"]["real_half_vs_real_half"]["n_real"] == n_real // 2
+
+
+def test_image_only_generation_refuses_faithfulness_options(chain, tmp_path):
+    """Regression: --min-faithfulness on an image-only generator trained a reference segmenter and then crashed
+    with a TypeError; now a one-line refusal before anything is written."""
+    for cfg in (dataclasses.replace(GEN, segmenter="auto", min_faithfulness=0.5),
+                dataclasses.replace(GEN, segmenter=str(tmp_path / "some_seg"))):
+        out = tmp_path / "syn"
+        with pytest.raises(SynthpairError) as exc:
+            generate(chain["image"], out, cfg, progress=False)
+        msg = str(exc.value)
+        assert "\n" not in msg and str(chain["image"]) in msg and "without masks" in msg
+        assert not out.exists() and not (chain["image"] / "reference_segmenter").exists()
 
 
 # ------------------------------------------------------------- 6. image-only → mask-aware initialisation
