@@ -94,16 +94,19 @@ def _init_export(spec: str) -> Path:
 
 
 def _base_vocabulary(cfg: Any) -> Vocabulary | None:
-    """The vocabulary of the ``init_from`` export (None without init_from)."""
+    """The vocabulary of the ``init_from`` export (None without init_from, or when it is an image-only run)."""
     if not getattr(cfg, "init_from", ""):
         return None
     from ..networks.export import read_export_config
 
     export_dir = _init_export(cfg.init_from)
     base = read_export_config(export_dir)
+    lora = getattr(cfg, "lora", None)
+    if base.get("method") == "image" and not (lora is not None and lora.enabled):
+        return None  # image-only pre-training: the shared U-Net weights transfer (trainer), a fresh vocabulary
     if base.get("method") != "prompt" or "vocabulary" not in base:
         raise fail(f"{export_dir}: train.init_from is a {base.get('method')!r} run; method prompt fine-tunes "
-                   f"only a 'prompt' run")
+                   f"only a 'prompt' run (or starts from an 'image' run without LoRA)")
     return Vocabulary(base["vocabulary"])
 
 
