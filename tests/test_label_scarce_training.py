@@ -387,6 +387,28 @@ def test_init_from_through_the_trainer_starts_from_the_image_weights(chain):
     assert mp["copied"] > 0 and mp["unused"] == 0 and mp["new"] == 0
 
 
+def test_prompt_run_starts_from_an_image_run(chain, tmp_path):
+    """Regression: method prompt refused every non-prompt init_from, so image-only pre-training could not start a
+    prompt (EMIT-Diff) run; now the shared U-Net weights transfer and the vocabulary is the run's own. LoRA needs
+    a prompt base (its export reloads the base network strictly) and is still refused with one line."""
+    from synthpair.networks.lora import LoRAConfig
+
+    run = train_generator(chain["v6"], tmp_path / "prompt",
+                          dataclasses.replace(TINY, method="prompt", steps=1, init_from=str(chain["image"])),
+                          progress=False)
+    tc = _tc(run)
+    assert tc["init_from"]["method"] == "image" and tc["init_from"]["mapping"]["mode"] == "transfer"
+    assert tc["init_from"]["mapping"]["copied"] > 0
+    assert tc["mask_items"] == [] and set(tc["image_items"]) == set(_tc(chain["image"])["image_items"])
+    out = tmp_path / "lora"
+    with pytest.raises(SynthpairError) as exc:
+        train_generator(chain["v6"], out, dataclasses.replace(TINY, method="prompt", steps=1,
+                                                              init_from=str(chain["image"]),
+                                                              lora=LoRAConfig(enabled=True)), progress=False)
+    msg = str(exc.value)
+    assert "\n" not in msg and "'image' run" in msg and "without LoRA" in msg and not out.exists()
+
+
 @pytest.mark.parametrize("kind", ["size", "channels"])
 def test_init_from_another_size_or_channel_count_is_refused(chain, tmp_path, kind):
     other = (write_tiny_prepared(tmp_path / "d", n=6, size=8, folds=2) if kind == "size"
