@@ -11,7 +11,7 @@ import importlib.util
 def add_parser(sub: argparse._SubParsersAction) -> None:
     from ..experiments import EXPERIMENTS
 
-    sp = sub.add_parser("experiment", help="multi-stage studies (pig, polyp, emit-diff)")
+    sp = sub.add_parser("experiment", help="multi-stage studies (pig, polyp, emit-diff, label-scarce)")
     ex = sp.add_subparsers(dest="experiment", metavar="NAME", required=True)
     for name, (module, help_text) in EXPERIMENTS.items():
         if importlib.util.find_spec(module) is None:

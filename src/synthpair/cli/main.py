@@ -111,13 +111,14 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 
 MIX_EXAMPLE = ("--mix ratio=0.5 | synthetic_only | patch:alpha=0.5,patch=8 | patch_loss:alpha=0.5,patch=8 | "
-               "replace:p=0.5")
+               "replace:p=0.5 | pretrain:fraction=0.5")
 # --mix NAME:key=value → SegmentConfig field and type
 _MIX_KEYS: dict[str, dict[str, tuple[str, type]]] = {
     "ratio": {"ratio": ("ratio", float)}, "synthetic_only": {},
     "patch": {"alpha": ("alpha", float), "patch": ("patch", int)},
     "patch_loss": {"alpha": ("alpha", float), "patch": ("patch", int)},
     "replace": {"p": ("replace_p", float)},
+    "pretrain": {"fraction": ("pretrain_fraction", float)},
 }
 
 
@@ -165,7 +166,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
     folds = tuple(args.folds) if args.folds else None
     cfg = _with(cfg, model=args.model, steps=args.steps, folds=list(folds) if folds else None,
                 augment=args.augment, n_real=args.n_real, subset_seed=args.subset_seed,
-                allow_label_excess=True if args.allow_more_labels else None,
+                allow_label_excess=True if args.allow_more_labels else None, min_faithfulness=args.min_faithfulness,
                 **({"features.generator": args.generator} if args.generator else {}), **mix)
     if args.synthetic is None and cfg.needs_synthetic:
         raise fail(f"--mix {args.mix or cfg.mixing}: needs --synthetic SYN (a folder written by 'synthpair generate')")
@@ -318,7 +319,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--mix", help="mixing strategy: ratio=R (synthetic:real) | synthetic_only | "
                                    "patch:alpha=A,patch=P (EMIT-Diff, A = fraction of real pixels, P = patch side) | "
                                    "patch_loss:alpha=A,patch=P (loss mixing) | replace:p=P (replace each real image "
-                                   "with probability P by a synthetic version)")
+                                   "with probability P by a synthetic version) | pretrain:fraction=F (the first F "
+                                   "of the steps on synthetic pairs, then real: pre-train then fine-tune)")
+    sp.add_argument("--min-faithfulness", type=float,
+                    help="use only synthetic pairs whose manifest mask faithfulness (Dice) is at least this")
     sp.add_argument("--augment", help="paired augmentation: flip_rot (default), none, affine, random_contrast, "
                                       "random_gamma, random_brightness, random_noise, random_resolution, "
                                       "random_mirror, random_rotate, random_scale, deepstack (nnU-Net-style chain)")

@@ -15,6 +15,8 @@ Strategies (:func:`make_mixing`, names in :data:`MIXINGS`):
   loss-mixing variant of the authors' code.
 * ``replace`` — :class:`ReplaceMixing`, paper 002 §2.6.2 (each real image replaced with probability p by
   one of its synthetic versions).
+* ``pretrain`` — :class:`PretrainMixing`, synthetic pre-training then real fine-tuning inside the same
+  budget: the first ``fraction`` of the steps draw synthetic batches, the rest real ones.
 
 ``patch*`` and ``replace`` need *synthetic versions of real items*: the synthetic pairs whose manifest
 ``source_item`` is a real training item (:func:`group_by_source`).
@@ -326,13 +328,44 @@ class ReplaceMixing:
                 "forward_passes_per_slot": 1}
 
 
-MIXINGS = ("ratio", "synthetic_only", "patch", "patch_loss", "replace")
+class PretrainMixing:
+    """Pre-train on synthetic pairs, then fine-tune on real ones, in one run of ``steps`` steps: batches
+    ``0 .. round(fraction · steps) − 1`` come from the synthetic pool, the rest from the real pool (each pool
+    epoch-style). The learning-rate schedule of the run spans both phases (the budget is unchanged)."""
+
+    name = "pretrain"
+
+    def __init__(self, real_images: torch.Tensor, real_masks: torch.Tensor, syn_images: torch.Tensor,
+                 syn_masks: torch.Tensor, batch_size: int, steps: int, fraction: float) -> None:
+        if not 0.0 < fraction < 1.0:
+            raise ValueError(f"pretrain fraction must be in (0, 1), got {fraction}")
+        if len(syn_images) == 0:
+            raise ValueError("pretrain needs a non-empty synthetic pool")
+        self.real, self.syn = (real_images, real_masks), (syn_images, syn_masks)
+        self.batch_size, self.fraction = int(batch_size), float(fraction)
+        self.switch = int(round(fraction * steps))
+        self._real, self._syn = PoolStream(len(real_images)), PoolStream(len(syn_images))
+
+    def batch(self, step: int, generator: torch.Generator) -> Batch:
+        if step < self.switch:
+            idx = self._syn.take(self.batch_size, generator)
+            return Batch(self.syn[0][idx], self.syn[1][idx])
+        idx = self._real.take(self.batch_size, generator)
+        return Batch(self.real[0][idx], self.real[1][idx])
+
+    def describe(self) -> dict:
+        return {"strategy": self.name, "fraction": self.fraction, "synthetic_steps": self.switch,
+                "n_real": len(self.real[0]), "n_synthetic": len(self.syn[0]), "forward_passes_per_slot": 1}
+
+
+MIXINGS = ("ratio", "synthetic_only", "patch", "patch_loss", "replace", "pretrain")
 
 
 def make_mixing(name: str, *, real_images: torch.Tensor, real_masks: torch.Tensor, batch_size: int,
                 ratio: float = 0.0, syn_images: torch.Tensor | None = None,
                 syn_masks: torch.Tensor | None = None, groups: Sequence[Sequence[int]] | None = None,
-                alpha: float = 0.5, patch: int = 8, replace_p: float = 0.5) -> MixingStrategy:
+                alpha: float = 0.5, patch: int = 8, replace_p: float = 0.5, steps: int = 0,
+                pretrain_fraction: float = 0.5) -> MixingStrategy:
     """Build mixing strategy ``name`` (one of :data:`MIXINGS`) over the given pools.
 
     ``groups[r]`` lists the synthetic indices that are versions of real item ``r`` (:func:`group_by_source`);
@@ -340,6 +373,10 @@ def make_mixing(name: str, *, real_images: torch.Tensor, real_masks: torch.Tenso
     """
     if name == "ratio":
         return RatioMixing(real_images, real_masks, batch_size, ratio, syn_images, syn_masks)
+    if name == "pretrain":
+        if syn_images is None or syn_masks is None:
+            raise ValueError("pretrain needs a synthetic pool")
+        return PretrainMixing(real_images, real_masks, syn_images, syn_masks, batch_size, steps, pretrain_fraction)
     if name == "synthetic_only":
         if syn_images is None:
             raise ValueError("synthetic_only needs a synthetic pool")

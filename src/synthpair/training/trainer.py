@@ -176,12 +176,15 @@ def read_item_subset(path: Path | str, train_ids: list[str], fold: int) -> list[
 
 
 def _init_source(spec: str) -> tuple[Path, Path | None]:
-    """``RUN`` or ``RUN/export`` → (export folder, run folder or None)."""
+    """``RUN``, ``RUN/export`` or ``RUN/snapshots/step_N`` → (export folder, run folder or None)."""
     p = Path(spec)
     if (p / "export" / "config.json").is_file():
         return p / "export", p
     if (p / "config.json").is_file() and (p.parent / "training_cases.json").is_file():
         return p, p.parent
+    if (p / "config.json").is_file() and p.parent.name == "snapshots" and \
+            (p.parent.parent / "training_cases.json").is_file():  # RUN/snapshots/step_N
+        return p, p.parent.parent
     return p, None
 
 
