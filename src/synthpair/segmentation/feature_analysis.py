@@ -73,6 +73,14 @@ def analyse_features(extractor: DiffusionFeatures, images: torch.Tensor, masks: 
     Returns ``{"blocks", "timesteps", "dice": [[block][t]], "miou": [[block][t]], "folds", "n_items",
     "steps", "seed"}``."""
     extractor.check(blocks, timesteps)
+    with torch.random.fork_rng(devices=[]):  # the probes reseed torch; the caller's RNG (model init) is untouched
+        return _analyse(extractor, images, masks, blocks=blocks, timesteps=timesteps, num_classes=num_classes,
+                        folds=folds, steps=steps, seed=seed, cache=cache, keys=keys, max_train=max_train)
+
+
+def _analyse(extractor: DiffusionFeatures, images: torch.Tensor, masks: torch.Tensor, *, blocks: Sequence[str],
+             timesteps: Sequence[int], num_classes: int, folds: int, steps: int, seed: int,
+             cache: FeatureCache | None, keys: Sequence[Any] | None, max_train: int) -> dict[str, Any]:
     n = images.shape[0]
     folds = max(2, min(folds, n))
     order = np.random.default_rng(seed).permutation(n)
