@@ -11,8 +11,10 @@ representations. Here:
   its skip outputs). The forward pass stops after the last block asked for (later blocks cost nothing).
 * **Noise** is fixed and seeded: draw d at timestep t uses ``eps ~ N(0, I)`` (C, H, W) from
   ``torch.Generator().manual_seed(noise_seed(seed, t, d))``, the same for every image, so a feature depends
-  only on the image, the generator, t, d and the seed — never on the batch. ``draws > 1`` averages blocks
-  over draws (Baranchuk's variance reduction).
+  only on the image, the generator, t, d and the seed — never on the other images of the batch (up to the
+  last bits: batched fp32 kernels round differently for other batch sizes, ~1e-7; under bf16 autocast the
+  values were bit-identical in the tests). ``draws > 1`` averages blocks over draws (Baranchuk's variance
+  reduction).
 * **Generators** whose network is a diffusion U-Net: ``image`` (input x_t), ``joint`` (x_t of the image plus
   zeros for the unknown mask channels), ``mask2image`` (null mask: the concatenated channels are zero), and
   ``dsdm`` (the null condition: zero SPADE map, null reference embedding). Other methods are refused.
@@ -240,6 +242,17 @@ class DiffusionFeatures:
         return {b: (v / self.draws).cpu() for b, v in out.items()}
 
 
+CACHE_DTYPE = torch.float16
+"""Storage precision of cached features. Every consumer of features that must agree with the cache (the
+``ddpm_pixel`` model computing them on the fly: transfer tests, reloading) rounds through it too
+(:func:`cache_precision`)."""
+
+
+def cache_precision(x: torch.Tensor) -> torch.Tensor:
+    """``x`` rounded to the cache's storage precision, as float32 (what :meth:`FeatureCache.get` returns)."""
+    return x.to(CACHE_DTYPE).float()
+
+
 @dataclass
 class FeatureCache:
     """Features computed once per (item key, transform, timestep) and kept in memory as float16.
@@ -263,7 +276,7 @@ class FeatureCache:
             for j, i in enumerate(rows):
                 entry = self.store.setdefault((keys[i], t), {})
                 for b in blocks:
-                    entry[b] = feats[b][j].to(torch.float16)
+                    entry[b] = feats[b][j].to(CACHE_DTYPE)
             self.computed += len(rows)
         return {b: torch.stack([self.store[(k, t)][b] for k in keys]).float() for b in blocks}
 
@@ -294,5 +307,6 @@ def dihedral_transforms(augment: str, square: bool) -> list[int]:
     return list(range(8)) if square else [0, 2, 4, 6]
 
 
-__all__ = ["FeatureConfig", "DiffusionFeatures", "FeatureCache", "stack_features", "dihedral",
+__all__ = ["FeatureConfig", "DiffusionFeatures", "FeatureCache", "CACHE_DTYPE", "cache_precision", "stack_features",
+           "dihedral",
            "dihedral_transforms", "resolve_export", "generator_run_of", "FEATURE_METHODS", "noise_seed"]

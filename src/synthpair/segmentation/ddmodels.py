@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import fail
-from .ddfeatures import DiffusionFeatures, FeatureConfig, stack_features
+from .ddfeatures import DiffusionFeatures, FeatureConfig, cache_precision, stack_features
 
 DDPM_MODELS = ("ddpm_unet", "ddpm_unet_skip", "ddpm_unet_caa", "ddpm_pixel")
 
@@ -78,7 +78,9 @@ class PixelEnsemble(nn.Module):
 
 class PixelSegmenter(nn.Module):
     """Frozen extractor + :class:`PixelEnsemble` as an image → logits model (inference, transfer tests);
-    training uses cached features instead (:mod:`.pixel`)."""
+    training uses cached features instead (:mod:`.pixel`). The features are rounded to the cache's storage
+    precision before upsampling, so this is the function the heads were trained on; ``segment`` scores the
+    test split through this forward, as a SEG reloaded by ``load_segmenter`` does (the re-test is exact)."""
 
     def __init__(self, extractor: DiffusionFeatures, cells: Sequence[tuple[str, int]], head: PixelEnsemble) -> None:
         super().__init__()
@@ -93,7 +95,7 @@ class PixelSegmenter(nn.Module):
         feats = {}
         for t, blocks in by_t.items():
             for b, v in self.extractor.extract(images, t, blocks).items():
-                feats[(b, t)] = v
+                feats[(b, t)] = cache_precision(v)
         return stack_features(feats, self.cells, images.shape[2:]).to(images.device)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:

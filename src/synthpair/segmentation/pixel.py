@@ -1,7 +1,8 @@
 """Training the label-efficient per-pixel classifier (``ddpm_pixel``) on cached diffusion features.
 
-The frozen generator runs once per (labelled training item, dihedral transform, timestep) and once per
-(test item, timestep) (:class:`~synthpair.segmentation.ddfeatures.FeatureCache`); the heads then train for
+The frozen generator runs once per (labelled training item, dihedral transform, timestep)
+(:class:`~synthpair.segmentation.ddfeatures.FeatureCache`; ``segment`` scores the test items with the model
+itself, as a reloaded SEG does, in ``eval_batch`` batches); the heads then train for
 ``SegmentConfig.steps`` steps of ``batch_size`` images drawn from those cached (item, transform) rows — the
 same iteration budget as every other segmenter — with DiceCE (summed over the ensemble), AdamW and a cosine
 learning-rate decay. Augmentation: the dihedral group (exact on cached features: the features of the
@@ -18,7 +19,7 @@ import numpy as np
 import torch
 
 from ..errors import fail
-from .ddfeatures import DiffusionFeatures, FeatureCache, dihedral, dihedral_transforms, stack_features
+from .ddfeatures import CACHE_DTYPE, DiffusionFeatures, FeatureCache, dihedral, dihedral_transforms, stack_features
 from .ddmodels import PixelEnsemble, PixelSegmenter
 
 PIXEL_AUGMENT = ("flip_rot", "none")
@@ -33,7 +34,7 @@ def cell_features(cache: FeatureCache, keys: Sequence[Any], images: torch.Tensor
     out = {}
     for t, blocks in by_t.items():
         for b, v in cache.get(keys, images, t, blocks).items():
-            out[(b, t)] = v.to(torch.float16)
+            out[(b, t)] = v.to(CACHE_DTYPE)
     return out
 
 
@@ -129,7 +130,8 @@ def train_pixel(model: PixelSegmenter, images: torch.Tensor, masks: torch.Tensor
 @torch.no_grad()
 def predict_pixel(model: PixelSegmenter, images: torch.Tensor, ids: Sequence[str], cache: FeatureCache,
                   batch: int = 16) -> torch.Tensor:
-    """Labels int64 (N, H, W) for ``images`` (N, C, H, W) through cached features (identity transform)."""
+    """Labels int64 (N, H, W) for ``images`` (N, C, H, W) through cached features (identity transform); equal to
+    ``model(images).argmax(1)`` up to the last bits of batched fp32 kernels (the cache's batches may differ)."""
     model.head.eval()
     out = []
     for s in range(0, len(ids), batch):

@@ -366,7 +366,7 @@ def _train_pixel_fold(ds: PreparedDataset, fold: int, cfg: SegmentConfig, ddpm: 
     """``ddpm_pixel``: the per-pixel head on cached features (:mod:`.pixel`), scored like every segmenter."""
     from safetensors.torch import save_file
 
-    from .pixel import predict_pixel, train_pixel
+    from .pixel import train_pixel
 
     _, test_ids = ds.split(fold)
     model, cache = ddpm["model"], ddpm["cache"]
@@ -378,7 +378,12 @@ def _train_pixel_fold(ds: PreparedDataset, fold: int, cfg: SegmentConfig, ddpm: 
     train_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     test_x, test_y = ds.load(test_ids)
-    pred = predict_pixel(model, torch.from_numpy(test_x), test_ids, cache)
+    # Scored the way a reloaded model is (load_segmenter + predict, as in 'evaluate segmenter'): features computed
+    # in eval_batch batches and rounded like the cache's. Batched fp32 kernels differ in the last bits between
+    # batch compositions, so scoring through the cache's batches could differ from a re-test at rare pixels.
+    device = model.extractor.device
+    bf16 = resolve_autocast(cfg.amp, device, cpu_auto=False) is not None
+    pred = predict(model.to(device), torch.from_numpy(test_x), cfg.eval_batch, device, bf16)
     rows = per_case_metrics(pred, test_y, ds.num_classes, _spacings(ds, test_ids), test_ids)
     for r in rows:
         r["fold"] = fold
