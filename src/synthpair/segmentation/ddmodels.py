@@ -7,7 +7,9 @@ Every model maps images (B, C, H, W) in [-1, 1] to logits (B, K, H, W), like the
   a MONAI ``DiffusionModelUNet`` with the generator's configuration, initialised from the generator's
   weights (:func:`synthpair.networks.transfer.transfer_weights`: every shared tensor; the image input columns
   of a joint / mask2image first convolution; SPADE decoder norms → plain norms) and a new output convolution
-  with K channels. It reads the clean image with the timestep embedding of ``features.e2e_timestep``.
+  with K channels. It reads the clean image with the timestep embedding of ``features.e2e_timestep``. A DSDM
+  generator with reference images has cross-attention transformer blocks: the segmenter keeps them (so their
+  weights transfer) and feeds them the generator's fixed null-reference context (buffer ``null_context``).
 * ``ddpm_unet_skip`` — + **skip connections**: the frozen generator's features of the chosen blocks (at the
   chosen fusion timesteps, concatenated over timesteps) go through a zero-initialised 1×1 convolution and
   are added to the output of the same block of the segmentation U-Net (so at initialisation the model is
@@ -128,6 +130,18 @@ class _CrossAttention(nn.Module):
         return h + self.o(a.transpose(1, 2).reshape(b, c, hh, ww))
 
 
+def _null_context(extractor: DiffusionFeatures) -> torch.Tensor | None:
+    """(1, tokens, dim) float32: the cross-attention context a DSDM generator with reference images gets under
+    the null condition (Psi_FC of its null reference embedding, what the extractor feeds it); None for
+    generators without cross-attention."""
+    m = extractor.model
+    if not getattr(m.unet, "with_conditioning", False) or not getattr(m, "use_reference", False):
+        return None
+    with torch.no_grad():
+        emb = m.null_reference.detach().float().view(1, -1)
+        return m.to_tokens(emb).float().view(1, m.cond_cfg.ref_tokens, m.cond_cfg.ref_dim).cpu().clone()
+
+
 class DiffusionUNetSegmenter(nn.Module):
     """``ddpm_unet`` / ``_skip`` / ``_caa`` (module doc). ``fusion``: None, "skip" or "caa"; ``blocks`` and
     ``timesteps``: where the frozen features are injected and at which timesteps they are taken."""
@@ -141,12 +155,15 @@ class DiffusionUNetSegmenter(nn.Module):
         from ..networks.transfer import transfer_weights
 
         net = extractor.cfg["net"]
+        ctx = _null_context(extractor)  # cross-attention generators: same attention blocks, fed the null context
         self.unet = DiffusionModelUNet(
             spatial_dims=2, in_channels=extractor.channels_in, out_channels=num_classes,
             num_res_blocks=net["num_res_blocks"], channels=tuple(net["channels"]),
             attention_levels=tuple(net["attention_levels"]), norm_num_groups=net["norm_num_groups"],
             num_head_channels=net["num_head_channels"], resblock_updown=net.get("resblock_updown", False),
-            use_flash_attention=net.get("use_flash_attention", True))
+            use_flash_attention=net.get("use_flash_attention", True),
+            **({} if ctx is None else {"with_conditioning": True, "cross_attention_dim": int(ctx.shape[-1])}))
+        self.register_buffer("null_context", ctx)  # fixed (not trained); None: plain self-attention U-Net
         nn.init.kaiming_uniform_(self.unet.out[2].conv.weight, a=5 ** 0.5)  # MONAI zero-inits it (for denoising)
         self.transfer = transfer_weights(self.unet, extractor.model.state_dict(), skip=("out.2.",))
         object.__setattr__(self, "extractor", extractor)  # frozen, not in the state dict
@@ -195,8 +212,10 @@ class DiffusionUNetSegmenter(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         t = torch.full((images.shape[0],), self.e2e_timestep, dtype=torch.long, device=images.device)
         self._ctx = self.frozen_context(images) if self.fusion else None
+        kw = {} if self.null_context is None else {
+            "context": self.null_context.to(images.device).expand(images.shape[0], -1, -1)}
         try:
-            return self.unet(images, t)
+            return self.unet(images, t, **kw)
         finally:
             self._ctx = None
 
