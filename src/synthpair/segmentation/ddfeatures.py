@@ -167,15 +167,17 @@ class DiffusionFeatures:
         self.resolution = {b: tuple(int(s) for s in v.shape[2:]) for b, v in probe.items()}
 
     # --------------------------------------------------------------------------------------------- checks
-    def check(self, blocks: Iterable[str] = (), timesteps: Iterable[int] = ()) -> None:
-        """One-line errors for blocks or timesteps the generator does not have."""
+    def check(self, blocks: Iterable[str] = (), timesteps: Iterable[int] = (), *,
+              names: tuple[str, str] = ("features.blocks", "features.timesteps")) -> None:
+        """One-line errors for blocks or timesteps the generator does not have (``names``: the settings that
+        gave them, named in the message)."""
         bad = [b for b in blocks if b not in self.modules]
         if bad:
-            raise fail(f"features.blocks: {bad[0]!r} is not a block of {self.export_dir}; choose from "
+            raise fail(f"{names[0]}: {bad[0]!r} is not a block of {self.export_dir}; choose from "
                        f"{', '.join(self.order)}")
         bad_t = [t for t in timesteps if not 0 <= int(t) < self.schedule.T]
         if bad_t:
-            raise fail(f"features.timesteps: {bad_t[0]} is outside the generator's schedule 0..{self.schedule.T - 1}")
+            raise fail(f"{names[1]}: {bad_t[0]} is outside the generator's schedule 0..{self.schedule.T - 1}")
 
     def check_data(self, channels: int, size: Sequence[int], where: str) -> None:
         """The generator must have been trained on images like the segmenter's data."""

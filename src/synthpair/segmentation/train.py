@@ -536,11 +536,21 @@ def _open_feature_generator(ds: PreparedDataset, cfg: SegmentConfig, folds_items
     if cfg.model == "ddpm_pixel" and synthetic_dir is not None:
         raise fail("--model ddpm_pixel trains on cached features of the real labelled items; use ddpm_unet, "
                    "ddpm_unet_skip or ddpm_unet_caa with synthetic pairs")
+    if cfg.model == "ddpm_pixel":
+        from .pixel import PIXEL_AUGMENT
+
+        if cfg.augment not in PIXEL_AUGMENT:
+            raise fail(f"--augment {cfg.augment}: the ddpm_pixel classifier trains on cached features and supports "
+                       f"{' / '.join(PIXEL_AUGMENT)} (dihedral transforms computed exactly); use --model ddpm_unet* "
+                       f"for other augmentations")
     extractor = DiffusionFeatures(fc.generator, seed=fc.noise_seed, draws=fc.draws, device=device)
     extractor.check_data(ds.channels, ds.size, str(ds.root))
     extractor.check(fc.blocks, fc.timesteps)
+    if cfg.model != "ddpm_pixel":
+        extractor.check((), (fc.e2e_timestep,), names=("features.blocks", "features.e2e_timestep"))
     if fc.auto and cfg.model != "ddpm_unet":
-        extractor.check(fc.candidate_blocks, fc.candidate_timesteps)
+        extractor.check(fc.candidate_blocks, fc.candidate_timesteps,
+                        names=("features.candidate_blocks", "features.candidate_timesteps"))
     run = generator_run_of(extractor.export_dir)
     if run is None:
         raise fail(f"{extractor.export_dir}: no training_cases.json next to this export, so what the generator saw "
