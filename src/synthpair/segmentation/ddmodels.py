@@ -237,5 +237,57 @@ def build_ddpm_segmenter(name: str, extractor: DiffusionFeatures, num_classes: i
     raise fail(f"model {name!r}: not a diffusion-feature segmenter ({', '.join(DDPM_MODELS)})")
 
 
+def rebuild_ddpm_segmenter(seg_dir: Any, fold: int, results: dict[str, Any], config: dict[str, Any],
+                           info: dict[str, Any], device: torch.device | str = "cpu") -> tuple[nn.Module, nn.Module]:
+    """The ``ddpm_*`` model of ``fold`` of a SEG folder, rebuilt without its trained weights →
+    ``(model, module whose state dict fold_<k>/model.safetensors holds)`` (``model.head`` for ``ddpm_pixel``,
+    the model itself for the U-Net variants; the frozen generator is never in that file).
+
+    The generator, blocks, timesteps, noise seed/draws, ``e2e_timestep`` and ``fusion_timesteps`` come from
+    the fold's ``results.json`` ``features`` record; the head/fusion sizes from ``config.json`` ``features``.
+    One-line errors when the record is missing or the generator's weights are gone or changed (sha256)."""
+    import dataclasses
+    from pathlib import Path
+
+    from ..config import from_dict
+    from ..networks.export import sha256_file
+    from .pixel import build_pixel_segmenter
+
+    seg_dir = Path(seg_dir)
+    name = str(config.get("model"))
+    where = seg_dir / "results.json"
+    rec = next((f.get("features") for f in results.get("folds", []) if int(f.get("fold", -1)) == int(fold)), None)
+    if not isinstance(rec, dict) or not rec.get("generator") or not rec.get("weights_sha256"):
+        raise fail(f"{where}: fold {fold} of this {name} segmenter records no diffusion-feature generator "
+                   f"('features' with generator and weights_sha256); rerun 'synthpair segment' for it")
+    fc = from_dict(FeatureConfig, dict(config.get("features") or {}), where=f"{seg_dir / 'config.json'}:features")
+    export = Path(str(rec["generator"]))
+    weights = export / "model.safetensors"
+    if not weights.is_file():
+        raise fail(f"{weights}: the generator whose frozen features fold {fold} of {seg_dir} was trained on is gone; "
+                   f"restore that run (the segmenter cannot be rebuilt without it)")
+    if sha256_file(weights) != rec["weights_sha256"]:
+        raise fail(f"{weights}: the generator's weights changed since {seg_dir} was trained (sha256 differs from "
+                   f"results.json); restore the original run or retrain the segmenter on this generator")
+    extractor = DiffusionFeatures(export, seed=int(rec.get("noise_seed", fc.noise_seed)),
+                                  draws=int(rec.get("draws", fc.draws)), device=device)
+    extractor.check_data(int(info["channels"]), info["size"], str(seg_dir))
+    blocks = [str(b) for b in rec.get("blocks", [])]
+    timesteps = [int(t) for t in rec.get("timesteps", [])]
+    extractor.check(blocks, timesteps)
+    k = int(info["num_classes"])
+    with torch.random.fork_rng(devices=[]):  # initialisation is overwritten by the loaded weights
+        if name == "ddpm_pixel":
+            model = build_pixel_segmenter(extractor, [(b, t) for t in timesteps for b in blocks], k, fc)
+            return model, model.head
+        fc = dataclasses.replace(fc, e2e_timestep=int(rec.get("e2e_timestep", fc.e2e_timestep)))
+        if name != "ddpm_unet":
+            fusion_t = [int(t) for t in rec.get("fusion_timesteps", timesteps[: fc.fusion_timesteps])]
+            fc = dataclasses.replace(fc, fusion_timesteps=max(1, len(fusion_t)))
+            timesteps = fusion_t
+        model = build_ddpm_segmenter(name, extractor, k, fc, blocks, timesteps)
+    return model, model
+
+
 __all__ = ["DDPM_MODELS", "is_ddpm", "PixelHead", "PixelEnsemble", "PixelSegmenter", "DiffusionUNetSegmenter",
-           "build_ddpm_segmenter"]
+           "build_ddpm_segmenter", "rebuild_ddpm_segmenter"]

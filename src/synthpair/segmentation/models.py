@@ -156,12 +156,18 @@ def load_segmenter(seg_dir: Path | str, fold: int, device: torch.device | str = 
     weights = segmenter_weights(seg_dir, fold)
     # Dispatch on the model name: a model family that is not a plain MONAI network (e.g. diffusion-feature
     # segmenters "ddpm_*") gets its own branch here, before the unknown-model error.
+    from .ddmodels import DDPM_MODELS, is_ddpm
+
     if name in MODELS:
-        model = build_segmenter(name, info["channels"], info["num_classes"], tuple(info["size"]))
+        model = target = build_segmenter(name, info["channels"], info["num_classes"], tuple(info["size"]))
+    elif is_ddpm(name):  # the frozen generator comes from results.json's features record (sha256-checked)
+        from .ddmodels import rebuild_ddpm_segmenter
+
+        model, target = rebuild_ddpm_segmenter(seg_dir, fold, res, cfg, info, device)
     else:
-        raise fail(f"{cfg_path}: model {name!r} is unknown to this synthpair (known: {', '.join(MODELS)}); "
-                   f"use the synthpair version that trained it")
-    _load_weights(model, weights, name)
+        raise fail(f"{cfg_path}: model {name!r} is unknown to this synthpair (known: "
+                   f"{', '.join((*MODELS, *DDPM_MODELS))}); use the synthpair version that trained it")
+    _load_weights(target, weights, name)
     return model.eval().to(device)
 
 
