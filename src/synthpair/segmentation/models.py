@@ -6,6 +6,8 @@ logits. CPU costs at 128×128 are in shared/stack-notes.md §3d; ``unet`` is the
 :func:`load_segmenter` rebuilds the model of one fold of a ``synthpair segment`` folder (``SEG/config.json``
 ``model``, the training data's channels / classes / size from :func:`segmenter_data_info`) and loads
 ``SEG/fold_<k>/model.safetensors``; it is the one place that dispatches on the model name when loading.
+Diffusion-feature segmenters (``ddpm_*``) are rebuilt by :func:`.ddmodels.rebuild_ddpm_segmenter` around the
+frozen generator recorded in ``results.json`` (sha256-checked).
 """
 from __future__ import annotations
 
