@@ -80,7 +80,7 @@ class StudyConfig:
     rows: tuple[str, ...] = DEFAULT_ROWS
     seg_steps: int = 1500
     seg_batch: int = 8
-    m2i_steps: int = 1500
+    m2i_steps: int = 600
     m2i_batch: int = 16
     m2i_lr: float = 2e-4
     syn_n: int = 256
@@ -89,6 +89,7 @@ class StudyConfig:
     curve_row: str = "ddpm-unet"
     curve_n: int = 16
     curve_seeds: tuple[int, ...] = (0, 1, 2)
+    curve_steps: tuple[int, ...] = ()      # generator snapshot steps of the curve; () = every snapshot
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -103,12 +104,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rows", nargs="+", default=list(DEFAULT_ROWS), choices=list(ROWS))
     p.add_argument("--seg-steps", type=int, default=1500)
     p.add_argument("--seg-batch", type=int, default=8)
-    p.add_argument("--m2i-steps", type=int, default=1500, help="mask2image fine-tuning steps (synthetic rows)")
+    p.add_argument("--m2i-steps", type=int, default=600, help="mask2image fine-tuning steps (synthetic rows)")
     p.add_argument("--syn-n", type=int, default=256, help="synthetic pairs per view")
     p.add_argument("--syn-masks", default="augmented", help="mask source of the synthetic pairs: augmented | real")
     p.add_argument("--curve-row", default="ddpm-unet", choices=list(ROWS))
     p.add_argument("--curve-n", type=int, default=16)
     p.add_argument("--curve-seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--curve-steps", type=int, nargs="+", default=[],
+                   help="generator snapshot steps for the curve (RUN/snapshots/step_<S>; default: every snapshot)")
     p.add_argument("--stages", nargs="+", default=["views", "synth", "seg", "curve", "table"],
                    choices=["views", "synth", "seg", "curve", "table"])
     p.add_argument("--only-data", nargs="+", default=None, metavar="NAME", help="run the stages for these datasets only")
@@ -135,7 +138,7 @@ def config_from_args(args: argparse.Namespace) -> StudyConfig:
                       n=tuple(args.n), seeds=tuple(args.seeds), rows=tuple(dict.fromkeys(args.rows)),
                       seg_steps=args.seg_steps, seg_batch=args.seg_batch, m2i_steps=args.m2i_steps,
                       syn_n=args.syn_n, syn_masks=args.syn_masks, curve_row=args.curve_row, curve_n=args.curve_n,
-                      curve_seeds=tuple(args.curve_seeds))
+                      curve_seeds=tuple(args.curve_seeds), curve_steps=tuple(args.curve_steps))
     needs_gen = any(r.startswith(("ddpm", "syn")) for r in cfg.rows)
     for name in cfg.data:
         if needs_gen and name not in cfg.generator:
@@ -179,10 +182,18 @@ class Study:
     def synth(self, ds: str, n: int, s: int) -> Path:
         return self.out / ds / "synth" / f"seed{s}_N{n}"
 
-    def seg(self, ds: str, n: int, s: int, row: str, generator: str | None = None) -> Path:
-        if generator is None:
-            return self.out / ds / "seg" / f"seed{s}_N{n}" / row
-        return self.out / ds / "curve" / generator / f"seed{s}_N{n}" / row
+    def seg(self, ds: str, n: int, s: int, row: str, snapshot: str | None = None) -> Path:
+        """The segment folder of a row; a curve point (``snapshot`` = step_<S>) of the main generator's own
+        export is the main row (computed once)."""
+        if snapshot is not None and not self.is_main_snapshot(ds, snapshot):
+            return self.out / ds / "curve" / snapshot / f"seed{s}_N{n}" / row
+        return self.out / ds / "seg" / f"seed{s}_N{n}" / row
+
+    def is_main_snapshot(self, ds: str, snapshot: str) -> bool:
+        from ..segmentation.ddfeatures import resolve_export
+
+        main = resolve_export(self.cfg.generator[ds]).resolve()
+        return main.name == snapshot and main.parent.name == "snapshots"
 
     # --------------------------------------------------------------------------------------------- stages
     def make_view(self, ds: str, n: int, s: int) -> Path:
@@ -273,9 +284,16 @@ class Study:
         return runs
 
     def snapshots(self, ds: str) -> list[Path]:
-        snaps = sorted((Path(self.cfg.generator[ds]) / "snapshots").glob("step_*"),
-                       key=lambda p: int(p.name.split("_")[1]))
-        return [p for p in snaps if (p / "model.safetensors").is_file()]
+        from ..segmentation.ddfeatures import generator_run_of, resolve_export
+
+        run = generator_run_of(resolve_export(self.cfg.generator[ds]))
+        if run is None:
+            return []
+        snaps = sorted((run / "snapshots").glob("step_*"), key=lambda p: int(p.name.split("_")[1]))
+        snaps = [p for p in snaps if (p / "model.safetensors").is_file()]
+        if self.cfg.curve_steps:
+            snaps = [p for p in snaps if int(p.name.split("_")[1]) in self.cfg.curve_steps]
+        return snaps
 
 
 def run(args: argparse.Namespace) -> int:

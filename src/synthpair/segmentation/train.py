@@ -63,7 +63,7 @@ VERSION_MIXINGS = ("patch", "patch_loss", "replace")
 
 MIX_PARAMS: dict[str, tuple[str, ...]] = {
     "ratio": ("ratio",), "synthetic_only": (), "patch": ("alpha", "patch"), "patch_loss": ("alpha", "patch"),
-    "replace": ("replace_p",),
+    "replace": ("replace_p",), "pretrain": ("pretrain_fraction",),
 }
 """The config fields each mixing strategy reads (the CLI ``--mix`` grammar names them ``ratio``, ``alpha``,
 ``patch``, ``p``)."""
@@ -100,10 +100,12 @@ class SegmentConfig:
     lr: float = 1e-3
     weight_decay: float = 1e-4
     ratio: float = 0.0
-    mixing: Literal["ratio", "synthetic_only", "patch", "patch_loss", "replace"] = "ratio"
+    mixing: Literal["ratio", "synthetic_only", "patch", "patch_loss", "replace", "pretrain"] = "ratio"
     alpha: float = 0.5
     patch: int = 8
     replace_p: float = 0.5
+    pretrain_fraction: float = 0.5
+    min_faithfulness: float | None = None  # keep only synthetic pairs whose manifest faithfulness is >= this
     n_real: int = 0
     subset_seed: int = 0
     folds: tuple[int, ...] = (0,)
@@ -145,6 +147,11 @@ class SegmentConfig:
                              f"got {self.replace_p}")
         if self.n_real < 0:
             raise ValueError(f"n_real must be >= 0 (0 = every training item), got {self.n_real}")
+        if not 0.0 < self.pretrain_fraction < 1.0:
+            raise ValueError(f"pretrain_fraction must be in (0, 1) (share of the steps on synthetic pairs), "
+                             f"got {self.pretrain_fraction}")
+        if self.min_faithfulness is not None and not 0.0 <= self.min_faithfulness <= 1.0:
+            raise ValueError(f"min_faithfulness must be a Dice in [0, 1], got {self.min_faithfulness}")
         if not self.folds or len(set(self.folds)) != len(self.folds):
             raise ValueError("folds must list at least one fold, each once")
         if self.augment not in AUGMENTATIONS:
@@ -166,8 +173,12 @@ def setting_name(cfg: SegmentConfig) -> str:
         name = f"{cfg.mixing.replace('_', '-')} a={cfg.alpha:g} p={cfg.patch}"
     elif cfg.mixing == "replace":
         name = f"replace p={cfg.replace_p:g}"
+    elif cfg.mixing == "pretrain":
+        name = f"synthetic-pretrain f={cfg.pretrain_fraction:g}"
     else:
         name = "real-only" if cfg.ratio == 0 else f"real+synthetic r={cfg.ratio:g}"
+    if cfg.min_faithfulness is not None:
+        name += f" faith>={cfg.min_faithfulness:g}"
     if cfg.n_real:
         name += f" n={cfg.n_real}"
     if cfg.augment != "flip_rot":
@@ -258,7 +269,8 @@ def _train_fold(ds: PreparedDataset, fold: int, cfg: SegmentConfig, syn_pool: Sy
         syn_x, syn_y = torch.from_numpy(pool.images), torch.from_numpy(pool.masks)
     mixing = make_mixing(cfg.mixing, real_images=real_x, real_masks=real_y, batch_size=cfg.batch_size,
                          ratio=cfg.ratio, syn_images=syn_x, syn_masks=syn_y, groups=groups, alpha=cfg.alpha,
-                         patch=cfg.patch, replace_p=cfg.replace_p)
+                         patch=cfg.patch, replace_p=cfg.replace_p, steps=cfg.steps,
+                         pretrain_fraction=cfg.pretrain_fraction)
     augment = AUGMENTATIONS[cfg.augment]
 
     torch.manual_seed(cfg.seed)  # same initial weights for every setting of a comparison
@@ -469,9 +481,21 @@ def segment(data_dir: Path | str, out_dir: Path | str, cfg: SegmentConfig = Segm
     syn_mask_items: set[str] = set()
     if synthetic_dir is not None:
         syn = check_synthetic(synthetic_dir, ds, cfg.folds)
-        sources = {str(r["id"]): r.get("source_item") for r in read_manifest(synthetic_dir)}
-        syn_pool = SyntheticPool(list(syn.ids), *syn.load(syn.ids),
-                                 [None if sources[i] is None else str(sources[i]) for i in syn.ids])
+        records = {str(r["id"]): r for r in read_manifest(synthetic_dir)}
+        syn_ids = list(syn.ids)
+        if cfg.min_faithfulness is not None:
+            unscored = [i for i in syn_ids if records[i].get("faithfulness") is None]
+            if unscored:
+                raise fail(f"{synthetic_dir}: {len(unscored)} pair(s) have no faithfulness score (e.g. {unscored[0]}); "
+                           f"generate with a reference segmenter (synthpair generate --segmenter auto) or drop "
+                           f"min_faithfulness")
+            syn_ids = [i for i in syn_ids if records[i]["faithfulness"] >= cfg.min_faithfulness]
+            if not syn_ids:
+                raise fail(f"{synthetic_dir}: no pair has faithfulness >= {cfg.min_faithfulness}; lower "
+                           f"min_faithfulness")
+        sources = {i: records[i].get("source_item") for i in syn_ids}
+        syn_pool = SyntheticPool(syn_ids, *syn.load(syn_ids),
+                                 [None if sources[i] is None else str(sources[i]) for i in syn_ids])
         if cfg.mixing in VERSION_MIXINGS:
             _check_versions(synthetic_dir, syn_pool, folds_items, cfg)
         from ..synthesis.accounting import check_label_budget, synthetic_mask_items
