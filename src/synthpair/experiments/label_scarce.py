@@ -25,7 +25,8 @@ each seed S:
 
 Runs are done N by N (all datasets, seeds and rows at N = 16 first), each skipped when its ``results.json``
 exists, so an interrupted study resumes where it stopped and a partial study still tabulates. CPU seconds are
-``time.process_time`` of this process around each stage (all threads), saved in ``OUT/cost.json``.
+``time.process_time`` of this process around each stage (all threads), saved in ``OUT/<data>/cost.json``
+(``--only-data NAME`` runs one dataset, so two datasets can run as two processes into one OUT).
 """
 from __future__ import annotations
 
@@ -154,10 +155,15 @@ def config_from_args(args: argparse.Namespace) -> StudyConfig:
 class Study:
     def __init__(self, cfg: StudyConfig, out: Path, progress: bool = True) -> None:
         self.cfg, self.out, self.progress = cfg, out, progress
-        self.cost_path = out / "cost.json"
-        self.cost: dict[str, float] = {}
-        if self.cost_path.is_file():
-            self.cost = json.loads(self.cost_path.read_text())
+
+    @property
+    def cost(self) -> dict[str, float]:
+        """CPU seconds per stage key (``<data>/...``), from every ``OUT/<data>/cost.json`` (one file per dataset,
+        so studies of different datasets can run as separate processes into the same OUT)."""
+        out: dict[str, float] = {}
+        for f in sorted(self.out.glob("*/cost.json")):
+            out.update(json.loads(f.read_text()))
+        return out
 
     def log(self, msg: str) -> None:
         line = f"{time.strftime('%H:%M:%S')} {msg}"
@@ -172,8 +178,10 @@ class Study:
         try:
             return fn(*a, **kw)
         finally:
-            self.cost[key] = round(self.cost.get(key, 0.0) + time.process_time() - t0, 2)
-            write_json_atomic(self.cost_path, self.cost)
+            path = self.out / key.split("/")[0] / "cost.json"
+            cost = json.loads(path.read_text()) if path.is_file() else {}
+            cost[key] = round(cost.get(key, 0.0) + time.process_time() - t0, 2)
+            write_json_atomic(path, cost)
 
     # ---------------------------------------------------------------------------------------------- paths
     def view(self, ds: str, n: int, s: int) -> Path:
