@@ -474,3 +474,27 @@ def test_threads_env_not_a_number_is_refused(tmp_path, capsys, monkeypatch):
     data = write_tiny_prepared(tmp_path / "d", n=6, folds=2)
     assert main(["budget", str(data), "--out", str(tmp_path / "v"), "--n", "2"]) == 2
     assert "SYNTHPAIR_THREADS='many'" in capsys.readouterr().err and not (tmp_path / "v").exists()
+
+
+def test_threads_auto_leaves_busy_cores_free(tmp_path, monkeypatch):
+    """--threads auto = the cores other processes leave free (at least one); busy cores read from /proc/loadavg."""
+    import os
+
+    import synthpair.env as env
+    from synthpair.cli.main import main
+
+    monkeypatch.delenv("SYNTHPAIR_THREADS", raising=False)
+    data = write_tiny_prepared(tmp_path / "d", n=6, folds=2)
+    cpus = os.cpu_count() or 1
+    assert 0 <= env.busy_cores(samples=3, interval=0.0) <= cpus  # the real reading (/proc/loadavg)
+    old = torch.get_num_threads()
+    try:
+        monkeypatch.setattr(env, "busy_cores", lambda *a, **k: 1)
+        assert main(["--threads", "auto", "budget", str(data), "--out", str(tmp_path / "v1"), "--n", "2"]) == 0
+        assert torch.get_num_threads() == max(1, cpus - 1)
+        monkeypatch.setattr(env, "busy_cores", lambda *a, **k: cpus + 5)
+        monkeypatch.setenv("SYNTHPAIR_THREADS", "auto")
+        assert main(["budget", str(data), "--out", str(tmp_path / "v2"), "--n", "2"]) == 0
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(old)

@@ -53,6 +53,54 @@ def write_env(path: Path | str, **extra: Any) -> dict[str, Any]:
     return env
 
 
+def busy_cores(samples: int = 5, interval: float = 0.05) -> int:
+    """Cores other processes keep busy right now: the median over ``samples`` readings of the number of runnable
+    tasks in ``/proc/loadavg`` (4th field, "running/total") minus this process's own reading thread; 0 where
+    the file does not exist (non-Linux)."""
+    import os
+    import time
+
+    path = Path("/proc/loadavg")
+    if not path.is_file():
+        return 0
+    counts = []
+    for _ in range(samples):
+        try:
+            running = int(path.read_text().split()[3].split("/")[0])
+        except (OSError, ValueError, IndexError):
+            return 0
+        counts.append(max(0, running - 1))
+        time.sleep(interval)
+    counts.sort()
+    return min(counts[len(counts) // 2], os.cpu_count() or 1)
+
+
+def configure_threads(threads: int | str | None) -> int:
+    """Set PyTorch's CPU thread count; returns the count in use.
+
+    ``threads``: an integer >= 1; ``"auto"`` = the cores not busy with other processes right now
+    (:func:`busy_cores`, at least 1); None = ``$SYNTHPAIR_THREADS`` (an integer or ``auto``) when set, else
+    PyTorch's default (all cores). Anything else is a one-line error. Thread counts change the order of
+    floating-point reductions, so bit-for-bit comparisons need the same count on both sides.
+    """
+    import os
+
+    raw: Any = threads if threads is not None else os.environ.get("SYNTHPAIR_THREADS")
+    if raw in (None, ""):
+        return torch.get_num_threads()
+    if str(raw).strip().lower() == "auto":
+        n = max(1, (os.cpu_count() or 1) - busy_cores())
+    else:
+        try:
+            n = int(raw)
+        except (TypeError, ValueError):
+            n = 0
+        if n < 1:
+            raise fail(f"--threads / SYNTHPAIR_THREADS={raw!r}: must be an integer >= 1 or 'auto'")
+    torch.set_num_threads(n)
+    return n
+
+
 def resolve_device(spec: str) -> torch.device:
     """``auto`` | ``cpu`` | ``cuda`` | ``cuda:<i>`` → a torch device; one-line error when it cannot be used."""
     if spec == "auto":

@@ -223,9 +223,9 @@ def cmd_report(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="synthpair", description=__doc__.split("\n")[0])
     p.add_argument("--version", action="version", version=_version())
-    p.add_argument("--threads", type=int, metavar="N",
-                   help="CPU threads for PyTorch (default: $SYNTHPAIR_THREADS, else PyTorch's choice); use 1 on a "
-                        "machine another CPU-bound job shares")
+    p.add_argument("--threads", metavar="N|auto",
+                   help="CPU threads for PyTorch: a number, or 'auto' = the cores other processes leave free "
+                        "(default: $SYNTHPAIR_THREADS, else PyTorch's choice); use 1 or auto on a shared machine")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     def common(sp: argparse.ArgumentParser) -> None:
@@ -408,22 +408,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         _close_distributed()
 
 
-def _set_threads(threads: int | None) -> None:
-    """``--threads N`` (else ``$SYNTHPAIR_THREADS``) → ``torch.set_num_threads(N)``; one-line error when not >= 1."""
-    from ..errors import fail
+def _set_threads(threads: str | None) -> None:
+    """``--threads N|auto`` (else ``$SYNTHPAIR_THREADS``) → :func:`synthpair.env.configure_threads`."""
+    from ..env import configure_threads
 
-    raw = threads if threads is not None else os.environ.get("SYNTHPAIR_THREADS")
-    if raw in (None, ""):
-        return
-    try:
-        n = int(raw)
-    except ValueError:
-        n = 0
-    if n < 1:
-        raise fail(f"--threads / SYNTHPAIR_THREADS={raw!r}: must be an integer >= 1")
-    import torch
-
-    torch.set_num_threads(n)
+    configure_threads(threads)
 
 
 def _close_distributed() -> None:

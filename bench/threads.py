@@ -1,0 +1,115 @@
+"""Sharing the machine: training speed alone and beside one other CPU-bound process, per thread policy.
+
+Each measurement runs in a fresh subprocess (so OpenMP reads its environment at start): the generator
+training step of the default network (MONAI DiffusionModelUNet (32, 64, 64), 64×64, batch 16, bf16 autocast
+where the CPU has it, AdamW) for ``--seconds`` after warm-up, reporting steps/s. "Loaded" runs the same with
+one competing CPU-bound process (a pure-Python busy loop, one core) started first. Policies:
+
+* ``default``   — PyTorch's defaults (threads = cores, libgomp's active spin-waiting);
+* ``passive``   — same threads, ``OMP_WAIT_POLICY=PASSIVE`` (threads sleep instead of spinning at barriers);
+* ``one``       — ``torch.set_num_threads(1)``;
+* ``auto``      — synthpair's default (:func:`synthpair.env.configure_threads` with no setting).
+
+Usage: ``python bench/threads.py [--seconds 20] [--out bench/results/threads]``. Ratios are measured side by
+side in one run on the same machine; the absolute speeds depend on it.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+WORKER = r"""
+import os, sys, time, json
+policy, seconds = sys.argv[1], float(sys.argv[2])
+import torch
+if policy == "one":
+    torch.set_num_threads(1)
+elif policy == "auto":
+    from synthpair.env import configure_threads
+    configure_threads(None)
+from monai.networks.nets import DiffusionModelUNet
+torch.manual_seed(0)
+net = DiffusionModelUNet(spatial_dims=2, in_channels=2, out_channels=2, channels=(32, 64, 64),
+                         attention_levels=(False, False, True), num_res_blocks=1, num_head_channels=32,
+                         norm_num_groups=16, use_flash_attention=True)
+opt = torch.optim.AdamW(net.parameters(), lr=1e-4)
+x = torch.randn(16, 2, 64, 64); t = torch.randint(0, 1000, (16,))
+from synthpair.env import resolve_autocast
+amp = resolve_autocast("auto", torch.device("cpu"))
+def step():
+    with torch.autocast("cpu", dtype=amp, enabled=amp is not None):
+        out = net(x, t)
+    loss = (out.float() - x).pow(2).mean()
+    opt.zero_grad(); loss.backward(); opt.step()
+for _ in range(3):
+    step()
+n, t0 = 0, time.perf_counter()
+while time.perf_counter() - t0 < seconds:
+    step(); n += 1
+dt = time.perf_counter() - t0
+print(json.dumps({"policy": policy, "threads": torch.get_num_threads(), "steps": n, "seconds": dt,
+                  "steps_per_s": n / dt, "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY")}))
+"""
+
+SPIN = "import time\nt=time.time()\nwhile time.time()-t < 3600: pass\n"
+
+
+def measure(policy: str, seconds: float, loaded: bool) -> dict:
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY",
+                                                            "SYNTHPAIR_THREADS")}
+    if policy == "passive":
+        env["OMP_WAIT_POLICY"] = "PASSIVE"
+    spinner = subprocess.Popen([sys.executable, "-c", SPIN]) if loaded else None
+    try:
+        time.sleep(1.0 if loaded else 0.0)
+        out = subprocess.run([sys.executable, "-c", WORKER, policy, str(seconds)], env=env, check=True,
+                             capture_output=True, text=True)
+    finally:
+        if spinner is not None:
+            spinner.kill()
+            spinner.wait()
+    rec = json.loads(out.stdout.strip().splitlines()[-1])
+    rec["loaded"] = loaded
+    return rec
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--seconds", type=float, default=20.0)
+    ap.add_argument("--policies", nargs="+", default=["default", "passive", "one", "auto"])
+    ap.add_argument("--out", default="bench/results/threads")
+    a = ap.parse_args()
+    load1 = os.getloadavg()[0]
+    rows = []
+    for policy in a.policies:
+        alone = measure(policy, a.seconds, False)
+        loaded = measure(policy, a.seconds, True)
+        rows.append({"policy": policy, "threads_alone": alone["threads"], "threads_loaded": loaded["threads"],
+                     "steps_per_s_alone": round(alone["steps_per_s"], 3),
+                     "steps_per_s_loaded": round(loaded["steps_per_s"], 3),
+                     "slowdown": round(alone["steps_per_s"] / max(loaded["steps_per_s"], 1e-9), 2)})
+        print(rows[-1], flush=True)
+    best_alone = max(r["steps_per_s_alone"] for r in rows)
+    for r in rows:
+        r["slowdown_vs_best_alone"] = round(best_alone / max(r["steps_per_s_loaded"], 1e-9), 2)
+    res = {"cpus": os.cpu_count(), "load_before": load1, "seconds": a.seconds, "rows": rows,
+           "workload": "DiffusionModelUNet (32,64,64) 64x64 batch 16 training step, bf16 autocast when available"}
+    out = Path(a.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(res, indent=1))
+    lines = ["| policy | threads alone / loaded | steps/s alone | steps/s beside 1 busy process | slowdown | "
+             "slowdown vs best alone |", "|---|---|---|---|---|---|"]
+    lines += [f"| {r['policy']} | {r['threads_alone']} / {r['threads_loaded']} | {r['steps_per_s_alone']} | "
+              f"{r['steps_per_s_loaded']} | {r['slowdown']}× | {r['slowdown_vs_best_alone']}× |" for r in rows]
+    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
