@@ -344,6 +344,9 @@ class PretrainMixing:
         self.real, self.syn = (real_images, real_masks), (syn_images, syn_masks)
         self.batch_size, self.fraction = int(batch_size), float(fraction)
         self.switch = int(round(fraction * steps))
+        if not 0 < self.switch < steps:
+            raise ValueError(f"pretrain fraction {fraction:g} of {steps} steps rounds to {self.switch} synthetic "
+                             f"steps; it needs at least one synthetic and one real step")
         self._real, self._syn = PoolStream(len(real_images)), PoolStream(len(syn_images))
 
     def batch(self, step: int, generator: torch.Generator) -> Batch:

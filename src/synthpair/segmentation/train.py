@@ -150,6 +150,10 @@ class SegmentConfig:
         if not 0.0 < self.pretrain_fraction < 1.0:
             raise ValueError(f"pretrain_fraction must be in (0, 1) (share of the steps on synthetic pairs), "
                              f"got {self.pretrain_fraction}")
+        if self.mixing == "pretrain" and not 0 < round(self.pretrain_fraction * self.steps) < self.steps:
+            raise ValueError(f"pretrain_fraction={self.pretrain_fraction:g} of {self.steps} steps rounds to "
+                             f"{round(self.pretrain_fraction * self.steps)} synthetic steps: it needs at least one "
+                             f"synthetic and one real step; use more steps or a fraction nearer 0.5")
         if self.min_faithfulness is not None and not 0.0 <= self.min_faithfulness <= 1.0:
             raise ValueError(f"min_faithfulness must be a Dice in [0, 1], got {self.min_faithfulness}")
         if not self.folds or len(set(self.folds)) != len(self.folds):
