@@ -477,6 +477,9 @@ def segment(data_dir: Path | str, out_dir: Path | str, cfg: SegmentConfig = Segm
     needs_syn = cfg.needs_synthetic
     if needs_syn and synthetic_dir is None:
         raise fail(f"{setting_name(cfg)} needs a synthetic folder (--synthetic SYN from `synthpair generate`)")
+    if cfg.min_faithfulness is not None and not needs_syn:
+        raise fail(f"min_faithfulness={cfg.min_faithfulness:g} filters synthetic pairs but {setting_name(cfg)} uses "
+                   f"none; add synthetic pairs (--synthetic SYN --mix ...) or drop min_faithfulness")
     if synthetic_dir is not None and not needs_syn:
         raise fail(f"--synthetic {synthetic_dir}: given but ratio=0 (real-only) would ignore it; set a ratio > 0, "
                    f"e.g. --mix ratio=0.5, or drop --synthetic")
