@@ -320,10 +320,13 @@ def run(args: argparse.Namespace) -> int:
         from ..data.dataset import PreparedDataset
 
         ds = PreparedDataset.open(path)
-        missing = [f"seed{s}_N{n}" for n in cfg.n for s in cfg.seeds if f"seed{s}_N{n}" not in ds.subsets]
+        wanted = [(n, s) for n in cfg.n for s in cfg.seeds]
+        if "curve" in args.stages and name in cfg.generator:  # the curve's views, checked before hours of work
+            wanted += [(cfg.curve_n, s) for s in cfg.curve_seeds]
+        missing = [f"seed{s}_N{n}" for n, s in wanted if f"seed{s}_N{n}" not in ds.subsets]
         if missing:
             raise fail(f"{path}: no labelled subset {missing[0]} (prepare it with --splits label-scarce.json, whose "
-                       f"train_subsets name seed<S>_N<N>)")
+                       f"train_subsets name seed<S>_N<N>; the curve uses --curve-n / --curve-seeds)")
     out.mkdir(parents=True, exist_ok=True)
     saved = out / "config.json"
     new = to_dict(cfg)
