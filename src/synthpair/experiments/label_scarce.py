@@ -363,9 +363,15 @@ def run(args: argparse.Namespace) -> int:
                 for s in cfg.curve_seeds:
                     study.run_row(ds, cfg.curve_n, s, cfg.curve_row, generator=str(snap), snapshot=snap.name)
     if "table" in args.stages:
+        import dataclasses
+
         from .label_scarce_table import write_tables
 
-        path = write_tables(study)
+        # the table covers the whole study in OUT (config.json: every N, seed and row run so far), not only
+        # the N / seeds / rows of this invocation
+        whole = dataclasses.replace(cfg, n=tuple(sorted(new["n"])), seeds=tuple(sorted(new["seeds"])),
+                                    rows=tuple(new["rows"]))
+        path = write_tables(Study(whole, out, progress=study.progress))
         print(f"label-scarce study: {path}")
     return 0
 
