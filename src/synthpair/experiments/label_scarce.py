@@ -332,7 +332,7 @@ def run(args: argparse.Namespace) -> int:
     new = to_dict(cfg)
     if saved.is_file():  # the same study, possibly with more N / seeds / rows
         old = json.loads(saved.read_text())
-        growing = ("n", "seeds", "rows")
+        growing = ("n", "seeds", "rows", "curve_seeds", "curve_steps")  # a study may grow; its settings not
         if {k: v for k, v in old.items() if k not in growing} != {k: v for k, v in new.items() if k not in growing}:
             raise fail(f"{saved}: this folder holds a study with other settings; use its config or another --out")
         new = {**new, **{k: list(dict.fromkeys([*old[k], *new[k]])) for k in growing}}
