@@ -12,6 +12,9 @@
   restarted with the same command continues at the next block of seeds; lines or files beyond the last
   committed batch are discarded. ``dataset.json`` is written last, so an unfinished folder is never mistaken
   for a complete one.
+* Sharded (``torchrun --nproc_per_node=K -m -- synthpair generate …``, :mod:`.shards`): rank r samples every
+  K-th seed block, rank 0 commits the blocks in block order exactly as one process does; same folder byte for
+  byte on CPU, resumable with any number of processes (:func:`generate`).
 * Per-real generation (``--per-real n``, method ``controlnet``, EMIT-Diff Algorithm 1 line 1): for each real
   training pair of the generator's fold (training-split order, the generator's ``training_cases.json``
   items), ``n`` images from its edge map and its prompt ``c_t`` + one augmentation phrase ``c_aug`` drawn per
@@ -345,25 +348,38 @@ class PerRealSource:
         return PerRealConditions(masks, cond, recs, self.extra_train_cases)
 
 
-def _scorer(run: Path, prov: dict[str, Any], cfg: GenerateConfig, conditional: bool, device: str) -> Any:
-    """The faithfulness scorer (see GenerateConfig.segmenter), or None (``auto`` is off for per-real generation
-    unless ``min_faithfulness`` is set: its labels are the real masks)."""
-    from .faithfulness import FaithfulnessScorer, train_reference_segmenter
-
+def _scorer_plan(run: Path, prov: dict[str, Any], cfg: GenerateConfig, conditional: bool) -> tuple[Path | None, bool]:
+    """Which faithfulness segmenter scores the pairs (see GenerateConfig.segmenter) → (SEG folder or None, whether
+    it must be trained first). Only checks; writes nothing. ``auto`` is off for per-real generation unless
+    ``min_faithfulness`` is set: its labels are the real masks."""
     if cfg.per_real and cfg.segmenter == "auto" and cfg.min_faithfulness is None:
-        return None
+        return None, False
     if cfg.segmenter == "off" or (cfg.segmenter == "auto" and not conditional and cfg.min_faithfulness is None):
-        return None
+        return None, False
     seg = Path(cfg.segmenter) if cfg.segmenter != "auto" else run / "reference_segmenter"
-    if cfg.segmenter == "auto" and not (seg / "results.json").is_file():
-        if not prov.get("data") or not Path(prov["data"]).is_dir():
-            raise fail(f"{run}: cannot train the reference segmenter, the dataset {prov.get('data')} is missing; "
-                       f"pass --segmenter SEG or --segmenter off")
-        print(f"synthpair: training the reference segmenter for mask faithfulness → {seg}", file=sys.stderr)
-        train_reference_segmenter(prov["data"], seg, fold=prov["fold"], steps=cfg.segmenter_steps)
-    elif not (seg / "results.json").is_file():
+    if (seg / "results.json").is_file():
+        return seg, False
+    if cfg.segmenter != "auto":
         raise fail(f"--segmenter {seg}: not a 'synthpair segment' output folder (no results.json)")
-    return FaithfulnessScorer(seg, fold=prov["fold"], data=prov.get("data"), device=device)
+    if not prov.get("data") or not Path(prov["data"]).is_dir():
+        raise fail(f"{run}: cannot train the reference segmenter, the dataset {prov.get('data')} is missing; "
+                   f"pass --segmenter SEG or --segmenter off")
+    return seg, True
+
+
+def _train_scorer(prov: dict[str, Any], cfg: GenerateConfig, seg: Path) -> None:
+    """Train the ``auto`` reference segmenter into ``seg`` (RUN/reference_segmenter), cached for later runs."""
+    from .faithfulness import train_reference_segmenter
+
+    print(f"synthpair: training the reference segmenter for mask faithfulness → {seg}", file=sys.stderr)
+    train_reference_segmenter(prov["data"], seg, fold=prov["fold"], steps=cfg.segmenter_steps)
+
+
+def _open_scorer(seg: Path | None, prov: dict[str, Any], device: str) -> Any:
+    """The :class:`~.faithfulness.FaithfulnessScorer` of SEG folder ``seg``, or None."""
+    from .faithfulness import FaithfulnessScorer
+
+    return None if seg is None else FaithfulnessScorer(seg, fold=prov["fold"], data=prov.get("data"), device=device)
 
 
 def source_guidance(bundle: Any, prov: dict[str, Any], cfg: GenerateConfig) -> float:
@@ -405,74 +421,121 @@ def generate(run_dir: Path | str, out_dir: Path | str, cfg: GenerateConfig = Gen
     Writes ``images/<id>.png`` (uint8, value v ↔ v/127.5 − 1), ``masks/<id>.png`` (labels 0..K),
     ``manifest.jsonl`` (one line per pair), ``generate_config.json`` and finally ``dataset.json``.
     Returns ``out_dir``.
+
+    Under ``torchrun --nproc_per_node=K`` the seed blocks are sharded: every round, rank ``r`` samples block
+    ``b + r`` (block ``b`` = seeds ``seed + b·batch_size …``); rank 0 gathers the round and commits its blocks in
+    block order exactly as one process would, stopping at the same block and pair (later blocks of the round
+    are dropped unwritten). The folder is therefore byte-identical to a single-process run on CPU (same
+    threads per process), and an interrupted run resumes with any number of processes. Every rank checks the
+    inputs before rank 0 writes anything; only rank 0 writes, and trains the ``auto`` reference segmenter while
+    the others wait.
     """
     from ..networks.export import load_export
+    from .shards import Shards, raise_errors
 
     run = Path(run_dir)
     out = Path(out_dir)
-    if not run.is_dir():
-        raise fail(f"{run}: generator run folder not found; pass the --out folder of 'synthpair train'")
-    prov = _generator_provenance(run)
-    model_bundle = load_export(run / "export")
-    source = _condition_source(model_bundle, prov, cfg, cfg.seed)
-    from ..methods import get_method
+    shards = Shards.start()
+    main = shards.is_main
+    device = str(resolve_device(cfg.device))  # recorded in the manifest (the spec, not a rank's CUDA index)
+    compute_device = device
+    if shards.world > 1 and device == "cuda":
+        compute_device = f"cuda:{shards.local_rank}"
 
-    if not getattr(get_method(prov["method"]), "uses_masks", True) and (
-            cfg.min_faithfulness is not None or cfg.segmenter not in ("auto", "off")):
-        raise fail(f"{run}: this {prov['method']!r} generator makes images without masks, so there is no mask "
-                   f"faithfulness to score; drop --min-faithfulness / --segmenter")
+    def check_inputs() -> tuple[Any, ...]:
+        """Every rank: the generator, its condition source and faithfulness segmenter, and the folder's state."""
+        from ..methods import get_method
+
+        if not run.is_dir():
+            raise fail(f"{run}: generator run folder not found; pass the --out folder of 'synthpair train'")
+        prov = _generator_provenance(run)
+        bundle = load_export(run / "export")
+        source = _condition_source(bundle, prov, cfg, cfg.seed)
+        if not getattr(get_method(prov["method"]), "uses_masks", True) and (
+                cfg.min_faithfulness is not None or cfg.segmenter not in ("auto", "off")):
+            raise fail(f"{run}: this {prov['method']!r} generator makes images without masks, so there is no mask "
+                       f"faithfulness to score; drop --min-faithfulness / --segmenter")
+        seg, must_train = _scorer_plan(run, prov, cfg, source is not None)
+        scorer = None if must_train else _open_scorer(seg, prov, compute_device)
+        if main:
+            check_writable_dir(out)
+        state = _load_progress(out)
+        if state is None:
+            if out.is_dir() and any(p.name not in (".synthpair-write-test",) for p in out.iterdir()):
+                raise fail(f"{out}: folder is not empty and holds no unfinished generation; choose a new --out")
+        else:
+            old = read_json(out / "generate_config.json", "generate_config.json")
+            old.pop("_type", None)
+            if old != to_dict(cfg) or state.get("model_sha256") != prov["model_sha256"]:
+                raise fail(f"{out}: holds a generation with other settings or another model; rerun with the same "
+                           f"command to resume, or choose a new --out")
+        return prov, bundle, source, seg, must_train, scorer, state
+
+    prov, model_bundle, source, seg, must_train, scorer, state = shards.check(check_inputs)
+    if state is not None and state.get("complete"):
+        if main:
+            print(f"{out}: already complete ({state['kept']} pairs)", file=sys.stderr)
+        return out
     export_cfg = prov["export_config"]
     data_info = {**export_cfg.get("data", {}), **{k: export_cfg[k] for k in ("labels", "modality") if k in export_cfg}}
 
-    check_writable_dir(out)
-    state = _load_progress(out)
-    cfg_file = out / "generate_config.json"
-    if state is None:
-        if any(p.name not in (".synthpair-write-test",) for p in out.iterdir()):
-            raise fail(f"{out}: folder is not empty and holds no unfinished generation; choose a new --out")
-        save_config(cfg, cfg_file)
-        state = {"next_seed": cfg.seed, "kept": 0, "attempted": 0, "model_sha256": prov["model_sha256"],
-                 "complete": False}
-        write_json_atomic(out / PROGRESS, state)
-    else:
-        old = read_json(cfg_file, "generate_config.json")
-        old.pop("_type", None)
-        if old != to_dict(cfg) or state.get("model_sha256") != prov["model_sha256"]:
-            raise fail(f"{out}: holds a generation with other settings or another model; rerun with the same "
-                       f"command to resume, or choose a new --out")
-        if state.get("complete"):
-            print(f"{out}: already complete ({state['kept']} pairs)", file=sys.stderr)
-            return out
+    def open_folder() -> dict[str, Any]:
+        """Rank 0: start (or clean up for resuming) the folder; train the ``auto`` segmenter on first use."""
+        st = state
+        if st is None:
+            save_config(cfg, out / "generate_config.json")
+            st = {"next_seed": cfg.seed, "kept": 0, "attempted": 0, "model_sha256": prov["model_sha256"],
+                  "complete": False}
+            write_json_atomic(out / PROGRESS, st)
+        lines = _committed_lines(out, st["next_seed"])
+        _rewrite_manifest(out, lines)
+        _remove_stray_files(out, {r["id"] for r in lines})
+        if must_train:
+            _train_scorer(prov, cfg, seg)
+        return st
 
-    lines = _committed_lines(out, state["next_seed"])
-    _rewrite_manifest(out, lines)
-    _remove_stray_files(out, {r["id"] for r in lines})
-
-    device = str(resolve_device(cfg.device))
-    amp = cfg.amp
-    scorer = _scorer(run, prov, cfg, source is not None, device)
-    accounting = chain_accounting(run, prov, source, scorer)
+    state = shards.on_main(open_folder)
+    if must_train:
+        scorer = shards.check(lambda: _open_scorer(seg, prov, compute_device))
+    accounting = chain_accounting(run, prov, source, scorer) if main else None
     per_real = isinstance(source, PerRealSource)
     n_target = source.total if per_real else cfg.n  # per-real: every version of every training pair, no filter
     max_attempts = n_target if per_real else int(np.ceil(cfg.n * cfg.max_attempts_factor))
-    from tqdm import tqdm
+    amp = cfg.amp
+    guidance = source_guidance(model_bundle, prov, cfg) if source is not None else None
 
-    bar = tqdm(total=n_target, initial=state["kept"], desc="generate", unit="pair", disable=not progress,
-               file=sys.stderr, dynamic_ncols=True)
-    t0 = time.time()
-    while state["kept"] < n_target and state["attempted"] < max_attempts:
-        stop = state["next_seed"] + cfg.batch_size
-        seeds = list(range(state["next_seed"], min(stop, cfg.seed + n_target) if per_real else stop))
-        images, masks, cond_recs, extra_cases = _sample(model_bundle, seeds, cfg, device, amp, source)
+    def more(st: dict[str, Any]) -> bool:
+        return st["kept"] < n_target and st["attempted"] < max_attempts
+
+    def block_seeds(st: dict[str, Any], j: int) -> list[int]:
+        """Seeds of the j-th block after the committed ones ([] when no single-process run would sample it)."""
+        if st["attempted"] + j * cfg.batch_size >= max_attempts:
+            return []
+        start = st["next_seed"] + j * cfg.batch_size
+        stop = min(start + cfg.batch_size, cfg.seed + n_target) if per_real else start + cfg.batch_size
+        return list(range(start, stop))
+
+    def sample_block(seeds: list[int]) -> dict[str, Any] | None:
+        """Images, cleaned masks, condition records and faithfulness of one block (they depend on the seeds only)."""
+        if not seeds:
+            return None
+        images, masks, cond_recs, extra_cases = _sample(model_bundle, seeds, cfg, compute_device, amp, source)
         if masks is None:  # image-only generator: images without masks (no mask filter, no faithfulness)
             masks = [None] * len(seeds)
         elif source is None:
             masks = np.stack([clean_mask(m, cfg.min_component) for m in masks])
         faith = scorer.score(images, masks) if scorer is not None else [None] * len(seeds)
-        train_cases = sorted(set(prov["train_cases"]) | set(extra_cases))
+        return {"seeds": seeds, "images": images, "masks": masks, "cond_recs": cond_recs,
+                "extra_cases": extra_cases, "faith": faith}
+
+    def commit(st: dict[str, Any], block: dict[str, Any]) -> dict[str, Any]:
+        """Rank 0: filter one block, write its pairs, append its manifest lines, then replace progress.json."""
+        seeds = block["seeds"]
+        train_cases = sorted(set(prov["train_cases"]) | set(block["extra_cases"]))
         new_lines = []
-        for seed, image, mask, crec, f in zip(seeds, images, masks, cond_recs, faith):
-            if state["kept"] + len(new_lines) >= n_target:
+        for seed, image, mask, crec, f in zip(seeds, block["images"], block["masks"], block["cond_recs"],
+                                              block["faith"]):
+            if st["kept"] + len(new_lines) >= n_target:
                 break
             area = None if mask is None else int((mask > 0).sum())
             if area is not None and area < max(cfg.min_area, 1) and not cfg.keep_empty and not per_real:
@@ -489,39 +552,67 @@ def generate(run_dir: Path | str, out_dir: Path | str, cfg: GenerateConfig = Gen
                 "fold": prov["fold"], "train_cases": train_cases, "source_case": None,
                 "mask_area": area, "faithfulness": None if f is None else round(float(f), 6),
                 "label_accounting": ACCOUNTING, "num_mask_items_seen": accounting["num_mask_items"],
-                **({"guidance": source_guidance(model_bundle, prov, cfg)} if source is not None else {}),
+                **({"guidance": guidance} if source is not None else {}),
                 **crec,
             })
         _append_lines(out, new_lines)
-        state = {**state, "next_seed": seeds[-1] + 1, "kept": state["kept"] + len(new_lines),
-                 "attempted": state["attempted"] + len(seeds)}
-        write_json_atomic(out / PROGRESS, state)
-        bar.update(len(new_lines))
-        bar.set_postfix(kept=f"{state['kept']}/{state['attempted']}", pair_s=f"{state['kept'] / max(time.time() - t0, 1e-9):.2f}")
-    bar.close()
-    if state["kept"] < n_target:
-        print(f"synthpair: warning: only {state['kept']} of {n_target} pairs passed the mask filter after "
-              f"{state['attempted']} attempts (lower --min-area or pass --keep-empty)", file=sys.stderr)
+        st = {**st, "next_seed": seeds[-1] + 1, "kept": st["kept"] + len(new_lines),
+              "attempted": st["attempted"] + len(seeds)}
+        write_json_atomic(out / PROGRESS, st)
+        return st
 
-    lines = _committed_lines(out, state["next_seed"])
-    items = [{"id": r["id"], "case": f"synthetic:{r['id']}", "seed": r["seed"], "source_case": r["source_case"],
-              "spacing": None, **({"labelled": False, "foreground_fraction": None} if r["mask_area"] is None else
-                                  {"foreground_fraction": r["mask_area"] / float(np.prod(data_info.get("size", [1, 1])))})}
-             for r in lines]
-    info = dataset_info(
-        name=f"synthetic-{Path(prov['generator_run']).name}", modality=data_info.get("modality", "unknown"),
-        channels=data_info.get("channels", 1), labels=_labels(data_info),
-        size=data_info.get("size", [0, 0]), normalisation={"method": "synthetic"}, items=items,
-        synthetic=True, generator_run=prov["generator_run"], model_sha256=prov["model_sha256"],
-        fold=prov["fold"], train_cases=sorted(set(prov["train_cases"]).union(*[r["train_cases"] for r in lines])),
-        faithfulness=_faithfulness_summary(lines),
-        label_accounting={k: accounting[k] for k in ("num_mask_items", "num_image_items", "sources")})
-    write_accounting(out, accounting)
-    write_dataset_json(out, info)
-    write_json_atomic(out / PROGRESS, {**state, "complete": True})
-    if progress:
-        print(f"generated {state['kept']} pairs from {state['attempted']} seeds in {time.time() - t0:.1f}s",
-              file=sys.stderr)
+    from tqdm import tqdm
+
+    bar = tqdm(total=n_target, initial=state["kept"], desc="generate", unit="pair", disable=not (progress and main),
+               file=sys.stderr, dynamic_ncols=True)
+    t0 = time.time()
+    while more(state):
+        # one round: rank r samples block r after the committed ones; rank 0 commits them in block order
+        blocks = shards.gather(lambda: sample_block(block_seeds(state, shards.rank)))
+
+        def commit_round() -> dict[str, Any]:
+            raise_errors(blocks)
+            st = state
+            for block in blocks:
+                if block is None or not more(st):
+                    break
+                kept = st["kept"]
+                st = commit(st, block)
+                bar.update(st["kept"] - kept)
+                bar.set_postfix(kept=f"{st['kept']}/{st['attempted']}",
+                                pair_s=f"{st['kept'] / max(time.time() - t0, 1e-9):.2f}")
+            return st
+
+        state = shards.on_main(commit_round)
+    bar.close()
+
+    def finish() -> None:
+        """Rank 0: dataset.json (last), label accounting and the final progress state."""
+        if state["kept"] < n_target:
+            print(f"synthpair: warning: only {state['kept']} of {n_target} pairs passed the mask filter after "
+                  f"{state['attempted']} attempts (lower --min-area or pass --keep-empty)", file=sys.stderr)
+        lines = _committed_lines(out, state["next_seed"])
+        pixels = float(np.prod(data_info.get("size", [1, 1])))
+        items = [{"id": r["id"], "case": f"synthetic:{r['id']}", "seed": r["seed"], "source_case": r["source_case"],
+                  "spacing": None, **({"labelled": False, "foreground_fraction": None} if r["mask_area"] is None else
+                                      {"foreground_fraction": r["mask_area"] / pixels})}
+                 for r in lines]
+        info = dataset_info(
+            name=f"synthetic-{Path(prov['generator_run']).name}", modality=data_info.get("modality", "unknown"),
+            channels=data_info.get("channels", 1), labels=_labels(data_info),
+            size=data_info.get("size", [0, 0]), normalisation={"method": "synthetic"}, items=items,
+            synthetic=True, generator_run=prov["generator_run"], model_sha256=prov["model_sha256"],
+            fold=prov["fold"], train_cases=sorted(set(prov["train_cases"]).union(*[r["train_cases"] for r in lines])),
+            faithfulness=_faithfulness_summary(lines),
+            label_accounting={k: accounting[k] for k in ("num_mask_items", "num_image_items", "sources")})
+        write_accounting(out, accounting)
+        write_dataset_json(out, info)
+        write_json_atomic(out / PROGRESS, {**state, "complete": True})
+        if progress:
+            print(f"generated {state['kept']} pairs from {state['attempted']} seeds in {time.time() - t0:.1f}s"
+                  + (f" on {shards.world} processes" if shards.world > 1 else ""), file=sys.stderr)
+
+    shards.on_main(finish)
     return out
 
 
