@@ -75,9 +75,10 @@ def test_respacing_and_last_step():
     with pytest.raises(SynthpairError):
         respaced_timesteps(10, 11)
     s = NoiseSchedule(DiffusionConfig(num_timesteps=100))
-    for sampler in ("ddpm", "ddim"):
+    for sampler in ("ddpm", "ddim", "dpm++2m"):
         c = step_coefficients(s, respaced_timesteps(100, 7), sampler, 0.0)
-        assert c[-1] == pytest.approx((1.0, 0.0, 0.0))  # the last step returns x0_hat
+        assert c[-1] == pytest.approx((1.0, 0.0, 0.0, 0.0))  # the last step returns x0_hat
+        assert c[0].c_x0_prev == 0.0  # no previous x0_hat at the first step
 
 
 def test_ddim_eta1_equals_ddpm_posterior():
@@ -92,7 +93,7 @@ def _oracle(x0_true):
     return lambda x, t, c=None: x0_true.expand_as(x)
 
 
-@pytest.mark.parametrize("sampler,eta", [("ddim", 0.0), ("ddim", 0.5), ("ddpm", 0.0)])
+@pytest.mark.parametrize("sampler,eta", [("ddim", 0.0), ("ddim", 0.5), ("ddpm", 0.0), ("dpm++2m", 0.0)])
 def test_sampler_with_exact_x0_network_recovers_x0(sampler, eta):
     s = NoiseSchedule(DiffusionConfig(num_timesteps=100, prediction="x0"))
     x0 = torch.linspace(-0.9, 0.9, 16).view(1, 1, 4, 4)

@@ -25,6 +25,12 @@ ends at ``-1``. Network evaluations = number of down steps = ``n + |{j}| (resamp
 Reference RePaint = ``sampler="ddpm"`` on 250 respaced steps with L = r = 10 (the reference defaults). Fast
 RePaint = the same harmonisation idea with ``sampler="ddim"`` (``eta`` configurable; eta = 1 gives DDPM-like
 noise, eta = 0 deterministic down steps) on few steps (e.g. 50 steps, L = 5, r = 3: 140 evaluations).
+``sampler="dpm++2m"`` (DPM-Solver++(2M), :mod:`.sampling`) makes the down steps deterministic multistep
+steps: a down step from state k uses the x0_hat of the down step from k + 1 as its previous prediction. A jump
+breaks that history (the state it returns to was not reached by the step that produced the last x0_hat), so
+the first down step after a jump, like the first step of the chain, is first order: it reuses its own x0_hat
+as the previous one, and since ``c_x0 + c_x0_prev = alpha_prev (1 - e^{-h})`` that is exactly DPM-Solver++1
+(= DDIM with eta = 0) on that step. The known region is noised as for the other samplers.
 
 Partial chains (``strength < 1``, SDEdit-style, used by harmonisation): only the respaced timesteps
 ``< strength * T`` are kept and the walk starts from ``q(x_t | x0 = init)`` at the highest kept timestep;
@@ -102,7 +108,8 @@ def repaint(model: Model, schedule: NoiseSchedule, known: torch.Tensor, known_ma
 
     known: float (B, C, H, W) in [-1, 1] (for joint models the packed image+mask tensor); known_mask: bool
     (B, 1 or C, H, W), True = known (kept), broadcast over channels when it has one channel. ``sampler``
-    "ddpm" (reference: ancestral posterior steps) or "ddim" (fast; ``eta`` sets its noise). ``cond`` is passed
+    "ddpm" (reference: ancestral posterior steps), "ddim" (fast; ``eta`` sets its noise) or "dpm++2m"
+    (deterministic multistep down steps, restarted at first order after every jump; ``eta`` ignored). ``cond`` is passed
     to every network call. ``generators``: one CPU generator per row (required: RePaint is stochastic and
     every pair must be reproducible on its own). ``strength`` < 1 runs a partial chain from
     ``q(x_t | init)`` (``init`` defaults to ``known``). Returns :class:`Repainted` (x0 on ``known``'s device).
@@ -153,18 +160,23 @@ def repaint(model: Model, schedule: NoiseSchedule, known: torch.Tensor, known_ma
         from tqdm.auto import tqdm
         pairs = tqdm(pairs, desc=f"repaint-{sampler}-{n}", leave=False)
     nfe = 0
+    x0_prev: torch.Tensor | None = None  # x0_hat of the down step that led to the current state (multistep)
     for k, k_next in pairs:
         if k_next < k:  # down: p(x_{k-1} | x_k) in the unknown region, q(x_{k-1} | known) in the known one
-            c_x0, c_xt, sigma = coefs[n - 1 - k]
+            c_x0, c_x0_prev, c_xt, sigma = coefs[n - 1 - k]
             x0_hat = predict(x, t_batch[k])
             nfe += 1
             x_unknown = c_x0 * x0_hat + c_xt * x
+            if c_x0_prev != 0.0:  # dpm++2m; no history (after a jump) → its own x0_hat: a first-order step
+                x_unknown = x_unknown + c_x0_prev * (x0_hat if x0_prev is None else x0_prev)
+            x0_prev = x0_hat
             if sigma > 0.0:  # (the last step has c_x0 = 1, c_xt = sigma = 0: x_unknown = clipped x0_hat)
                 x_unknown = x_unknown + sigma * noise()
             x = torch.where(m, known_at(k_next), x_unknown)
         else:           # up: q(x_{k+1} | x_k) = N(sqrt(1 - beta) x_k, beta I) on the respaced chain
             beta = 1.0 - abar(k_next) / abar(k)
             x = (1.0 - beta) ** 0.5 * x + beta ** 0.5 * noise()
+            x0_prev = None
     return Repainted(x, nfe)
 
 
