@@ -285,7 +285,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("run", help="generator run folder (written by 'synthpair train')")
     sp.add_argument("--n", type=int, help="number of pairs to keep")
     sp.add_argument("--out", required=True)
-    sp.add_argument("--sampler", choices=["ddpm", "ddim"])
+    sp.add_argument("--sampler", choices=["ddpm", "ddim", "dpm++2m"],
+                    help="ddim (default; deterministic with --eta 0), ddpm (ancestral; needs many steps) or dpm++2m "
+                         "(DPM-Solver++(2M): deterministic second-order multistep ODE solver meant for few steps, "
+                         "10-25; ignores --eta). One network evaluation per step for all three")
     sp.add_argument("--steps", type=int)
     sp.add_argument("--eta", type=float)
     sp.add_argument("--seed", type=int, help="seed of the first pair; pair i uses seed+i")

@@ -34,8 +34,10 @@ channel with the same per-step coefficients: ``x_{t-1} = sqrt(abar_{t-1}) x0_hat
 eps_hat + sigma_t z`` (eq. 7) — for the x channels that is Alg. 2 line 5, for the y channels line 7. So one loop
 step on z is exactly one iteration of Algorithm 2 (``sigma_t = 0``: DDIM with ``eta = 0``, the paper's
 setting). Because the factorisation of eq. 12 holds for any step rule, DDPM ancestral sampling (``sampler=ddpm``)
-and ``eta > 0`` also work: each chain gets its own per-pair noise. As everywhere in synthpair, x0_hat is
-clipped to [-1, 1] and eps_hat re-derived from the clipped x0_hat (without clipping it is eq. 7 verbatim).
+and ``eta > 0`` also work: each chain gets its own per-pair noise. So does DPM-Solver++(2M) (``sampler=dpm++2m``,
+e.g. 10-25 steps instead of 256): the loop keeps the previous step's x0_hat of every channel, so the mask chain
+extrapolates through the guider's predictions and the image chain through model y's. As everywhere in synthpair,
+x0_hat is clipped to [-1, 1] and eps_hat re-derived from the clipped x0_hat (without clipping it is eq. 7 verbatim).
 
 Paper preset (sec. 3.1: T = 1024, linear betas 1e-4 .. 0.02, DDIM 256 steps, eps prediction)::
 

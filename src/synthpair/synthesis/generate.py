@@ -51,7 +51,7 @@ class GenerateConfig:
     """Settings of one generation job (saved as ``SYN/generate_config.json``)."""
 
     n: int = 64                       # pairs to keep
-    sampler: Literal["ddpm", "ddim"] = "ddim"
+    sampler: Literal["ddpm", "ddim", "dpm++2m"] = "ddim"  # dpm++2m: DPM-Solver++(2M), ~10-25 steps
     steps: int = 25                   # respaced sampling steps
     eta: float = 0.0                  # DDIM eta (0 = deterministic given x_T)
     seed: int = 0                     # seed of the first attempt; attempt i uses seed + i

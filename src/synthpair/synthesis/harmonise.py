@@ -48,7 +48,7 @@ class HarmoniseConfig:
 
     strength: float = 0.3             # fraction of the chain re-noised (0 = no change)
     steps: int = 50                   # respaced steps over the full chain; those < strength*T are run
-    sampler: Literal["ddpm", "ddim"] = "ddim"
+    sampler: Literal["ddpm", "ddim", "dpm++2m"] = "ddim"
     eta: float = 0.0
     jump_length: int = 1
     resample: int = 1                 # > 1: RePaint resampling during harmonisation too
