@@ -1,5 +1,5 @@
 """``synthpair <command>``: prepare, budget, train, generate, segment, run, demo, report, replay, evaluate, pool, cluster,
-inpaint, harmonise, experiment.
+inpaint, harmonise, experiment, export.
 
 Each command parses its arguments, builds a frozen config (defaults ← ``--config FILE`` ← ``--set k=v``)
 and calls one library function. Errors the user can fix print one line (``synthpair: error: …``) and exit
@@ -383,6 +383,10 @@ def build_parser() -> argparse.ArgumentParser:
     from .cluster import add_parser as add_cluster
 
     add_cluster(sub)
+
+    from .export import add_parser as add_export
+
+    add_export(sub)
     return p
 
 
