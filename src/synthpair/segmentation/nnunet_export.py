@@ -16,7 +16,7 @@ nnU-Net "cases" are our items (one 2-D image each): a real item keeps its id (ch
 ``splits_final.json``: ``train`` = the fold's labelled real training items (+ every synthetic pair when k is one of
 the exported ``folds``), ``val`` = the fold's real test items — synthetic pairs are never validation cases, and a
 case-level split (all slices / near-duplicates of a case on one side) is kept because ``val`` is DATA's test
-split. nnU-Net ≥ 2.3 copies a ``splits_final.json`` found in the raw folder into ``nnUNet_preprocessed`` when
+split. nnU-Net ≥ 2.3.1 copies a ``splits_final.json`` found in the raw folder into ``nnUNet_preprocessed`` when
 planning (and asserts an existing one matches); older versions need it copied by hand.
 
 Unlabelled items (``"labelled": false``: ``prepare --unlabelled`` images, the hidden masks of a label-budget

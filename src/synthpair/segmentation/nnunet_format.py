@@ -12,7 +12,7 @@ Written from nnU-Net v2's ``documentation/dataset_format.md``, ``documentation/m
 * the channels of a case = the sum over its files of 1 (grayscale) or 3/4 (an RGB(A) file: nnU-Net's natural
   image reader turns ONE RGB file into three channels) and equals ``len(channel_names)``;
 * a label is one-channel, has the image's height and width, and holds only values listed in ``labels``;
-* ``splits_final.json`` (optional; in the raw folder nnU-Net ≥ 2.3 copies it into the preprocessed folder
+* ``splits_final.json`` (optional; in the raw folder nnU-Net ≥ 2.3.1 copies it into the preprocessed folder
   when planning) is a list of ``{"train": [...], "val": [...]}`` whose names are existing cases, none twice
   and none both in ``train`` and ``val`` of a fold.
 
