@@ -1,5 +1,5 @@
 """``synthpair <command>``: prepare, budget, train, generate, segment, run, demo, report, replay, evaluate, pool, cluster,
-inpaint, harmonise, experiment, export.
+inpaint, harmonise, experiment, export, reader-study.
 
 Each command parses its arguments, builds a frozen config (defaults ← ``--config FILE`` ← ``--set k=v``)
 and calls one library function. Errors the user can fix print one line (``synthpair: error: …``) and exit
@@ -387,6 +387,10 @@ def build_parser() -> argparse.ArgumentParser:
     from .export import add_parser as add_export
 
     add_export(sub)
+
+    from .reader_study import add_parser as add_reader_study
+
+    add_reader_study(sub)
     return p
 
 
