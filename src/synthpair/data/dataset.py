@@ -38,13 +38,14 @@ def from_uint8(images: np.ndarray) -> np.ndarray:
 
 
 def read_png(path: Path) -> np.ndarray:
-    """Read a PNG written by synthpair → uint8 (H, W) or (H, W, 3)."""
+    """Read a PNG written by synthpair → uint8 (H, W), (H, W, 2) (mode LA: 2 named channels), (H, W, 3) or
+    (H, W, 4) (mode RGBA: 4 named channels, e.g. BraTS' contrasts; the 4th is data, not transparency)."""
     from PIL import Image
 
     try:
         with Image.open(path) as im:
             im.load()
-            if im.mode not in ("L", "RGB"):
+            if im.mode not in ("L", "LA", "RGB", "RGBA"):
                 im = im.convert("RGB" if im.mode in ("RGBA", "P", "CMYK") else "L")
             return np.asarray(im)
     except FileNotFoundError:
@@ -218,8 +219,8 @@ class PreparedDataset:
 
 
 def write_pair(root: Path, item_id: str, image: np.ndarray, mask: np.ndarray | None) -> None:
-    """Write one pair: image float (C, H, W) in [-1, 1] (C = 1 or 3), mask int (H, W) labels, or None for an
-    unlabelled item (image only, no mask file)."""
+    """Write one pair: image float (C, H, W) in [-1, 1] (C = 1 … 4: PNG mode L, LA, RGB or RGBA), mask int (H, W)
+    labels, or None for an unlabelled item (image only, no mask file)."""
     img = to_uint8(image)
     img = img[0] if img.shape[0] == 1 else img.transpose(1, 2, 0)
     save_png_atomic(root / "images" / f"{item_id}.png", img)

@@ -1,7 +1,8 @@
 """``prepare``: a source folder → the prepared dataset folder DATA (docs/architecture.md).
 
 Steps: detect the source kind and list pairs (:mod:`.readers`) → read each image/volume, normalise its
-intensities to [-1, 1] (:mod:`.normalise`), resize to ``size × size`` (:mod:`.resize`; aspect ratio not
+intensities to [-1, 1] (:mod:`.normalise`; each NAMED channel of a multi-channel source on its own, recorded
+as ``channel_names`` in dataset.json), resize to ``size × size`` (:mod:`.resize`; aspect ratio not
 preserved), write ``images/<id>.png`` + ``masks/<id>.png`` → find near-duplicates on 32×32 thumbnails
 (:mod:`.dedup`) and put each duplicate group into one case → seeded K-fold splits by case
 (:mod:`.splits`), or the fixed splits of a split file (:mod:`.split_file`) → ``dataset.json``,
@@ -157,21 +158,30 @@ def prepare_dataset(src: Path | str, out: Path | str, cfg: PrepareConfig | None 
                              empty_fraction=cfg.empty_fraction, seed=cfg.seed)
         unl_groups = iter_unlabelled(unl_dir, unl_files, axis=cfg.axis) if unl_files else iter(())
         # first pass: read, normalise, resize (kept in memory at the prepared size only)
+        named = source.channel_names  # multi-channel, not RGB: each channel normalised on its own
         for group in (*groups, *unl_groups):
             bar.update(1)
             volumetric = any(it.slice_index is not None for it in group.items)
             chans = 3 if group.stats.ndim == (4 if volumetric else 3) else 1
-            method = resolve_method(cfg.normalisation, modality, chans)
+            per_channel = named is not None and group.stats.ndim == (4 if volumetric else 3)
+            method = resolve_method(cfg.normalisation, modality, 1 if per_channel else chans)
             if method == "fixed" and group.dtype not in ("uint8", "uint16"):
                 method = "minmax"
             method_used.add(method)
-            lo, hi = intensity_range(method, group.stats, group.dtype, low=cfg.low_percentile,
-                                     high=cfg.high_percentile, ct_center=cfg.ct_center, ct_width=cfg.ct_width)
+            ranges = [intensity_range(method, group.stats[..., k] if per_channel else group.stats, group.dtype,
+                                      low=cfg.low_percentile, high=cfg.high_percentile, ct_center=cfg.ct_center,
+                                      ct_width=cfg.ct_width)
+                      for k in range(group.stats.shape[-1] if per_channel else 1)]
+            lo, hi = ranges[0]
             for it in group.items:
                 labelled = it.mask is not None
                 if labelled and not cfg.keep_empty and it.slice_index is None and not np.any(it.mask):
                     continue
-                img = resize_image(apply_range(it.image, lo, hi), cfg.size)
+                if per_channel:
+                    normed = np.stack([apply_range(it.image[..., k], a, b) for k, (a, b) in enumerate(ranges)], -1)
+                else:
+                    normed = apply_range(it.image, lo, hi)
+                img = resize_image(normed, cfg.size)
                 img = img[None] if img.ndim == 2 else img.transpose(2, 0, 1)
                 msk = resize_mask(it.mask, cfg.size) if labelled else None
                 if labelled:
@@ -181,7 +191,7 @@ def prepare_dataset(src: Path | str, out: Path | str, cfg: PrepareConfig | None 
                         "spacing": resized_spacing(it.spacing, it.image.shape[:2], cfg.size),
                         "original_size": [int(it.image.shape[0]), int(it.image.shape[1])],
                         "foreground_fraction": float(np.mean(msk > 0)) if labelled else None,
-                        "intensity_range": [lo, hi]}
+                        "intensity_range": [list(r) for r in ranges] if per_channel else [lo, hi]}
                 if not labelled:
                     meta["labelled"] = False
                     meta["source_image"] = str(Path(unl_dir).resolve() / it.source_image)
@@ -192,11 +202,12 @@ def prepare_dataset(src: Path | str, out: Path | str, cfg: PrepareConfig | None 
                        f"foreground slices); relax --keep-empty/--foreground-only")
 
         labels = _labels(source, src, max_label, progress)
-        channels = _channels(pending, unl_dir)
+        channels = _channels(pending, unl_dir, named)
         colour_info = None
         if cfg.colour_normalisation == "reinhard":
-            if channels != 3:
-                raise fail(f"{src}: colour_normalisation=reinhard needs RGB images but they have 1 channel; "
+            if channels != 3 or named is not None:
+                have = f"channels {', '.join(named)}" if named is not None else f"{channels} channel(s)"
+                raise fail(f"{src}: colour_normalisation=reinhard needs RGB images but they have {have}; "
                            f"drop the option")
             from .colour import normalise_colours
 
@@ -260,6 +271,9 @@ def prepare_dataset(src: Path | str, out: Path | str, cfg: PrepareConfig | None 
         extra = {"counts": {"items": len(items), "labelled": len(items) - n_unl, "unlabelled": n_unl,
                             "left_out_by_split_file": len(left_out),
                             "dropped_unlabelled_duplicates": len(dropped)}}
+        if named is not None:
+            norm["per_channel"] = True
+            extra["channel_names"] = list(named)
         if unl_dir is not None:
             extra["unlabelled_source"] = str(Path(unl_dir).resolve())
         info = dataset_info(name=cfg.name or src.name, modality=modality, channels=channels, labels=labels,
@@ -312,14 +326,17 @@ def _labels(source: Any, src: Path, max_label: int, progress: bool) -> dict[str,
     return {"background": 0, **{f"class{k}": k for k in range(1, max_label + 1)}}
 
 
-def _channels(pending: list[tuple[dict[str, Any], np.ndarray, Any]], unl_dir: Path | None) -> int:
-    """Channels of the dataset (3 when any labelled image is RGB); unlabelled images must match."""
+def _channels(pending: list[tuple[dict[str, Any], np.ndarray, Any]], unl_dir: Path | None,
+              named: list[str] | None = None) -> int:
+    """Channels of the dataset: the number of named channels of a multi-channel source (nnU-Net ``_000k``
+    files), else 3 when any labelled image is RGB, else 1; unlabelled images must match."""
     lab = {img.shape[0] for m, img, _ in pending if m.get("labelled", True)}
-    channels = 3 if 3 in lab else 1
+    channels = len(named) if named is not None else (3 if 3 in lab else 1)
     for m, img, _ in pending:
         if not m.get("labelled", True) and img.shape[0] != channels:
+            what = f"the named channels {', '.join(named)}" if named is not None else f"{channels}"
             raise fail(f"{m['source_image']}: unlabelled image has {img.shape[0]} channel(s) but the labelled images "
-                       f"have {channels}; convert the unlabelled images (grayscale vs RGB) or leave them out")
+                       f"have {what}; convert the unlabelled images (grayscale vs RGB) or leave them out")
     return channels
 
 

@@ -7,7 +7,11 @@
   are thresholded at 128 (JPEG noise), masks stored losslessly with other values are an error.
 * ``nnunet``: nnU-Net raw — ``dataset.json`` (``labels``, ``channel_names``, ``file_ending``),
   ``imagesTr/<case>_<XXXX><ending>`` (channel suffixes) and ``labelsTr/<case><ending>``; 2-D
-  (``.png``…) or volumes (``.nii.gz``, sliced like the ``nifti`` kind).
+  (``.png``…) or volumes (``.nii.gz``, sliced like the ``nifti`` kind). Several channels (``_0000``,
+  ``_0001``, …: MR contrasts such as T1/FLAIR/T1c, BraTS' four, MSD prostate's T2/ADC) are read as NAMED
+  channels (``Source.channel_names``, up to 4), not as RGB — unless ``channel_names`` is R, G, B. A
+  ``metadata.csv`` beside ``dataset.json`` with the nnU-Net case id (``case``/``case_id``/``identifier``
+  column) and a ``patient``/``patient_id``/``subject``/``subject_id`` column groups cases by patient.
 * ``nifti``: ``images/*.nii(.gz)`` + ``labels/`` or ``masks/`` volumes with the same names, sliced to 2-D
   along ``axis`` in the voxel-array order (no reorientation), keeping case id, slice index and the
   in-plane spacing from the header zooms. A DICOM series may stand in for an image volume:
@@ -37,6 +41,7 @@ IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm")
 VOLUME_EXTS = (".nii.gz", ".nii")
 JPEG_EXTS = (".jpg", ".jpeg")
 MAX_LABEL = 31  # masks with integer values 0..MAX_LABEL are label maps
+MAX_CHANNELS = 4  # prepared images are PNG: L, LA, RGB or RGBA (1-4 channels)
 CASE_COLUMNS = ("case", "case_id", "patient", "patient_id")
 KEY_COLUMNS = ("stem", "id", "image", "filename", "file", "name")
 
@@ -84,6 +89,7 @@ class Source:
     modality: str | None = None
     volumetric: bool = False
     case_map: dict[str, str] = field(default_factory=dict)
+    channel_names: list[str] | None = None  # named (non-RGB) channels of a multi-channel source, in file order
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -451,8 +457,11 @@ def _detect_nnunet(root: Path) -> Source:
             raise fail(f"{p}: nnU-Net image names are <case>_<XXXX>{ending} (channel suffix); rename it")
         by_case.setdefault(case, {})[int(ch)] = p
     n_ch = len(channel_names) if channel_names else max(len(v) for v in by_case.values())
-    if n_ch not in (1, 3):
-        raise fail(f"{djson}: {n_ch} channels; synthpair supports 1 (grayscale) or 3 (RGB) channels")
+    if not 1 <= n_ch <= MAX_CHANNELS:
+        raise fail(f"{djson}: {n_ch} channels; synthpair stores 1 to {MAX_CHANNELS} channels per image (gray, "
+                   f"gray+alpha, RGB or RGBA PNG); export at most {MAX_CHANNELS} channels (e.g. the contrasts you "
+                   f"need) into another nnU-Net folder")
+    names = _channel_name_list(channel_names, n_ch, djson)
     labels_found = {p.name[: -len(ending)]: p
                     for p in sorted(lab_dir.iterdir()) if p.is_file() and p.name.lower().endswith(ending)}
     pairs = []
@@ -466,11 +475,68 @@ def _detect_nnunet(root: Path) -> Source:
     for case, p in labels_found.items():
         if case not in by_case:
             raise fail(f"{p}: label without image (no {img_dir}/{case}_0000{ending}); add it or remove the label")
-    modality = None
-    if isinstance(channel_names, dict):
-        modality = str(channel_names.get("0", channel_names.get(0, ""))) or None
+    modality = names[0] if names else None
+    rgb = n_ch == 3 and names is not None and [n.upper() for n in names] in (["R", "G", "B"], ["RED", "GREEN", "BLUE"])
+    named = names if n_ch > 1 and not rgb else None
+    if n_ch > 1 and names is None:
+        named = [f"channel{k}" for k in range(n_ch)]
     return Source(root=root, kind="nnunet", pairs=pairs, labels=labels, modality=modality,
-                  volumetric=ending in VOLUME_EXTS)
+                  volumetric=ending in VOLUME_EXTS, case_map=nnunet_case_map(root, sorted(by_case)),
+                  channel_names=named)
+
+
+def _channel_name_list(channel_names: Any, n_ch: int, djson: Path) -> list[str] | None:
+    """``channel_names`` of an nnU-Net dataset.json (``{"0": "T1", "1": "FLAIR"}``, or the older ``modality``
+    dict) → names in channel order, or None when absent; one-line error for gaps or repeated names."""
+    if not channel_names:
+        return None
+    if not isinstance(channel_names, dict):
+        raise fail(f'{djson}: "channel_names" must map channel indices to names, e.g. {{"0": "T1", "1": "FLAIR"}}')
+    got = {str(k): str(v).strip() for k, v in channel_names.items()}
+    if sorted(got) != [str(k) for k in range(n_ch)]:
+        raise fail(f'{djson}: "channel_names" keys {sorted(got)} must be "0".."{n_ch - 1}"; fix dataset.json')
+    names = [got[str(k)] for k in range(n_ch)]
+    if len({n.lower() for n in names}) != n_ch or not all(names):
+        raise fail(f'{djson}: "channel_names" {names} must be distinct, non-empty names; fix dataset.json')
+    return names
+
+
+GROUP_COLUMNS = ("patient", "patient_id", "subject", "subject_id")
+NNUNET_KEY_COLUMNS = ("case", "case_id", "identifier", *KEY_COLUMNS)
+
+
+def nnunet_case_map(root: Path, cases: list[str]) -> dict[str, str]:
+    """``metadata.csv`` of an nnU-Net raw folder → {nnU-Net case id: patient}, so ``prepare`` keeps a patient's
+    cases (slices) on one side of every split. Needs a key column whose values are the case ids
+    (``case``/``case_id``/``identifier``/stem…) and a group column (``patient``/``patient_id``/``subject``/
+    ``subject_id``); {} when there is no metadata.csv or no group column. Every case must have a row."""
+    path = root / "metadata.csv"
+    if not path.is_file():
+        return {}
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as fh:
+            rows = list(csv.DictReader(fh))
+    except (OSError, UnicodeDecodeError, csv.Error) as err:
+        raise fail(f"{path}: unreadable CSV ({err}); fix it or remove it") from None
+    if not rows:
+        return {}
+    cols = {c.strip().lower(): c for c in rows[0].keys() if c}
+    group = next((cols[c] for c in GROUP_COLUMNS if c in cols), None)
+    if group is None:
+        return {}
+    known = set(cases)
+    key = next((cols[c] for c in NNUNET_KEY_COLUMNS if c in cols and cols[c] != group
+                and any(str(r[cols[c]]).strip() in known for r in rows)), None)
+    if key is None:
+        raise fail(f"{path}: has a {group!r} column but no column of nnU-Net case ids (e.g. 'case' with values like "
+                   f"{cases[0]!r}); add one so slices can be grouped by {group}")
+    out = {str(r[key]).strip(): str(r[group]).strip() for r in rows if str(r[key]).strip() in known
+           and str(r[group]).strip()}
+    missing = [c for c in cases if c not in out]
+    if missing:
+        raise fail(f"{path}: no {group!r} for case {missing[0]!r} ({len(missing)} case(s) missing); add a row per case "
+                   f"or remove metadata.csv")
+    return out
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -545,7 +611,7 @@ def _read_volume_pair(source: Source, case: str, img_paths: list[Path], mask_pat
     for i in keep:
         chans = [np.take(v, i, axis=axis) for v, _ in vols]
         image = chans[0] if len(chans) == 1 else np.stack(chans, axis=-1)
-        items.append(RawItem(id=f"{case}_s{i:04d}", case=case, image=image.astype(np.float32),
+        items.append(RawItem(id=f"{case}_s{i:04d}", case=source.case_map.get(case, case), image=image.astype(np.float32),
                              mask=np.take(mvol, i, axis=axis), source_image=_rel(source.root, img_paths[0]),
                              source_mask=_rel(source.root, mask_path), slice_index=i, spacing=spacing))
     stats = vol if len(vols) == 1 else np.stack([v for v, _ in vols], axis=-1)
