@@ -1,5 +1,5 @@
 """``synthpair <command>``: prepare, budget, train, generate, segment, run, demo, report, replay, evaluate, pool, cluster,
-inpaint, harmonise, experiment, export, reader-study.
+inpaint, harmonise, experiment, export, reader-study, anomaly, denoise, segdiff, translate, guidance.
 
 Each command parses its arguments, builds a frozen config (defaults ← ``--config FILE`` ← ``--set k=v``)
 and calls one library function. Errors the user can fix print one line (``synthpair: error: …``) and exit
@@ -391,6 +391,10 @@ def build_parser() -> argparse.ArgumentParser:
     from .reader_study import add_parser as add_reader_study
 
     add_reader_study(sub)
+
+    from .tasks import add_parser as add_tasks
+
+    add_tasks(sub)  # anomaly, denoise, segdiff, translate, guidance (the survey's other tasks)
     return p
 
 

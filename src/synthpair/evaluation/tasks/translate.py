@@ -1,0 +1,230 @@
+"""Modality conversion (survey sec. 3.2 and Table 10): a conditional diffusion model that generates the target
+contrast(s) from the source contrast(s), against a pix2pix-style U-Net regression, on held-out patients.
+
+``synthpair translate DATA --source T1 FLAIR --target T1c --out OUT`` (:func:`run_translate`), fold ``cfg.fold``
+of a prepared multi-channel folder (``prepare`` on an nnU-Net folder with named ``_000k`` channels, e.g.
+lgg-mri's T1 / FLAIR / T1c; its ``metadata.csv`` keeps a patient's slices on one side, so the test items are
+held-out PATIENTS):
+
+* ``source`` / ``target``: channel names of DATA (dataset.json ``channel_names``, matched without case); an
+  unknown name, an empty list or a channel on both sides is refused before any work.
+* **Diffusion** (SR3 / Palette-style image-to-image diffusion, as Lyu & Wang 2022 and the survey's IDDPM
+  conditioning): the target channels are x0, the source channels are concatenated to x_t at every step
+  (:class:`~.common.ConcatDenoiser`), trained with :func:`~.common.fit_diffusion` on every training-side image
+  (unlabelled ones too: no mask is needed); sampled through the one loop (DDIM, ``steps``) from per-image seeded
+  noise; ``samples`` > 1 averages several samples (posterior mean).
+* **Baseline**: pix2pix's generator objective without the adversarial term (Isola et al. 2017, eq. 3 with
+  lambda·L1 only): a MONAI U-Net (:func:`synthpair.networks.segmenters.build_segmenter` ``unet``, source →
+  target channels, tanh output) trained with L1 for the same number of steps and batch size. The adversarial
+  term is left out: on small data it trades NMAE/PSNR for texture, and the survey's metrics are pixel-wise.
+* **Metrics** on the target channels in [0, 1] (:mod:`synthpair.metrics.image`): NMAE, PSNR, SSIM per test
+  slice, mean ± sd over slices and over patients (mean of each patient's slice means).
+
+OUT: ``config.json``, ``results.{json,md}``, ``figures/examples.png`` (source, true target, diffusion, U-Net,
+their absolute errors), ``models/{translate_ddpm,unet_l1}/``.
+"""
+from __future__ import annotations
+
+import time
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ...data.dataset import PreparedDataset
+from ...diffusion.cond import Cond
+from ...diffusion.sampling import sample
+from ...diffusion.schedule import NoiseSchedule
+from ...errors import fail
+from ...io import atomic_output_dir
+from ...metrics import image as im
+from .common import (ConcatDenoiser, DiffusionFit, NetFit, channel_names, fit_diffusion, fit_network, heat, log,
+                     mean_sd, panel_grid, resolve, save_figure, save_model, seed_generators, table, to_u8,
+                     write_outputs)
+
+TASK = "translate"
+
+
+@dataclass(frozen=True)
+class TranslateConfig:
+    """Settings of ``synthpair translate`` (saved as OUT/config.json); see the module docstring.
+    ``baseline.steps = 0`` and ``baseline.batch_size = 0`` mean the diffusion model's (the same budget)."""
+
+    source: tuple[str, ...] = ()
+    target: tuple[str, ...] = ()
+    fold: int = 0
+    seed: int = 0
+    generator: DiffusionFit = field(default_factory=DiffusionFit)
+    steps: int = 25
+    eta: float = 0.0
+    samples: int = 1
+    baseline: NetFit = field(default_factory=lambda: NetFit(steps=1, batch_size=1, lr=2e-4, weight_decay=0.0))
+    baseline_same_budget: bool = True     # the U-Net gets generator.steps × generator.batch_size
+    unlabelled: bool = True               # also learn from the unlabelled training-side images
+    eval_batch: int = 16
+    n_examples: int = 4
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.steps < 1 or self.samples < 1 or self.eval_batch < 1 or self.eta < 0:
+            raise fail("steps, samples and eval_batch must be >= 1 and eta >= 0")
+
+
+def select_channels(ds: PreparedDataset, source: tuple[str, ...] | list[str], target: tuple[str, ...] | list[str]
+                    ) -> tuple[list[int], list[int]]:
+    """Channel indices of the ``source`` and ``target`` names in DATA (case-insensitive); one-line errors for an
+    unknown name, an empty side, a repeated name or a channel on both sides."""
+    names = channel_names(ds)
+    low = [n.lower() for n in names]
+    where = ds.root / "dataset.json"
+    if not source or not target:
+        raise fail(f"--source/--target: name at least one source and one target channel of {where} "
+                   f"(channels: {', '.join(names)})")
+
+    def idx(name: str) -> int:
+        if name.lower() not in low:
+            raise fail(f"channel {name!r}: not a channel of {where} (channels: {', '.join(names)}); name channels "
+                       f"from that list (prepare an nnU-Net folder with channel_names for multi-contrast data)")
+        return low.index(name.lower())
+
+    s, t = [idx(n) for n in source], [idx(n) for n in target]
+    if len(set(s)) != len(s) or len(set(t)) != len(t):
+        raise fail(f"--source {list(source)} --target {list(target)}: a channel is named twice")
+    both = sorted(set(s) & set(t))
+    if both:
+        raise fail(f"channel {names[both[0]]!r} is both a source and a target; a conversion maps source channels to "
+                   f"OTHER channels")
+    return s, t
+
+
+def _patients(ds: PreparedDataset, ids: list[str]) -> list[str]:
+    return [ds.case_of(i) for i in ids]
+
+
+def _summary(per: dict[str, np.ndarray], patients: list[str]) -> dict[str, Any]:
+    """Per metric: mean ± sd over slices, and over patients (each patient's slice mean)."""
+    out: dict[str, Any] = {}
+    pats = sorted(set(patients))
+    for k, v in per.items():
+        out[k] = mean_sd(v.tolist())
+        out[f"{k}_patients"] = mean_sd([float(np.mean([x for x, p in zip(v, patients) if p == q])) for q in pats])
+    return out
+
+
+def run_translate(data: Path | str, out: Path | str, cfg: TranslateConfig = TranslateConfig(), *,
+                  overwrite: bool = False, progress: bool = True) -> dict[str, Any]:
+    """Run the modality-conversion comparison (module docstring) and write OUT; returns the results dict."""
+    from ...env import resolve_autocast
+    from ...networks.segmenters import build_segmenter
+
+    data, out = Path(data), Path(out)
+    ds = PreparedDataset.open(data)
+    device = resolve(cfg.device)
+    src, tgt = select_channels(ds, cfg.source, cfg.target)
+    names = channel_names(ds)
+    _, test_ids = ds.split(cfg.fold)
+    train_ids = ds.image_train_ids(cfg.fold, unlabelled=cfg.unlabelled)
+    if not train_ids or not test_ids:
+        raise fail(f"{data}: fold {cfg.fold} has {len(train_ids)} training-side and {len(test_ids)} test images; "
+                   f"modality conversion needs both")
+    build_segmenter("unet", len(src), len(tgt), ds.size)   # size check before any work
+    autocast = resolve_autocast(cfg.generator.amp, device)
+    direction = f"{' + '.join(names[i] for i in src)} → {' + '.join(names[i] for i in tgt)}"
+    cost: dict[str, Any] = {}
+    with atomic_output_dir(out, overwrite=overwrite) as tmp:
+        x = torch.from_numpy(ds.load_images(train_ids))
+        xs, xt = x[:, src], x[:, tgt]
+        torch.manual_seed(cfg.seed)
+        net = ConcatDenoiser(cfg.generator.net, len(tgt), len(src))
+        model, rec = fit_diffusion(net, xt, cfg.generator, seed=cfg.seed, device=device, cond=xs,
+                                   progress=progress, desc=f"translate DDPM {direction}")
+        save_model(tmp / "models" / "translate_ddpm", model, {
+            "network": "ConcatDenoiser", "source": [names[i] for i in src], "target": [names[i] for i in tgt],
+            "record": rec})
+        cost["diffusion_train_cpu_s"] = rec["cpu_seconds"]
+        bfit = cfg.baseline
+        if cfg.baseline_same_budget:
+            from dataclasses import replace
+
+            bfit = replace(bfit, steps=cfg.generator.steps, batch_size=cfg.generator.batch_size)
+        torch.manual_seed(cfg.seed)
+        unet = build_segmenter("unet", len(src), len(tgt), ds.size)
+
+        def step(idx: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+            a, b = xs[idx], xt[idx]
+            fl = torch.rand((len(idx), 2), generator=gen) < 0.5
+            for k, ax in ((0, -1), (1, -2)):
+                a = torch.where(fl[:, k].view(-1, 1, 1, 1), a.flip(ax), a)
+                b = torch.where(fl[:, k].view(-1, 1, 1, 1), b.flip(ax), b)
+            return F.l1_loss(torch.tanh(unet(a.to(device))), b.to(device))
+
+        unet, urec = fit_network(unet, step, len(x), bfit, seed=cfg.seed, device=device, progress=progress,
+                                 desc="U-Net L1")
+        save_model(tmp / "models" / "unet_l1", unet, {"network": "MONAI UNet (build_segmenter unet) + tanh",
+                                                      "source": [names[i] for i in src],
+                                                      "target": [names[i] for i in tgt], "record": urec})
+        cost["unet_train_cpu_s"] = urec["cpu_seconds"]
+
+        xte = torch.from_numpy(ds.load_images(test_ids))
+        s_te, t_te = xte[:, src], xte[:, tgt]
+        t0 = time.process_time()
+        preds = torch.zeros_like(t_te)
+        for r in range(cfg.samples):
+            for i in range(0, len(test_ids), cfg.eval_batch):
+                ids = test_ids[i:i + cfg.eval_batch]
+                gens = seed_generators([zlib.crc32(f"{cfg.seed}:{r}:{q}".encode()) for q in ids])
+                x_T = torch.stack([torch.randn((len(tgt), *ds.size), generator=g) for g in gens]).to(device)
+                preds[i:i + len(ids)] += sample(model, NoiseSchedule(cfg.generator.diffusion, device=device), x_T,
+                                                sampler="ddim", steps=cfg.steps, eta=cfg.eta,
+                                                cond=Cond(control=s_te[i:i + len(ids)].to(device)), generators=gens,
+                                                autocast_dtype=autocast).cpu()
+        preds /= cfg.samples
+        cost["diffusion_cpu_s_per_image"] = round((time.process_time() - t0) / len(test_ids), 4)
+        t0 = time.process_time()
+        with torch.inference_mode():
+            upred = torch.cat([torch.tanh(unet(s_te[i:i + cfg.eval_batch].to(device))).cpu()
+                               for i in range(0, len(test_ids), cfg.eval_batch)])
+        cost["unet_cpu_s_per_image"] = round((time.process_time() - t0) / len(test_ids), 4)
+
+        ref = im.to_unit(t_te.numpy())
+        patients = _patients(ds, test_ids)
+        rows = []
+        for name, p in ((f"conditional diffusion (DDIM {cfg.steps}" + (f", mean of {cfg.samples}" if cfg.samples > 1
+                                                                      else "") + ")", preds),
+                        ("U-Net L1 (pix2pix generator objective)", upred)):
+            pu = im.to_unit(p.numpy())
+            per = {"nmae": im.nmae(pu, ref), "psnr": im.psnr(pu, ref), "ssim": im.ssim(pu, ref)}
+            rows.append({"direction": direction, "method": name, **_summary(per, patients)})
+        figures: list[dict[str, str]] = []
+        if cfg.n_examples:
+            pick = list(range(min(cfg.n_examples, len(test_ids))))
+            panels = []
+            for i in pick:
+                panels.append([to_u8(s_te[i, k:k + 1].numpy()) for k in range(len(src))]
+                              + [to_u8(t_te[i, :1].numpy()), to_u8(preds[i, :1].numpy()), to_u8(upred[i, :1].numpy()),
+                                 heat((preds[i, 0] - t_te[i, 0]).abs().numpy() / 2, 0.5),
+                                 heat((upred[i, 0] - t_te[i, 0]).abs().numpy() / 2, 0.5)])
+            save_figure(tmp, "examples", panel_grid(panels),
+                        f"{direction} on test slices. Columns: source ({', '.join(names[i] for i in src)}), true "
+                        f"{names[tgt[0]]}, diffusion, U-Net L1, |error| of diffusion and of the U-Net (0–0.5 in [0, 1] "
+                        f"units).", figures)
+        headers = ["direction", "method", "nmae", "psnr", "ssim", "nmae_patients", "psnr_patients", "ssim_patients"]
+        n_pat = len(set(patients))
+        tables = [table("test", f"{direction} on {len(test_ids)} held-out slices of {n_pat} patients (fold {cfg.fold})",
+                        headers, rows, note="Target intensities in [0, 1]; *_patients: mean ± sd over patients of the "
+                                            "per-patient slice means.")]
+        notes = [f"Trained on {len(train_ids)} training-side images (their patients never appear in the test split); "
+                 f"diffusion {rec['params']} parameters, {rec['steps']} steps × batch {cfg.generator.batch_size}; "
+                 f"U-Net {urec['params']} parameters, {urec['steps']} steps × batch {bfit.batch_size}, L1."]
+        results = write_outputs(tmp, task=TASK, title=f"Modality conversion {direction}: diffusion vs U-Net",
+                                data=str(data.resolve()), config=cfg, tables=tables, figures=figures, notes=notes,
+                                cost=cost, direction=direction, n_test_patients=n_pat)
+    log(progress, f"translate: results in {out / 'results.md'}")
+    return results
+
+
+__all__ = ["TranslateConfig", "run_translate", "select_channels"]
