@@ -179,6 +179,7 @@ def run_segdiff(data: Path | str, out: Path | str, cfg: SegDiffConfig = SegDiffC
         t0 = time.process_time()
         w0 = time.perf_counter()
         for j in range(kmax):
+            log(progress, f"segdiff: sample {j + 1}/{kmax} of {len(test_ids)} test images (DDIM {cfg.steps})")
             for i in range(0, len(test_ids), cfg.eval_batch):
                 ids = test_ids[i:i + cfg.eval_batch]
                 gens = seed_generators([zlib.crc32(f"{cfg.seed}:{j}:{x}".encode()) for x in ids])

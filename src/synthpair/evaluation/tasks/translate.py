@@ -51,8 +51,9 @@ TASK = "translate"
 
 @dataclass(frozen=True)
 class TranslateConfig:
-    """Settings of ``synthpair translate`` (saved as OUT/config.json); see the module docstring.
-    ``baseline.steps = 0`` and ``baseline.batch_size = 0`` mean the diffusion model's (the same budget)."""
+    """Settings of ``synthpair translate`` (saved as OUT/config.json); see the module docstring. With
+    ``baseline_same_budget`` (default) the U-Net trains for ``generator.steps`` × ``generator.batch_size``
+    whatever ``baseline.steps``/``batch_size`` say; its lr and weight decay are ``baseline``'s."""
 
     source: tuple[str, ...] = ()
     target: tuple[str, ...] = ()
@@ -62,7 +63,7 @@ class TranslateConfig:
     steps: int = 25
     eta: float = 0.0
     samples: int = 1
-    baseline: NetFit = field(default_factory=lambda: NetFit(steps=1, batch_size=1, lr=2e-4, weight_decay=0.0))
+    baseline: NetFit = field(default_factory=lambda: NetFit(steps=3000, batch_size=16, lr=2e-4, weight_decay=0.0))
     baseline_same_budget: bool = True     # the U-Net gets generator.steps × generator.batch_size
     unlabelled: bool = True               # also learn from the unlabelled training-side images
     eval_batch: int = 16
