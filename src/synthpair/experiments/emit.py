@@ -145,31 +145,10 @@ def _train_config(method: str, fold: int, steps: int, args: argparse.Namespace, 
 def subset_synthetic(src: Path, dst: Path, n: int) -> Path:
     """A synthetic folder with only versions ``< n`` of each real pair (for the n ablation); skipped when
     complete. Files are hard links (copies where links are impossible); manifest and dataset.json filtered."""
-    import json
-    import os
-    import shutil
+    from ..synthesis.manifest import subset_folder
 
-    from ..io import atomic_output_dir, read_json, write_json_atomic, write_text_atomic
-    from ..synthesis.manifest import read_manifest
-
-    if (dst / "dataset.json").is_file():
-        return dst
-    recs = [r for r in read_manifest(src) if int(r.get("version", 0)) < n]
-    keep = {r["id"] for r in recs}
-    info = read_json(src / "dataset.json", "dataset.json")
-    with atomic_output_dir(dst, overwrite=True) as tmp:
-        for sub in ("images", "masks"):
-            (tmp / sub).mkdir()
-            for pid in keep:
-                a, b = src / sub / f"{pid}.png", tmp / sub / f"{pid}.png"
-                try:
-                    os.link(a, b)
-                except OSError:
-                    shutil.copy2(a, b)
-        write_text_atomic(tmp / "manifest.jsonl", "".join(json.dumps(r) + "\n" for r in recs))
-        write_json_atomic(tmp / "dataset.json", {**info, "items": [it for it in info["items"] if it["id"] in keep],
-                                                 "subset_of": str(src.resolve()), "versions_per_real": n})
-    return dst
+    return subset_folder(src, dst, lambda r: int(r.get("version") or 0) < n, files="link", overwrite=True,
+                         info={"subset_of": str(src.resolve()), "versions_per_real": n})
 
 
 def _slug(name: str) -> str:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 METHODS = ("pig", "joint", "mask2image")
 
@@ -70,11 +71,8 @@ def _timed(record: dict, key: str, fn, *a, **kw):
 def subset_synthetic(src: Path, dst: Path, n: int) -> Path:
     """Write ``dst``: the first ``n`` pairs (manifest order = seed order) of the synthetic folder ``src``, with
     their manifest lines, PNGs and a ``dataset.json`` listing only them (``subset_of`` records the source)."""
-    import shutil
-
     from ..errors import fail
-    from ..io import atomic_output_dir, read_json, write_json_atomic, write_text_atomic
-    from ..synthesis.manifest import read_manifest
+    from ..synthesis.manifest import read_manifest, subset_folder
 
     if (dst / "manifest.jsonl").is_file():
         return dst
@@ -82,25 +80,13 @@ def subset_synthetic(src: Path, dst: Path, n: int) -> Path:
     if len(lines) < n:
         raise fail(f"{src}: holds {len(lines)} pairs, fewer than the {n} asked for; generate more first")
     keep = lines[:n]
-    ids = {r["id"] for r in keep}
-    info = read_json(src / "dataset.json", "synthetic dataset.json")
-    info["items"] = [it for it in info["items"] if it["id"] in ids]
-    info["subset_of"] = {"folder": str(src.resolve()), "first": n}
+    info: dict[str, Any] = {"subset_of": {"folder": str(src.resolve()), "first": n}}
     vals = [r["faithfulness"] for r in keep if r.get("faithfulness") is not None]
     if vals:
         from ..metrics.faithfulness import summarize_faithfulness
 
         info["faithfulness"] = summarize_faithfulness(vals)
-    import json
-
-    with atomic_output_dir(dst) as tmp:
-        for sub in ("images", "masks"):
-            (tmp / sub).mkdir()
-            for i in sorted(ids):
-                shutil.copy2(src / sub / f"{i}.png", tmp / sub / f"{i}.png")
-        write_text_atomic(tmp / "manifest.jsonl", "".join(json.dumps(r) + "\n" for r in keep))
-        write_json_atomic(tmp / "dataset.json", info)
-    return dst
+    return subset_folder(src, dst, [r["id"] for r in keep], files="copy", info=info)
 
 
 def _stage_train(args: argparse.Namespace, out: Path, times: dict) -> Path:

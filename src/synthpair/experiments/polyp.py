@@ -157,20 +157,16 @@ def sample_for_items(runs: dict[int, Path] | Path, data: Path, fold: int, items:
     cleaned mask has fewer than ``min_area`` pixels is redrawn with seed ``seed + s + a·len(slots)`` (attempt
     a = 1, 2, 3). Manifest lines are those of ``synthpair generate`` plus ``source_item``, ``source_case``
     (the real item the pair stands for), ``cluster`` and ``source_relation`` (``cluster``: sampled for that
-    item's cluster; ``none``: an unconditional sample assigned to the item in turn).
+    item's cluster; ``none``: an unconditional sample assigned to the item in turn) and, for a ``joint_cluster``
+    run, ``batch_labels`` (the clusters of the batch) so that ``synthpair replay`` samples with the same labels.
     """
-    import json
-
     import numpy as np
 
-    from ..config import from_dict
-    from ..data.dataset import PreparedDataset, dataset_info, write_dataset_json, write_pair
-    from ..diffusion.schedule import DiffusionConfig, NoiseSchedule
-    from ..env import resolve_autocast
-    from ..io import atomic_output_dir, write_text_atomic
-    from ..methods import DataInfo, get_method
+    from ..data.dataset import PreparedDataset, dataset_info
+    from ..io import atomic_output_dir
     from ..networks.export import load_export
-    from ..synthesis.generate import _generator_provenance, _labels, clean_mask, pair_id
+    from ..synthesis.generate import _generator_provenance, _labels, clean_mask, pair_id, sample_batch, sample_record
+    from ..synthesis.manifest import SyntheticWriter, dataset_items
 
     if (out / "dataset.json").is_file():
         return out
@@ -184,13 +180,12 @@ def sample_for_items(runs: dict[int, Path] | Path, data: Path, fold: int, items:
         g = c if run_of is not None else 0
         group_run[g] = run_of[c] if run_of is not None else Path(runs)  # type: ignore[arg-type]
         slot_group.append(g)
-    provs, bundles, schedules = {}, {}, {}
+    provs, bundles = {}, {}
     for g, r in group_run.items():
         provs[g] = _generator_provenance(r)
         bundles[g] = load_export(r / "export")
-        schedules[g] = NoiseSchedule(from_dict(DiffusionConfig, bundles[g][1]["diffusion"], where="export:diffusion"))
-    amp = resolve_autocast("auto", "cpu")
-    kept: dict[int, tuple[np.ndarray, np.ndarray, int, list[int]]] = {}
+    recipe = dict(sampler="ddim", steps=steps, eta=0.0, device="cpu", amp="auto")
+    kept: dict[int, tuple[np.ndarray, np.ndarray, int, list[int], list[int] | None]] = {}
     pending = list(range(len(slots)))
     attempts = 0
     from tqdm.auto import tqdm
@@ -199,58 +194,52 @@ def sample_for_items(runs: dict[int, Path] | Path, data: Path, fold: int, items:
     while pending and attempts < 4:
         for g in sorted(group_run):
             todo = [s for s in pending if slot_group[s] == g]
-            model, ecfg = bundles[g]
-            method = get_method(ecfg["method"])
-            info = DataInfo.from_dict(ecfg["data"])
             for b in range(0, len(todo), batch_size):
                 chunk = todo[b:b + batch_size]
                 seeds = [seed + s + attempts * len(slots) for s in chunk]
-                kw: dict[str, Any] = {}
-                if ecfg["method"] == "joint_cluster":
-                    kw["labels"] = [int(clusters[slots[s][0]]) for s in chunk]  # type: ignore[index]
-                imgs, msks = method.sample(model, schedules[g], seeds, data=info, steps=steps, autocast_dtype=amp,
-                                           **kw)
-                for s, sd, im, m in zip(chunk, seeds, imgs.numpy(), msks.numpy()):
+                # a cluster-conditioned run samples each item's pairs for the item's cluster (recorded for replay)
+                labels = ([int(clusters[slots[s][0]]) for s in chunk]  # type: ignore[index]
+                          if bundles[g][1]["method"] == "joint_cluster" else None)
+                imgs, msks, _, _ = sample_batch(bundles[g], seeds, labels=labels, **recipe)
+                for s, sd, im, m in zip(chunk, seeds, imgs, msks):
                     m = clean_mask(m, min_component)
                     if int((m > 0).sum()) >= min_area:
-                        kept[s] = (im, m, sd, seeds)
+                        kept[s] = (im, m, sd, seeds, labels)
                         bar.update(1)
         pending = [s for s in pending if s not in kept]
         attempts += 1
     bar.close()
     with atomic_output_dir(out) as tmp:
-        lines, ds_items = [], []
+        writer = SyntheticWriter(tmp)
+        lines = []
         for s, (it, r) in enumerate(slots):
             if s not in kept:
                 continue
-            im, m, sd, seeds = kept[s]
+            im, m, sd, seeds, labels = kept[s]
             g = slot_group[s]
             prov = provs[g]
-            pid = f"{pair_id(sd)}_{g}" if run_of is not None else pair_id(sd)
-            write_pair(tmp, pid, im, m)
-            area = int((m > 0).sum())
-            lines.append({
-                "id": pid, "seed": sd, "batch_seeds": seeds, "method": prov["method"], "sampler": "ddim",
-                "steps": steps, "eta": 0.0, "device": "cpu", "amp": "auto", "min_component": min_component,
-                "model_sha256": prov["model_sha256"], "generator_run": prov["generator_run"], "fold": prov["fold"],
-                "train_cases": prov["train_cases"], "source_case": ds.case_of(it), "source_item": it,
-                "source_id": it, "source_data": str(ds.root.resolve()), "copy": r,
-                "cluster": None if clusters is None else int(clusters[it]),
-                "source_cluster": None if clusters is None else int(clusters[it]),
-                "target_cluster": None if clusters is None or relation == "none" else int(clusters[it]),
-                "source_relation": relation, "mask_area": area, "faithfulness": None})
-            ds_items.append({"id": pid, "case": f"synthetic:{pid}", "seed": sd, "source_case": ds.case_of(it),
-                             "spacing": None, "foreground_fraction": area / float(m.size)})
-        write_text_atomic(tmp / "manifest.jsonl", "".join(json.dumps(x) + "\n" for x in lines))
+            rec = sample_record(
+                f"{pair_id(sd)}_{g}" if run_of is not None else pair_id(sd), sd, seeds, prov, **recipe,
+                min_component=min_component, train_cases=prov["train_cases"], mask_area=int((m > 0).sum()),
+                faithfulness=None, source_case=ds.case_of(it),
+                **({"batch_labels": labels} if labels is not None else {}),
+                source_item=it, source_id=it, source_data=str(ds.root.resolve()), copy=r,
+                cluster=None if clusters is None else int(clusters[it]),
+                source_cluster=None if clusters is None else int(clusters[it]),
+                target_cluster=None if clusters is None or relation == "none" else int(clusters[it]),
+                source_relation=relation)
+            writer.pair(rec, im, m)
+            lines.append(rec)
+        writer.rewrite(lines)
         ecfg = bundles[min(group_run)][1]
         info = dataset_info(
             name=f"synthetic-{out.name}", modality=ds.modality, channels=ds.channels,
             labels=_labels({**ecfg["data"], "labels": ecfg.get("labels")}), size=list(ds.size),
-            normalisation={"method": "synthetic"}, items=ds_items, synthetic=True,
+            normalisation={"method": "synthetic"}, items=dataset_items(lines, ds.size), synthetic=True,
             generator_runs=sorted(str(p["generator_run"]) for p in provs.values()), fold=fold,
             train_cases=sorted(set().union(*[set(p["train_cases"]) for p in provs.values()])),
             per_item=per_item, unfilled_slots=len(slots) - len(kept))
-        write_dataset_json(tmp, info)
+        writer.finish(info)
     return out
 
 
@@ -258,24 +247,10 @@ def view_set(full: Path, out: Path, m: int) -> Path:
     """A view of synthetic folder ``full`` with the first ``m`` versions (manifest ``copy`` < m) of each item.
 
     Writes ``dataset.json`` and ``manifest.jsonl`` subsets; ``images``/``masks`` are symlinks to ``full``'s."""
-    import json
-    import os
+    from ..synthesis.manifest import subset_folder
 
-    from ..io import atomic_output_dir, read_json, write_json_atomic, write_text_atomic
-    from ..synthesis.manifest import read_manifest
-
-    if (out / "dataset.json").is_file():
-        return out
-    lines = [r for r in read_manifest(full) if int(r.get("copy", 0)) < m]
-    keep = {r["id"] for r in lines}
-    info = read_json(full / "dataset.json", "dataset.json")
-    info = {**info, "items": [i for i in info["items"] if i["id"] in keep], "per_item": m, "view_of": str(full)}
-    with atomic_output_dir(out) as tmp:
-        for sub in ("images", "masks"):
-            os.symlink(os.path.relpath(full / sub, out), tmp / sub)
-        write_text_atomic(tmp / "manifest.jsonl", "".join(json.dumps(r) + "\n" for r in lines))
-        write_json_atomic(tmp / "dataset.json", info)
-    return out
+    return subset_folder(full, out, lambda r: int(r.get("copy") or 0) < m, files="symlink",
+                         info={"per_item": m, "view_of": str(full)})
 
 
 def set_metrics(data: Path, fold: int, clusters: dict[str, Any], syn: Path,

@@ -67,6 +67,7 @@ class JointClusterMethod:
     """Joint image+mask diffusion conditioned on the pair's cluster (see module docstring)."""
 
     name = "joint_cluster"
+    accepts_labels = True  # sample(..., labels=[...]): explicit clusters (else drawn per seed from the prior)
 
     # ---------------------------------------------------------------- networks
     def build_network(self, data: DataInfo, net_cfg: Any, cond_cfg: Any = None, k: int | None = None) -> nn.Module:

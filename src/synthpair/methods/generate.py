@@ -16,8 +16,8 @@ Amp = Literal["auto", "bf16", "off"]
 
 def synthesize_batch(generator: Path | str | tuple[nn.Module, dict[str, Any]], seeds: Sequence[int], *,
                      sampler: str = "ddim", steps: int = 25, eta: float = 0.0, device: torch.device | str = "cpu",
-                     amp: Amp = "auto", progress: bool = False, cond: Any = None, guidance: float | None = None
-                     ) -> tuple[torch.Tensor, torch.Tensor]:
+                     amp: Amp = "auto", progress: bool = False, cond: Any = None, guidance: float | None = None,
+                     labels: Sequence[int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Generate one pair per seed with an exported generator.
 
     ``generator``: an export folder (RUN/export) or the ``(model, export_config)`` pair of
@@ -28,7 +28,8 @@ def synthesize_batch(generator: Path | str | tuple[nn.Module, dict[str, Any]], s
     Mask-conditioned methods (``method.conditional``) take ``cond`` (a :class:`~synthpair.diffusion.cond.Cond`
     with ``mask`` int64 (B, H, W) and, for DSDM with a reference encoder, ``reference`` (B, C, H, W)) and the
     classifier-free ``guidance`` scale; they return the given masks with the generated images. Passing
-    ``cond``/``guidance`` to an unconditional method is an error.
+    ``cond``/``guidance`` to an unconditional method is an error. ``labels`` (one int per seed) are the
+    class/cluster labels of a label-conditioned method (``joint_cluster``); without them it draws its own.
     """
     from ..diffusion.schedule import DiffusionConfig, NoiseSchedule
     from ..config import from_dict
@@ -50,6 +51,11 @@ def synthesize_batch(generator: Path | str | tuple[nn.Module, dict[str, Any]], s
     elif cond is not None or guidance is not None:
         raise fail(f"method {cfg['method']!r} generates its own masks; --masks/--reference/--guidance only apply to "
                    f"mask-conditioned generators (mask2image, dsdm)")
+    if labels is not None:
+        if not getattr(method, "accepts_labels", False):
+            raise fail(f"method {cfg['method']!r} takes no class labels; labels apply to label-conditioned "
+                       f"generators (joint_cluster)")
+        extra["labels"] = [int(v) for v in labels]
     return method.sample(model, schedule, list(seeds), data=DataInfo.from_dict(cfg["data"]), sampler=sampler,
                          steps=steps, eta=eta, device=device, autocast_dtype=resolve_autocast(amp, device),
                          progress=progress, **extra)

@@ -27,7 +27,6 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from dataclasses import dataclass
@@ -37,13 +36,13 @@ from typing import Any, Literal
 import numpy as np
 
 from ..config import save_config, to_dict
-from ..data.dataset import dataset_info, read_png, to_uint8, write_dataset_json, write_pair
+from ..data.dataset import dataset_info
 from ..env import resolve_device
 from ..errors import fail
 from ..networks.export import sha256_file
 from .accounting import ACCOUNTING, write_accounting
-from .manifest import MANIFEST, read_manifest
-from ..io import check_writable_dir, read_json, translate_os_errors, write_json_atomic
+from .manifest import MANIFEST, PairRecord, SyntheticWriter, dataset_items, read_manifest  # noqa: F401 (re-export)
+from ..io import check_writable_dir, read_json, write_json_atomic
 
 
 @dataclass(frozen=True)
@@ -153,7 +152,7 @@ def _load_progress(out: Path) -> dict[str, Any] | None:
     return read_json(out / PROGRESS, PROGRESS)
 
 
-def _committed_lines(out: Path, next_seed: int) -> list[dict[str, Any]]:
+def _committed_lines(out: Path, next_seed: int) -> list[PairRecord]:
     """Manifest lines of committed batches (seed < next_seed); drops a torn last line and later ones."""
     path = out / MANIFEST
     if not path.is_file():
@@ -161,27 +160,12 @@ def _committed_lines(out: Path, next_seed: int) -> list[dict[str, Any]]:
     lines = []
     for raw in path.read_text(encoding="utf-8").splitlines():
         try:
-            rec = json.loads(raw)
-        except json.JSONDecodeError:
+            rec = PairRecord.from_json(json.loads(raw))
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError):
             break
-        if rec["seed"] < next_seed:
+        if rec.seed < next_seed:
             lines.append(rec)
     return lines
-
-
-def _rewrite_manifest(out: Path, lines: list[dict[str, Any]]) -> None:
-    from ..io import write_text_atomic
-
-    write_text_atomic(out / MANIFEST, "".join(json.dumps(r) + "\n" for r in lines))
-
-
-def _append_lines(out: Path, lines: list[dict[str, Any]]) -> None:
-    with translate_os_errors(out / MANIFEST):
-        with open(out / MANIFEST, "a", encoding="utf-8") as fh:
-            for rec in lines:
-                fh.write(json.dumps(rec) + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
 
 
 def _remove_stray_files(out: Path, keep_ids: set[str]) -> None:
@@ -201,14 +185,42 @@ def pair_id(seed: int) -> str:
     return f"seed{seed:07d}"
 
 
+def sample_record(pid: str, seed: int, batch_seeds: list[int], prov: dict[str, Any], *, sampler: str, steps: int,
+                  eta: float, device: str, amp: str, min_component: int, train_cases: list[str],
+                  mask_area: int | None, faithfulness: float | None, **fields: Any) -> PairRecord:
+    """The manifest record of a SAMPLED pair (recipe ``sample``, :mod:`.manifest`): the generator's provenance
+    ``prov`` (:func:`_generator_provenance`), the batch and sampler settings that replay it, and the writer's
+    ``fields`` (condition records; a ``source_case`` among them sets the typed key)."""
+    return PairRecord(
+        id=pid, seed=int(seed), method=prov["method"], generator_run=prov["generator_run"],
+        model_sha256=prov["model_sha256"], fold=prov["fold"], train_cases=train_cases,
+        source_case=fields.pop("source_case", None), mask_area=mask_area, faithfulness=faithfulness,
+        fields={"batch_seeds": list(batch_seeds), "sampler": sampler, "steps": steps, "eta": eta, "device": device,
+                "amp": amp, "min_component": min_component, **fields})
+
+
 def _sample(model_bundle: Any, seeds: list[int], cfg: GenerateConfig, device: str, amp: str,
-            source: Any = None) -> tuple[np.ndarray, np.ndarray, list[dict[str, Any]], list[str]]:
+            source: Any = None, labels: list[int] | None = None
+            ) -> tuple[np.ndarray, np.ndarray, list[dict[str, Any]], list[str]]:
     """→ (images float32 (B, C, H, W), masks int64 (B, H, W), per-pair condition records, extra train cases)."""
+    return sample_batch(model_bundle, seeds, sampler=cfg.sampler, steps=cfg.steps, eta=cfg.eta, device=device,
+                        amp=amp, source=source, guidance=cfg.guidance, labels=labels)
+
+
+def sample_batch(model_bundle: Any, seeds: list[int], *, sampler: str, steps: int, eta: float, device: str,
+                 amp: str, source: Any = None, guidance: float | None = None, labels: list[int] | None = None
+                 ) -> tuple[np.ndarray, np.ndarray | None, list[dict[str, Any]], list[str]]:
+    """One batch of the ``sample`` recipe (every sampled synthetic pair is made here, and replayed here).
+
+    ``source``: the condition source of a mask-conditioned / per-real generator (None for methods that make
+    their own masks); ``labels``: explicit class/cluster labels (one per seed) for label-conditioned methods.
+    → (images float32 (B, C, H, W), masks int64 (B, H, W) or None for an image-only generator, per-pair condition
+    records, extra train cases)."""
     from ..methods import synthesize_batch
 
     if source is None:
-        images, masks = synthesize_batch(model_bundle, seeds, sampler=cfg.sampler, steps=cfg.steps, eta=cfg.eta,
-                                         device=device, amp=amp)
+        images, masks = synthesize_batch(model_bundle, seeds, sampler=sampler, steps=steps, eta=eta,
+                                         device=device, amp=amp, labels=labels)
         return (np.asarray(images, dtype=np.float32),
                 None if masks is None else np.asarray(masks, dtype=np.int64),  # None: an image-only generator
                 [{} for _ in seeds], [])
@@ -216,12 +228,12 @@ def _sample(model_bundle: Any, seeds: list[int], cfg: GenerateConfig, device: st
 
     from ..diffusion.cond import Cond
 
-    conds = source.batch(seeds, steps=cfg.steps, device=device, amp=amp)
+    conds = source.batch(seeds, steps=steps, device=device, amp=amp)
     cond = getattr(conds, "cond", None) or Cond(
         mask=torch.from_numpy(conds.masks),
         reference=None if conds.references is None else torch.from_numpy(conds.references))
-    images, masks = synthesize_batch(model_bundle, seeds, sampler=cfg.sampler, steps=cfg.steps, eta=cfg.eta,
-                                     device=device, amp=amp, cond=cond, guidance=cfg.guidance)
+    images, masks = synthesize_batch(model_bundle, seeds, sampler=sampler, steps=steps, eta=eta,
+                                     device=device, amp=amp, cond=cond, guidance=guidance)
     return (np.asarray(images, dtype=np.float32), np.asarray(masks, dtype=np.int64), conds.records,
             conds.extra_train_cases)
 
@@ -479,6 +491,8 @@ def generate(run_dir: Path | str, out_dir: Path | str, cfg: GenerateConfig = Gen
     export_cfg = prov["export_config"]
     data_info = {**export_cfg.get("data", {}), **{k: export_cfg[k] for k in ("labels", "modality") if k in export_cfg}}
 
+    writer = SyntheticWriter(out)
+
     def open_folder() -> dict[str, Any]:
         """Rank 0: start (or clean up for resuming) the folder; train the ``auto`` segmenter on first use."""
         st = state
@@ -488,8 +502,8 @@ def generate(run_dir: Path | str, out_dir: Path | str, cfg: GenerateConfig = Gen
                   "complete": False}
             write_json_atomic(out / PROGRESS, st)
         lines = _committed_lines(out, st["next_seed"])
-        _rewrite_manifest(out, lines)
-        _remove_stray_files(out, {r["id"] for r in lines})
+        writer.rewrite(lines)
+        _remove_stray_files(out, {r.id for r in lines})
         if must_train:
             _train_scorer(prov, cfg, seg)
         return st
@@ -542,20 +556,15 @@ def generate(run_dir: Path | str, out_dir: Path | str, cfg: GenerateConfig = Gen
                 continue
             if cfg.min_faithfulness is not None and f < cfg.min_faithfulness:
                 continue
-            pid = pair_id(seed)
-            write_pair(out, pid, image, mask)
-            new_lines.append({
-                "id": pid, "seed": seed, "batch_seeds": seeds, "method": prov["method"],
-                "sampler": cfg.sampler, "steps": cfg.steps, "eta": cfg.eta, "device": device, "amp": amp,
-                "min_component": cfg.min_component,
-                "model_sha256": prov["model_sha256"], "generator_run": prov["generator_run"],
-                "fold": prov["fold"], "train_cases": train_cases, "source_case": None,
-                "mask_area": area, "faithfulness": None if f is None else round(float(f), 6),
-                "label_accounting": ACCOUNTING, "num_mask_items_seen": accounting["num_mask_items"],
-                **({"guidance": guidance} if source is not None else {}),
-                **crec,
-            })
-        _append_lines(out, new_lines)
+            rec = sample_record(
+                pair_id(seed), seed, seeds, prov, sampler=cfg.sampler, steps=cfg.steps, eta=cfg.eta, device=device,
+                amp=amp, min_component=cfg.min_component, train_cases=train_cases, mask_area=area,
+                faithfulness=None if f is None else round(float(f), 6),
+                label_accounting=ACCOUNTING, num_mask_items_seen=accounting["num_mask_items"],
+                **({"guidance": guidance} if source is not None else {}), **crec)
+            writer.pair(rec, image, mask)
+            new_lines.append(rec)
+        writer.append(new_lines)
         st = {**st, "next_seed": seeds[-1] + 1, "kept": st["kept"] + len(new_lines),
               "attempted": st["attempted"] + len(seeds)}
         write_json_atomic(out / PROGRESS, st)
@@ -592,21 +601,17 @@ def generate(run_dir: Path | str, out_dir: Path | str, cfg: GenerateConfig = Gen
             print(f"synthpair: warning: only {state['kept']} of {n_target} pairs passed the mask filter after "
                   f"{state['attempted']} attempts (lower --min-area or pass --keep-empty)", file=sys.stderr)
         lines = _committed_lines(out, state["next_seed"])
-        pixels = float(np.prod(data_info.get("size", [1, 1])))
-        items = [{"id": r["id"], "case": f"synthetic:{r['id']}", "seed": r["seed"], "source_case": r["source_case"],
-                  "spacing": None, **({"labelled": False, "foreground_fraction": None} if r["mask_area"] is None else
-                                      {"foreground_fraction": r["mask_area"] / pixels})}
-                 for r in lines]
+        items = dataset_items(lines, data_info.get("size", [1, 1]))
         info = dataset_info(
             name=f"synthetic-{Path(prov['generator_run']).name}", modality=data_info.get("modality", "unknown"),
             channels=data_info.get("channels", 1), labels=_labels(data_info),
             size=data_info.get("size", [0, 0]), normalisation={"method": "synthetic"}, items=items,
             synthetic=True, generator_run=prov["generator_run"], model_sha256=prov["model_sha256"],
-            fold=prov["fold"], train_cases=sorted(set(prov["train_cases"]).union(*[r["train_cases"] for r in lines])),
+            fold=prov["fold"], train_cases=sorted(set(prov["train_cases"]).union(*[r.train_cases for r in lines])),
             faithfulness=_faithfulness_summary(lines),
             label_accounting={k: accounting[k] for k in ("num_mask_items", "num_image_items", "sources")})
         write_accounting(out, accounting)
-        write_dataset_json(out, info)
+        writer.finish(info)
         write_json_atomic(out / PROGRESS, {**state, "complete": True})
         if progress:
             print(f"generated {state['kept']} pairs from {state['attempted']} seeds in {time.time() - t0:.1f}s"
@@ -616,29 +621,41 @@ def generate(run_dir: Path | str, out_dir: Path | str, cfg: GenerateConfig = Gen
     return out
 
 
-def _faithfulness_summary(lines: list[dict[str, Any]]) -> dict[str, Any] | None:
+def _faithfulness_summary(lines: list[PairRecord]) -> dict[str, Any] | None:
     from ..metrics.faithfulness import summarize_faithfulness
 
-    vals = [r["faithfulness"] for r in lines if r.get("faithfulness") is not None]
+    vals = [r.faithfulness for r in lines if r.faithfulness is not None]
     return summarize_faithfulness(vals) if vals else None
 
 
 def regenerate_pair(syn_dir: Path | str, pair: str) -> tuple[np.ndarray, np.ndarray | None]:
-    """Re-create one pair from its manifest line → (image uint8 like the PNG, mask uint8 labels, or None for an
-    image-only generator).
+    """Re-create one pair of any synthetic folder from its manifest line (:func:`synthpair.synthesis.replay.
+    regenerate_pair`)."""
+    from .replay import regenerate_pair as replay
 
-    Replays the recorded batch (``batch_seeds``) with the recorded sampler, steps, eta, device and amp on
-    the generator run the line names; refuses if the weights changed since (sha256 mismatch).
-    """
+    return replay(syn_dir, pair)
+
+
+def verify_pair(syn_dir: Path | str, pair: str) -> bool:
+    """True when the replay reproduces the stored PNGs exactly (:func:`synthpair.synthesis.replay.verify_pair`)."""
+    from .replay import verify_pair as verify
+
+    return verify(syn_dir, pair)
+
+
+def replay_sampled(rec: dict[str, Any]) -> tuple[np.ndarray, np.ndarray | None]:
+    """Recipe ``sample``: replay the recorded batch (``batch_seeds``, with ``batch_labels`` when the writer gave
+    explicit labels) with the recorded sampler, steps, eta, device, amp and condition source on the generator
+    run the line names → (image float32 (C, H, W), mask int64 (H, W) cleaned as written, or None for an
+    image-only generator). Refuses a run whose weights changed (sha256)."""
     from ..networks.export import load_export
 
-    lines = {r["id"]: r for r in read_manifest(syn_dir)}
-    if pair not in lines:
-        raise fail(f"{syn_dir}: no pair {pair!r} in {MANIFEST}; use an id from its 'id' field")
-    rec = lines[pair]
     run = Path(rec["generator_run"])
     if sha256_file(run / "export" / "model.safetensors") != rec["model_sha256"]:
-        raise fail(f"{run}: weights changed since {pair} was generated (sha256 differs); cannot replay it")
+        raise fail(f"{run}: weights changed since {rec['id']} was generated (sha256 differs); cannot replay it")
+    if "batch_seeds" not in rec:
+        raise fail(f"pair {rec['id']}: its manifest line has no batch_seeds (written before replay was recorded); "
+                   f"regenerate the folder to make it replayable")
     bundle = load_export(run / "export")
     cond_kw: dict[str, Any] = {}
     if rec.get("per_real"):
@@ -654,21 +671,10 @@ def regenerate_pair(syn_dir: Path | str, pair: str) -> tuple[np.ndarray, np.ndar
         prov = _generator_provenance(run)
         source = _condition_source(bundle, prov, cfg, int(rec["per_real_first_seed"] if rec.get("per_real")
                                                           else rec["mask_order_seed"]))
-    images, masks, _, _ = _sample(bundle, list(rec["batch_seeds"]), cfg, rec["device"], rec["amp"], source)
+    labels = rec.get("batch_labels")
+    images, masks, _, _ = _sample(bundle, list(rec["batch_seeds"]), cfg, rec["device"], rec["amp"], source,
+                                  labels=None if labels is None else [int(v) for v in labels])
     i = rec["batch_seeds"].index(rec["seed"])
-    image = to_uint8(images[i])
-    image = image[0] if image.shape[0] == 1 else image.transpose(1, 2, 0)
     if masks is None:  # image-only generator
-        return image, None
-    mask = (masks[i] if source is not None else clean_mask(masks[i], rec.get("min_component", 1))).astype(np.uint8)
-    return image, mask
-
-
-def verify_pair(syn_dir: Path | str, pair: str) -> bool:
-    """True when :func:`regenerate_pair` reproduces the stored PNGs exactly."""
-    image, mask = regenerate_pair(syn_dir, pair)
-    stored_image = read_png(Path(syn_dir) / "images" / f"{pair}.png")
-    if mask is None:  # image-only pair
-        return bool(np.array_equal(image, stored_image))
-    stored_mask = read_png(Path(syn_dir) / "masks" / f"{pair}.png")
-    return bool(np.array_equal(image, stored_image) and np.array_equal(mask, stored_mask))
+        return images[i], None
+    return images[i], (masks[i] if source is not None else clean_mask(masks[i], rec.get("min_component", 1)))

@@ -25,7 +25,7 @@ to the source before/after, boundary seam ratio before/after.
 """
 from __future__ import annotations
 
-import json
+import dataclasses
 import sys
 import time
 from dataclasses import dataclass
@@ -35,11 +35,11 @@ from typing import Any, Literal
 import numpy as np
 
 from ..config import save_config, to_dict
-from ..data.dataset import PreparedDataset, read_png, write_dataset_json, write_pair
+from ..data.dataset import PreparedDataset, read_png
 from ..errors import fail
-from ..io import atomic_output_dir, save_png_atomic, write_text_atomic
+from ..io import atomic_output_dir
 from .generate import _generator_provenance
-from .manifest import MANIFEST, read_manifest
+from .manifest import PairRecord, SyntheticWriter, read_manifest
 
 
 @dataclass(frozen=True)
@@ -176,15 +176,7 @@ def harmonise(syn_dir: Path | str, run: Path | str, out_dir: Path | str, cfg: Ha
     SYN2's manifest lines are SYN's plus ``harmonise`` (settings, seed, metrics) and the harmonising generator's
     provenance (``harmonise_generator_run``, ``harmonise_model_sha256``; its cases join ``train_cases``).
     """
-    import torch
-
-    from ..config import from_dict
-    from ..diffusion.cond import Cond
-    from ..diffusion.repaint import repaint
-    from ..diffusion.schedule import DiffusionConfig, NoiseSchedule
     from ..env import resolve_autocast, resolve_device
-    from ..methods.joint import pack_joint, seed_generators
-    from ..networks.export import load_export
 
     syn_dir, run = Path(syn_dir), Path(run)
     records = read_manifest(syn_dir, allow_empty=False)
@@ -205,108 +197,181 @@ def harmonise(syn_dir: Path | str, run: Path | str, out_dir: Path | str, cfg: Ha
     if label_mode and any(by_id[i].get("target_cluster") is None for i in ids):
         raise fail(f"{syn_dir}: pairs without target_cluster cannot be harmonised by the joint_cluster run {run}; "
                    f"pass a plain joint run")
-    needs_source = cfg.colour_match or cfg.style_weights is not None
-    sources: dict[str, PreparedDataset] = {}
-    if needs_source:
+    if cfg.colour_match or cfg.style_weights is not None:
         for i in ids:
             r = by_id[i]
             if not r.get("source_item") or not r.get("source_data"):
                 raise fail(f"{syn_dir}: pair {i} has no source_item/source_data; --colour-match and the style "
                            f"step need pairs written by 'synthpair inpaint'")
-    style_net = None
     device = str(resolve_device(cfg.device))
-    if cfg.style_weights is not None:
-        from ..metrics.perceptual import load_vgg16_features
-
-        style_net = load_vgg16_features(cfg.style_weights, device=device)
-    model, export_cfg = load_export(run / "export", device=device)
-    schedule = NoiseSchedule(from_dict(DiffusionConfig, export_cfg["diffusion"], where=f"{run}/export/config.json"),
-                             device=device)
-    autocast = resolve_autocast(cfg.amp, device)
-    C = syn.channels
-
-    def source_image(rec: dict[str, Any]) -> np.ndarray | None:
-        if not rec.get("source_item") or not rec.get("source_data") or not Path(rec["source_data"]).is_dir():
-            return None
-        root = rec["source_data"]
-        if root not in sources:
-            sources[root] = PreparedDataset.open(root, require_splits=False)
-        return sources[root].load([rec["source_item"]])[0][0]
+    job = _Harmoniser(run, cfg, device)
+    if cfg.margin is not None:
+        for pid, reg in zip(ids, _load_regions(syn_dir, ids)):
+            if reg is None:
+                raise fail(f"{syn_dir}: pair {pid} has no regions/ file; --set margin needs pairs "
+                           f"written by 'synthpair inpaint' (or leave margin unset)")
 
     from tqdm import tqdm
 
     bar = tqdm(total=len(ids), desc="harmonise", unit="pair", disable=not progress, file=sys.stderr,
                dynamic_ncols=True)
     t0 = time.time()
-    lines, all_metrics = [], []
+    lines: list[PairRecord] = []
+    all_metrics = []
     with atomic_output_dir(out_dir, overwrite=overwrite) as tmp:
+        writer = SyntheticWriter(tmp)
         save_config(cfg, tmp / "harmonise_config.json")
         for start in range(0, len(ids), cfg.batch_size):
             block = ids[start:start + cfg.batch_size]
             seeds = [cfg.seed + start + r for r in range(len(block))]
-            images, masks = syn.load(block)
-            x = pack_joint(torch.from_numpy(images), torch.from_numpy(masks), syn.num_classes).to(device)
-            known_mask = torch.zeros_like(x, dtype=torch.bool)
-            known_mask[:, C:] = True  # mask channels known everywhere, image channels free
-            regions = _load_regions(syn_dir, block)
-            if cfg.margin is not None:  # local harmonisation: the image is known outside region ⊕ margin
-                from scipy import ndimage
-
-                for r, reg in enumerate(regions):
-                    if reg is None:
-                        raise fail(f"{syn_dir}: pair {block[r]} has no regions/ file; --set margin needs pairs "
-                                   f"written by 'synthpair inpaint' (or leave margin unset)")
-                    grown = ndimage.binary_dilation(reg, iterations=cfg.margin) if cfg.margin > 0 else reg
-                    known_mask[r, :C] = torch.from_numpy(~grown).to(device)
-            cond = None
-            if label_mode:
-                cond = Cond(label=torch.tensor([int(by_id[i]["target_cluster"]) for i in block], device=device))
-            res = repaint(model, schedule, x, known_mask, steps=cfg.steps, jump_length=cfg.jump_length,
-                          resample=cfg.resample, sampler=cfg.sampler, eta=cfg.eta, cond=cond,
-                          generators=seed_generators(seeds), autocast_dtype=autocast, strength=cfg.strength)
-            out = res.x0[:, :C].float().clamp(-1, 1).cpu().numpy()
+            res = job.block(syn, syn_dir, [by_id[i] for i in block], seeds)
             for r, pid in enumerate(block):
-                rec = by_id[pid]
-                src = source_image(rec)
-                img = out[r]
-                if cfg.colour_match and src is not None:
-                    img = match_colour(img, src)
-                if style_net is not None and src is not None and cfg.strength > 0:
-                    from scipy import ndimage
-
-                    from ..metrics.perceptual import style_transfer
-
-                    reg = regions[r]
-                    keep = None
-                    if reg is not None:
-                        grown = ndimage.binary_dilation(reg, iterations=cfg.style_margin) if cfg.style_margin else reg
-                        keep = torch.from_numpy(grown)[None, None].to(device)
-                    img = style_transfer(style_net, torch.from_numpy(img)[None].to(device),
-                                         torch.from_numpy(src)[None].to(device), steps=cfg.style_steps,
-                                         lr=cfg.style_lr, style_weight=cfg.style_weight,
-                                         region=keep)[0].cpu().numpy()
-                if cfg.strength == 0 and not cfg.colour_match:
-                    img = images[r]  # exactly the input (no rounding through the network path)
-                write_pair(tmp, pid, img, masks[r])
-                if regions[r] is not None:
-                    save_png_atomic(tmp / "regions" / f"{pid}.png", regions[r].astype(np.uint8))
-                metrics = harmonisation_metrics(images[r], img, src, regions[r])
+                rec = PairRecord.from_json(by_id[pid])
+                metrics = harmonisation_metrics(res["before"][r], res["images"][r], res["sources"][r],
+                                                res["regions"][r])
                 all_metrics.append(metrics)
-                lines.append({**rec, "train_cases": sorted(set(rec["train_cases"]) | set(prov["train_cases"])),
-                              "harmonise": {"seed": seeds[r], "nfe": res.nfe, **to_dict(cfg), **metrics},
-                              "harmonise_generator_run": prov["generator_run"],
-                              "harmonise_model_sha256": prov["model_sha256"]})
+                out = rec.replace(
+                    train_cases=sorted(set(rec.train_cases) | set(prov["train_cases"])),
+                    harmonise={"seed": seeds[r], "nfe": res["nfe"], **to_dict(cfg), **metrics},
+                    harmonise_generator_run=prov["generator_run"], harmonise_model_sha256=prov["model_sha256"],
+                    harmonise_input=str(syn_dir.resolve()), harmonise_batch_ids=list(block),
+                    harmonise_batch_seeds=seeds)
+                writer.pair(out, res["images"][r], res["masks"][r], res["regions"][r])
+                lines.append(out)
             bar.update(len(block))
         bar.close()
-        write_text_atomic(tmp / MANIFEST, "".join(json.dumps(r) + "\n" for r in lines))
+        writer.rewrite(lines)
         info = dict(syn.info)
-        info["train_cases"] = sorted(set(info.get("train_cases", [])).union(*[r["train_cases"] for r in lines]))
+        info["train_cases"] = sorted(set(info.get("train_cases", [])).union(*[r.train_cases for r in lines]))
         info["items"] = [it for it in syn.items if it["id"] in by_id]
         info["harmonise"] = {"generator_run": prov["generator_run"], "config": to_dict(cfg),
                              "seconds": round(time.time() - t0, 2), "pairs": len(lines),
                              **summarise_metrics(all_metrics)}
-        write_dataset_json(tmp, info)
+        writer.finish(info)
     return Path(out_dir)
+
+
+class _Harmoniser:
+    """One harmonisation job's generator, schedule, settings and (optional) VGG16 style network; :meth:`block`
+    harmonises one block of pairs (used by :func:`harmonise` and by the replay)."""
+
+    def __init__(self, run: Path, cfg: HarmoniseConfig, device: str) -> None:
+        from ..config import from_dict
+        from ..diffusion.schedule import DiffusionConfig, NoiseSchedule
+        from ..env import resolve_autocast
+        from ..networks.export import load_export
+
+        self.cfg, self.device = cfg, device
+        self.style_net = None
+        if cfg.style_weights is not None:
+            from ..metrics.perceptual import load_vgg16_features
+
+            self.style_net = load_vgg16_features(cfg.style_weights, device=device)
+        self.model, export_cfg = load_export(run / "export", device=device)
+        self.label_mode = export_cfg.get("method") == "joint_cluster"
+        self.schedule = NoiseSchedule(from_dict(DiffusionConfig, export_cfg["diffusion"],
+                                                where=f"{run}/export/config.json"), device=device)
+        self.autocast = resolve_autocast(cfg.amp, device)
+        self._sources: dict[str, PreparedDataset] = {}
+
+    def source_image(self, rec: dict[str, Any]) -> np.ndarray | None:
+        """The real source image of an inpainted pair (``source_data`` / ``source_item``), or None."""
+        if not rec.get("source_item") or not rec.get("source_data") or not Path(rec["source_data"]).is_dir():
+            return None
+        root = rec["source_data"]
+        if root not in self._sources:
+            self._sources[root] = PreparedDataset.open(root, require_splits=False)
+        return self._sources[root].load([rec["source_item"]])[0][0]
+
+    def block(self, syn: PreparedDataset, syn_dir: Path, recs: list[dict[str, Any]], seeds: list[int]
+              ) -> dict[str, Any]:
+        """Harmonise the pairs ``recs`` of ``syn`` with pair seeds ``seeds`` → {"images" (harmonised, float32
+        (C, H, W) each), "before", "masks", "regions", "sources", "nfe"}."""
+        import torch
+
+        from ..diffusion.cond import Cond
+        from ..diffusion.repaint import repaint
+        from ..methods.joint import pack_joint, seed_generators
+
+        cfg, device = self.cfg, self.device
+        ids = [str(r["id"]) for r in recs]
+        C = syn.channels
+        images, masks = syn.load(ids)
+        x = pack_joint(torch.from_numpy(images), torch.from_numpy(masks), syn.num_classes).to(device)
+        known_mask = torch.zeros_like(x, dtype=torch.bool)
+        known_mask[:, C:] = True  # mask channels known everywhere, image channels free
+        regions = _load_regions(syn_dir, ids)
+        if cfg.margin is not None:  # local harmonisation: the image is known outside region ⊕ margin
+            from scipy import ndimage
+
+            for r, reg in enumerate(regions):
+                grown = ndimage.binary_dilation(reg, iterations=cfg.margin) if cfg.margin > 0 else reg
+                known_mask[r, :C] = torch.from_numpy(~grown).to(device)
+        cond = None
+        if self.label_mode:
+            cond = Cond(label=torch.tensor([int(r["target_cluster"]) for r in recs], device=device))
+        res = repaint(self.model, self.schedule, x, known_mask, steps=cfg.steps, jump_length=cfg.jump_length,
+                      resample=cfg.resample, sampler=cfg.sampler, eta=cfg.eta, cond=cond,
+                      generators=seed_generators(seeds), autocast_dtype=self.autocast, strength=cfg.strength)
+        out = res.x0[:, :C].float().clamp(-1, 1).cpu().numpy()
+        imgs, srcs = [], []
+        for r, rec in enumerate(recs):
+            src = self.source_image(rec)
+            img = out[r]
+            if cfg.colour_match and src is not None:
+                img = match_colour(img, src)
+            if self.style_net is not None and src is not None and cfg.strength > 0:
+                from scipy import ndimage
+
+                from ..metrics.perceptual import style_transfer
+
+                reg = regions[r]
+                keep = None
+                if reg is not None:
+                    grown = ndimage.binary_dilation(reg, iterations=cfg.style_margin) if cfg.style_margin else reg
+                    keep = torch.from_numpy(grown)[None, None].to(device)
+                img = style_transfer(self.style_net, torch.from_numpy(img)[None].to(device),
+                                     torch.from_numpy(src)[None].to(device), steps=cfg.style_steps,
+                                     lr=cfg.style_lr, style_weight=cfg.style_weight,
+                                     region=keep)[0].cpu().numpy()
+            if cfg.strength == 0 and not cfg.colour_match:
+                img = images[r]  # exactly the input (no rounding through the network path)
+            imgs.append(img)
+            srcs.append(src)
+        return {"images": imgs, "before": images, "masks": masks, "regions": regions, "sources": srcs,
+                "nfe": res.nfe}
+
+
+def replay_harmonised(rec: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    """Recipe ``harmonise`` (:mod:`.replay`): harmonise the recorded block (``harmonise_batch_ids`` with
+    ``harmonise_batch_seeds`` of the input folder ``harmonise_input``) again with the recorded generator, settings and seeds → (image float32 (C, H, W),
+    mask int64 (H, W)). Refuses lines written before the block was recorded and a generator whose weights
+    changed."""
+    from ..config import from_dict
+    from ..env import resolve_device
+    from ..networks.export import sha256_file
+
+    if not rec.get("harmonise_input") or not rec.get("harmonise_batch_ids") or not rec.get("harmonise_batch_seeds"):
+        raise fail(f"pair {rec['id']}: its manifest line has no harmonise_input/harmonise_batch_ids (harmonised "
+                   f"before replay was recorded); harmonise again to make it replayable")
+    run = Path(rec["harmonise_generator_run"])
+    if sha256_file(run / "export" / "model.safetensors") != rec["harmonise_model_sha256"]:
+        raise fail(f"{run}: weights changed since {rec['id']} was harmonised (sha256 differs); cannot replay it")
+    h = dict(rec["harmonise"])
+    names = {f.name for f in dataclasses.fields(HarmoniseConfig)}
+    cfg = from_dict(HarmoniseConfig, {k: v for k, v in h.items() if k in names}, where=f"{rec['id']}: harmonise")
+    syn_dir = Path(rec["harmonise_input"])
+    syn = PreparedDataset.open(syn_dir, require_splits=False)
+    inputs = {str(r["id"]): r for r in read_manifest(syn_dir)}
+    block = list(rec["harmonise_batch_ids"])
+    missing = [i for i in block if i not in inputs]
+    if missing:
+        raise fail(f"{syn_dir}: the input folder of {rec['id']} lacks pair {missing[0]} of its harmonisation block; "
+                   f"restore that folder to replay")
+    res = _Harmoniser(run, cfg, str(resolve_device(cfg.device))).block(
+        syn, syn_dir, [inputs[i] for i in block], [int(v) for v in rec["harmonise_batch_seeds"]])
+    r = block.index(rec["id"])
+    return np.asarray(res["images"][r], dtype=np.float32), res["masks"][r]
 
 
 def summarise_metrics(rows: list[dict[str, float | None]]) -> dict[str, float | None]:

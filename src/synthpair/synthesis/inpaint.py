@@ -38,11 +38,11 @@ from typing import Any, Literal, Sequence
 import numpy as np
 
 from ..config import save_config, to_dict
-from ..data.dataset import PreparedDataset, dataset_info, write_dataset_json, write_pair
+from ..data.dataset import PreparedDataset, dataset_info
 from ..errors import fail
-from ..io import atomic_output_dir, save_png_atomic, write_text_atomic
+from ..io import atomic_output_dir
 from .generate import _generator_provenance, clean_mask, pair_id
-from .manifest import MANIFEST
+from .manifest import PairRecord, SyntheticWriter, dataset_items
 
 JOINT_METHODS = ("joint", "joint_cluster")
 MODES = {  # (sampler, steps, jump_length, resample, eta) defaults per mode
@@ -249,6 +249,79 @@ def select_sources(ds: PreparedDataset, fold: int, items: str) -> tuple[list[str
     return chosen, 0
 
 
+def inpainted_mask(mask: np.ndarray, region: np.ndarray, min_component: int) -> np.ndarray:
+    """The kept mask of an inpainted pair: the decoded mask (H, W) inside ``region`` only, components smaller
+    than ``min_component`` removed."""
+    mask = np.asarray(mask).copy()
+    mask[~region] = 0
+    return clean_mask(mask, min_component)
+
+
+def repaint_block(gens: "GeneratorSet", ds: PreparedDataset, items: Sequence[str], seeds: Sequence[int],
+                  params: dict[str, Any], *, dilate_px: float, device: str, autocast: Any) -> dict[str, Any]:
+    """Inpaint one block: source ``items[r]`` with pair seed ``seeds[r]`` (its CPU generator draws the target
+    cluster first, then every RePaint noise). Rows are grouped by generator and each group runs as one batch.
+
+    → {"images" float32 (B, C, H, W), "masks" int64 (B, H, W) (decoded, not yet cut to the region), "regions"
+    bool (B, H, W), "targets" (target cluster per row or None), "nfe"}."""
+    import torch
+
+    from ..diffusion.cond import Cond
+    from ..diffusion.repaint import repaint
+    from ..methods.joint import pack_joint, seed_generators, unpack_joint
+
+    items_by_id = {it["id"]: it for it in ds.items}
+    generators = seed_generators(seeds)
+    targets = [gens.pick(g) for g in generators]
+    images, masks = ds.load(list(items))
+    regions = np.stack([dilate_region(msk > 0, dilate_px, dilation_scale(items_by_id[iid], ds.size))
+                        for iid, msk in zip(items, masks)])
+    x_known = pack_joint(torch.from_numpy(images), torch.from_numpy(masks), ds.num_classes)
+    # outside the region the lesion is absent: the mask channels are known background there
+    known_mask = torch.from_numpy(~regions)[:, None]
+    out_x = torch.empty_like(x_known)
+    nfe = 0
+    for gi in sorted({gens.model_index(t) for t in targets}):
+        rows = [r for r, t in enumerate(targets) if gens.model_index(t) == gi]
+        model, _ = gens.bundles[gi]
+        cond = None
+        if gens.cluster_mode == "label":
+            cond = Cond(label=torch.tensor([targets[r] for r in rows], dtype=torch.long, device=device))
+        res = repaint(model, gens.schedules[gi], x_known[rows].to(device), known_mask[rows].to(device),
+                      steps=params["steps"], jump_length=params["jump_length"], resample=params["resample"],
+                      sampler=params["sampler"], eta=params["eta"], cond=cond,
+                      generators=[generators[r] for r in rows], autocast_dtype=autocast)
+        out_x[rows] = res.x0.cpu()
+        nfe = res.nfe
+    new_images, new_masks = unpack_joint(out_x, ds.channels, ds.num_classes)
+    return {"images": new_images.numpy(), "masks": new_masks.numpy(), "regions": regions, "targets": targets,
+            "nfe": nfe}
+
+
+def replay_inpainted(rec: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    """Recipe ``inpaint`` (:mod:`.replay`): re-run the recorded RePaint block (``batch_seeds`` / ``batch_items`` of
+    ``source_data``) with the recorded generators and settings → (image float32 (C, H, W), kept mask int64 (H, W)).
+    Refuses lines written before the block was recorded and generators whose weights changed."""
+    from ..env import resolve_autocast
+    from ..networks.export import sha256_file
+
+    if "batch_items" not in rec or "batch_seeds" not in rec:
+        raise fail(f"pair {rec['id']}: its manifest line has no batch_seeds/batch_items (inpainted before replay was "
+                   f"recorded); inpaint again to make it replayable")
+    runs = [Path(r) for r in rec["generator_runs"]]
+    shas = rec.get("generator_sha256s") or [rec["model_sha256"]] * len(runs)
+    for run, sha in zip(runs, shas):
+        if sha256_file(run / "export" / "model.safetensors") != sha:
+            raise fail(f"{run}: weights changed since {rec['id']} was inpainted (sha256 differs); cannot replay it")
+    gens = GeneratorSet(runs, rec["device"])
+    ds = PreparedDataset.open(rec["source_data"])
+    params = {k: rec[k] for k in ("sampler", "steps", "jump_length", "resample", "eta")}
+    res = repaint_block(gens, ds, rec["batch_items"], rec["batch_seeds"], params, dilate_px=rec["dilate_px"],
+                        device=rec["device"], autocast=resolve_autocast(rec["amp"], rec["device"]))
+    r = list(rec["batch_seeds"]).index(rec["seed"])
+    return res["images"][r], inpainted_mask(res["masks"][r], res["regions"][r], int(rec["min_component"]))
+
+
 # ------------------------------------------------------------------ main
 
 def inpaint(data_dir: Path | str, runs: Sequence[Path | str], out_dir: Path | str,
@@ -260,12 +333,7 @@ def inpaint(data_dir: Path | str, runs: Sequence[Path | str], out_dir: Path | st
     ``dataset.json`` (with an ``inpaint`` summary: attempted, kept, rejected by reason, empty sources skipped,
     NFE per pair, seconds). Returns ``out_dir``.
     """
-    import torch
-
-    from ..diffusion.cond import Cond
-    from ..diffusion.repaint import repaint
     from ..env import resolve_autocast, resolve_device
-    from ..methods.joint import pack_joint, seed_generators, unpack_joint
 
     ds = PreparedDataset.open(data_dir)
     device = str(resolve_device(cfg.device))
@@ -290,7 +358,7 @@ def inpaint(data_dir: Path | str, runs: Sequence[Path | str], out_dir: Path | st
     jobs = [(s * cfg.per_image + m, iid, m, cfg.seed + s * cfg.per_image + m)
             for s, iid in enumerate(sources) for m in range(cfg.per_image)]
     rejected = {"empty": 0, "touches_region_border": 0}
-    lines: list[dict[str, Any]] = []
+    lines: list[PairRecord] = []
     nfe_total = 0
     t0 = time.time()
     from tqdm import tqdm
@@ -298,42 +366,18 @@ def inpaint(data_dir: Path | str, runs: Sequence[Path | str], out_dir: Path | st
     bar = tqdm(total=len(jobs), desc=method_name, unit="pair", disable=not progress, file=sys.stderr,
                dynamic_ncols=True)
     with atomic_output_dir(out_dir, overwrite=overwrite) as tmp:
+        writer = SyntheticWriter(tmp)
         save_config(cfg, tmp / "inpaint_config.json")
         for start in range(0, len(jobs), cfg.batch_size):
             block = jobs[start:start + cfg.batch_size]
             seeds = [j[3] for j in block]
-            generators = seed_generators(seeds)
-            targets = [gens.pick(g) for g in generators]
-            images, masks = ds.load([j[1] for j in block])
-            regions = []
-            for (_, iid, _, _), msk in zip(block, masks):
-                sc = dilation_scale(items_by_id[iid], size)
-                regions.append(dilate_region(msk > 0, cfg.dilate_px, sc))
-            regions_np = np.stack(regions)
-            x_known = pack_joint(torch.from_numpy(images), torch.from_numpy(masks), ds.num_classes)
-            # outside the region the lesion is absent: the mask channels are known background there
-            known_mask = torch.from_numpy(~regions_np)[:, None]
-            out_x = torch.empty_like(x_known)
-            nfe_block = 0
-            for gi in sorted({gens.model_index(t) for t in targets}):
-                rows = [r for r, t in enumerate(targets) if gens.model_index(t) == gi]
-                model, _ = gens.bundles[gi]
-                cond = None
-                if gens.cluster_mode == "label":
-                    cond = Cond(label=torch.tensor([targets[r] for r in rows], dtype=torch.long, device=device))
-                res = repaint(model, gens.schedules[gi], x_known[rows].to(device), known_mask[rows].to(device),
-                              steps=params["steps"], jump_length=params["jump_length"], resample=params["resample"],
-                              sampler=params["sampler"], eta=params["eta"], cond=cond,
-                              generators=[generators[r] for r in rows], autocast_dtype=autocast)
-                out_x[rows] = res.x0.cpu()
-                nfe_block = res.nfe
-            nfe_total += nfe_block * len(block)
-            new_images, new_masks = unpack_joint(out_x, C, ds.num_classes)
+            block_items = [j[1] for j in block]
+            res = repaint_block(gens, ds, block_items, seeds, params, dilate_px=cfg.dilate_px, device=device,
+                                autocast=autocast)
+            nfe_total += res["nfe"] * len(block)
             for r, (p, iid, m, seed) in enumerate(block):
-                region = regions_np[r]
-                mask = new_masks[r].numpy().copy()
-                mask[~region] = 0
-                mask = clean_mask(mask, cfg.min_component)
+                region = res["regions"][r]
+                mask = inpainted_mask(res["masks"][r], region, cfg.min_component)
                 area = int((mask > 0).sum())
                 if area < max(cfg.min_area, 1):
                     rejected["empty"] += 1
@@ -341,34 +385,31 @@ def inpaint(data_dir: Path | str, runs: Sequence[Path | str], out_dir: Path | st
                 if cfg.require_interior and (mask[region_border(region)] > 0).any():
                     rejected["touches_region_border"] += 1
                     continue
-                pid = pair_id(seed)
-                write_pair(tmp, pid, new_images[r].numpy(), mask)
-                save_png_atomic(tmp / "regions" / f"{pid}.png", region.astype(np.uint8))
-                j = targets[r]
+                j = res["targets"][r]
                 gi = gens.model_index(j)
                 case = ds.case_of(iid)
                 sc = dilation_scale(items_by_id[iid], size)
-                lines.append({
-                    "id": pid, "seed": seed, "method": method_name, **params,
-                    "generator_run": gens.provs[gi]["generator_run"],
-                    "generator_runs": [p_["generator_run"] for p_ in gens.provs],
-                    "model_sha256": gens.provs[gi]["model_sha256"], "fold": gens.fold,
-                    "train_cases": sorted(set(gens.train_cases) | {case}),
-                    "source_data": str(ds.root.resolve()), "source_item": iid, "source_case": case,
-                    "source_cluster": source_clusters.get(iid), "target_cluster": j, "copy": m,
-                    "dilate_px": cfg.dilate_px, "dilate_px_prepared": [round(cfg.dilate_px / sc[0], 4),
-                                                                       round(cfg.dilate_px / sc[1], 4)],
-                    "region_area": int(region.sum()), "nfe": nfe_block, "mask_area": area, "faithfulness": None,
-                    "amp": cfg.amp, "device": device,
-                })
+                rec = PairRecord(
+                    id=pair_id(seed), seed=seed, method=method_name, generator_run=gens.provs[gi]["generator_run"],
+                    model_sha256=gens.provs[gi]["model_sha256"], fold=gens.fold,
+                    train_cases=sorted(set(gens.train_cases) | {case}), source_case=case, mask_area=area,
+                    faithfulness=None, fields={
+                        **params, "generator_runs": [p_["generator_run"] for p_ in gens.provs],
+                        "generator_sha256s": [p_["model_sha256"] for p_ in gens.provs],
+                        "source_data": str(ds.root.resolve()), "source_item": iid,
+                        "source_cluster": source_clusters.get(iid), "target_cluster": j, "copy": m,
+                        "dilate_px": cfg.dilate_px, "dilate_px_prepared": [round(cfg.dilate_px / sc[0], 4),
+                                                                           round(cfg.dilate_px / sc[1], 4)],
+                        "region_area": int(region.sum()), "nfe": res["nfe"], "amp": cfg.amp, "device": device,
+                        "min_component": cfg.min_component, "batch_seeds": seeds, "batch_items": block_items})
+                writer.pair(rec, res["images"][r], mask, region)
+                lines.append(rec)
             bar.update(len(block))
             bar.set_postfix(kept=f"{len(lines)}/{start + len(block)}")
         bar.close()
         seconds = time.time() - t0
-        write_text_atomic(tmp / MANIFEST, "".join(json.dumps(r) + "\n" for r in lines))
-        items = [{"id": r["id"], "case": f"synthetic:{r['id']}", "seed": r["seed"], "source_case": r["source_case"],
-                  "source_item": r["source_item"], "spacing": ds.spacing_of(r["source_item"]),
-                  "foreground_fraction": r["mask_area"] / float(np.prod(size))} for r in lines]
+        writer.rewrite(lines)
+        items = dataset_items(lines, size, spacing=lambda r: ds.spacing_of(r.get("source_item")), source_item=True)
         summary = {"mode": cfg.mode, **params, "sources": len(sources), "attempted": len(jobs), "kept": len(lines),
                    "rejected": rejected, "skipped_empty_sources": skipped_empty,
                    "nfe_per_pair": nfe_total / max(len(jobs), 1), "seconds": round(seconds, 2),
@@ -379,9 +420,9 @@ def inpaint(data_dir: Path | str, runs: Sequence[Path | str], out_dir: Path | st
             items=items, synthetic=True, generator_run=gens.provs[0]["generator_run"],
             generator_runs=[p["generator_run"] for p in gens.provs],
             model_sha256=gens.provs[0]["model_sha256"], fold=gens.fold,
-            train_cases=sorted(set(gens.train_cases).union(*[{r["source_case"]} for r in lines])),
+            train_cases=sorted(set(gens.train_cases).union(*[{r.source_case} for r in lines])),
             inpaint=summary)
-        write_dataset_json(tmp, info)
+        writer.finish(info)
     if progress:
         print(f"inpainted {len(lines)} of {len(jobs)} pairs ({rejected}) in {seconds:.1f}s", file=sys.stderr)
     return Path(out_dir)
