@@ -21,7 +21,6 @@ Usage: ``python bench/simplex_speed.py [--batch 16 --channels 1 --size 64 --octa
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path

@@ -7,7 +7,6 @@ Not a test and not part of the package: run the scripts from the repository root
 """
 from __future__ import annotations
 
-import json
 import platform
 import shlex
 import sys

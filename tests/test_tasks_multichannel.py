@@ -3,7 +3,6 @@ with several ``_000k`` channels and ``channel_names``, patient grouping from met
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest

@@ -57,8 +57,8 @@ from ...io import atomic_output_dir, read_json, write_json_atomic
 from ...metrics import anomaly as am
 from ...networks.unet import DiffusionUNet
 from .common import (Classifier, ConvAutoencoder, DiffusionFit, NetFit, fit_diffusion, fit_network, heat, line_plot,
-                     log, mean_sd, outline, panel_grid, resolve, save_figure, save_model, seed_generators, table,
-                     to_u8, write_outputs)
+                     load_generator, log, mean_sd, outline, panel_grid, resolve, save_figure, save_model,
+                     seed_generators, table, to_u8, write_outputs)
 
 ARMS = ("gaussian", "simplex", "simplex-on-gaussian")
 TASK = "anomaly"
@@ -207,7 +207,6 @@ def run_anomaly(data: Path | str, out: Path | str, cfg: AnomalyConfig = AnomalyC
     """Run the anomaly-detection comparison (module docstring) and write OUT; returns the results dict.
     Every input check runs before OUT is created (a refused input leaves nothing behind)."""
     from ...env import resolve_autocast
-    from ...methods.export import load_export
     from ...training.trainer import train_generator
 
     data, out = Path(data), Path(out)
@@ -231,7 +230,7 @@ def run_anomaly(data: Path | str, out: Path | str, cfg: AnomalyConfig = AnomalyC
         t0 = time.process_time()
         run = train_generator(data, tmp / "generator", tcfg, progress=progress)
         cost["generator_train_cpu_s"] = round(time.process_time() - t0, 1)
-        gauss, ecfg = load_export(Path(run) / "export", device=device)
+        gauss, ecfg = load_generator(Path(run) / "export", device=device)
         sched = NoiseSchedule(from_dict(DiffusionConfig, ecfg["diffusion"], where="generator export"), device=device)
         x_norm = torch.from_numpy(ds.load_images(split.train_normal))
         models: dict[str, Any] = {"gaussian": gauss, "simplex-on-gaussian": gauss}

@@ -357,6 +357,18 @@ def seed_generators(seeds: Sequence[int]) -> list[torch.Generator]:
 
 
 # ------------------------------------------------------------------------------------------------ data helpers
+def load_generator(export_dir: Path | str, device: torch.device | str = "cpu") -> tuple[nn.Module, dict[str, Any]]:
+    """The project's ``load_export`` of a RUN/export folder → (model in eval mode, export config). It lives in
+    :mod:`synthpair.methods.export` since the method-protocol refactor and in :mod:`synthpair.networks.export`
+    before it; this resolves either, so the tasks work on both sides of that change (drop the fallback once the
+    refactor is committed)."""
+    try:
+        from ...methods.export import load_export
+    except ImportError:
+        from ...networks.export import load_export  # type: ignore[no-redef]
+    return load_export(export_dir, device=device)
+
+
 def resolve(device: str) -> torch.device:
     from ...env import resolve_device
 
@@ -542,5 +554,6 @@ def line_plot(out: Path, name: str, series: dict[str, tuple[Sequence[float], Seq
 
 __all__ = ["Classifier", "ClassDenoiser", "ConcatDenoiser", "ConvAutoencoder", "DiffusionFit", "DnCNN", "NetFit",
            "batched", "channel_names", "count_params", "decode_masks", "fit_diffusion", "fit_network", "fmt",
-           "heat", "line_plot", "log", "md_table", "mean_sd", "one_hot_pm1", "outline", "panel_grid", "resolve",
-           "save_figure", "save_model", "seed_generators", "table", "to_u8", "write_outputs"]
+           "heat", "line_plot", "load_generator", "log", "md_table", "mean_sd", "one_hot_pm1", "outline",
+           "panel_grid", "resolve", "save_figure", "save_model", "seed_generators", "table", "to_u8",
+           "write_outputs"]

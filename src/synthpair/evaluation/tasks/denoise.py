@@ -50,9 +50,9 @@ from ...diffusion.schedule import DiffusionConfig, NoiseSchedule
 from ...errors import fail
 from ...io import atomic_output_dir
 from ...metrics import image as im
-from ...networks.unet import DiffusionUNet  # noqa: F401  (documented network family)
-from .common import (ConcatDenoiser, DiffusionFit, DnCNN, NetFit, fit_diffusion, fit_network, log, mean_sd,
-                     panel_grid, resolve, save_figure, save_model, seed_generators, table, to_u8, write_outputs)
+from .common import (ConcatDenoiser, DiffusionFit, DnCNN, NetFit, fit_diffusion, fit_network, load_generator, log,
+                     mean_sd, panel_grid, resolve, save_figure, save_model, seed_generators, table, to_u8,
+                     write_outputs)
 
 NOISE_MODELS = ("gaussian", "poisson", "speckle")
 TASK = "denoise"
@@ -198,7 +198,6 @@ def run_denoise(data: Path | str, out: Path | str, cfg: DenoiseConfig = DenoiseC
     """Run the denoising comparison (module docstring) and write OUT; returns the results dict. Every input check
     (noise specs and levels, the segmenter) runs before OUT is created."""
     from ...env import resolve_autocast
-    from ...methods.export import load_export
     from ...training.trainer import train_generator
 
     data, out = Path(data), Path(out)
@@ -221,7 +220,7 @@ def run_denoise(data: Path | str, out: Path | str, cfg: DenoiseConfig = DenoiseC
         t0 = time.process_time()
         run = train_generator(data, tmp / "generator", tcfg, progress=progress)
         cost["generator_train_cpu_s"] = round(time.process_time() - t0, 1)
-        model, ecfg = load_export(Path(run) / "export", device=device)
+        model, ecfg = load_generator(Path(run) / "export", device=device)
         sched = NoiseSchedule(from_dict(DiffusionConfig, ecfg["diffusion"], where="generator export"), device=device)
         x_train = torch.from_numpy(ds.load_images(train_img))
         u_train = (x_train + 1.0) / 2.0

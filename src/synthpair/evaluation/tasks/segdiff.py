@@ -48,7 +48,7 @@ from ...errors import fail
 from ...io import atomic_output_dir
 from ...metrics.anomaly import auc
 from ...metrics.segmentation import per_case_metrics, summarize
-from .common import (ConcatDenoiser, DiffusionFit, decode_masks, fit_diffusion, heat, line_plot, log, mean_sd,
+from .common import (ConcatDenoiser, DiffusionFit, decode_masks, fit_diffusion, heat, line_plot, log,
                      one_hot_pm1, outline, panel_grid, resolve, save_figure, save_model, seed_generators, table,
                      to_u8, write_outputs)
 
