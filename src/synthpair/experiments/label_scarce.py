@@ -51,6 +51,9 @@ ROWS: dict[str, dict[str, Any]] = {
     "ddpm-unet-skip": {"model": "ddpm_unet_skip", "augment": "deepstack", "lr": 2e-4, "amp": "bf16"},
     "ddpm-unet-caa": {"model": "ddpm_unet_caa", "augment": "deepstack", "lr": 2e-4, "amp": "bf16"},
     "ddpm-pixel": {"model": "ddpm_pixel", "augment": "flip_rot"},
+    # the two label-honest routes together: the diffusion U-Net trained end to end with the synthetic pairs mixed in
+    "ddpm-unet-syn": {"model": "ddpm_unet", "augment": "deepstack", "lr": 2e-4, "amp": "bf16", "mixing": "ratio",
+                      "ratio": 0.5, "synthetic": True},
     # DiffusionDCI Fig. 6: synthetic share 25 / 50 / 75 / 100 % of the real pairs (ratio mixing)
     "syn-r0.25": {"model": "unet", "augment": "deepstack", "mixing": "ratio", "ratio": 0.25, "synthetic": True},
     "syn-r0.75": {"model": "unet", "augment": "deepstack", "mixing": "ratio", "ratio": 0.75, "synthetic": True},
@@ -67,6 +70,7 @@ LABELS = {
     "ddpm-unet-caa": "diffusion U-Net + CAA (frozen features)", "ddpm-pixel": "per-pixel classifier (frozen features)",
     "syn-r0.25": "+ synthetic 25 %", "syn-r0.75": "+ synthetic 75 %", "syn-r1": "+ synthetic 100 %",
     "syn-ratio-faith": "+ synthetic (r = 0.5, faithfulness ≥ 0.5)",
+    "ddpm-unet-syn": "diffusion U-Net end to end + synthetic pairs (r = 0.5)",
 }
 
 
