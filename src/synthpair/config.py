@@ -152,3 +152,37 @@ def load_config(cls: type[T], path: Path | str) -> T:
     data = dict(read_json(path, "config.json"))
     data.pop("_type", None)
     return from_dict(cls, data, where=str(path))
+
+
+# ------------------------------------------------------------------------------- resuming with a saved config
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested dict → ``{"a.b": value}`` (lists are values)."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        out.update(flatten(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+def config_changes(old: dict[str, Any], new: dict[str, Any], *, ignore: tuple[str, ...] | list[str] = (),
+                   only: tuple[str, ...] | list[str] | None = None, defaults: dict[str, Any] | None = None,
+                   nested: bool = True) -> list[str]:
+    """The keys whose value differs between a saved config ``old`` and the one asked for now (``new``) — the
+    one check every resumable stage makes before it continues (trainer checkpoints, studies' ``config.json``).
+
+    ``nested``: compare leaves by dotted key (else top-level keys); ``ignore``: top-level keys that may change
+    on resume; ``only``: compare just these keys (in this order; else every key, sorted); ``defaults``: a key
+    missing from ``old`` whose new value equals its default did not exist when ``old`` was written, so it cannot
+    have changed that run's result (it is not a change)."""
+    fo, fn = (flatten(old), flatten(new)) if nested else (dict(old), dict(new))
+    fd = (flatten(defaults) if nested else dict(defaults)) if defaults is not None else {}
+    keys = list(only) if only is not None else sorted(set(fo) | set(fn))
+    return [k for k in keys
+            if fo.get(k) != fn.get(k) and k.split(".")[0] not in ignore
+            and not (defaults is not None and k not in fo and k in fd and fn.get(k) == fd[k])]
+
+
+def describe_changes(keys: list[str], old: dict[str, Any], new: dict[str, Any], *, nested: bool = True,
+                     limit: int = 6) -> str:
+    """``"k (old -> new), ..."`` for the first ``limit`` changed keys (one-line error messages)."""
+    fo, fn = (flatten(old), flatten(new)) if nested else (old, new)
+    return ", ".join(f"{k} ({fo.get(k)!r} -> {fn.get(k)!r})" for k in keys[:limit])

@@ -112,6 +112,17 @@ def read_json(path: Path | str, what: str = "JSON file") -> Any:
         raise fail(f"{path}: not valid JSON ({err}); delete it and rerun the stage that writes it") from None
 
 
+def to_uint8(images: np.ndarray) -> np.ndarray:
+    """Float images in [-1, 1] → uint8 in [0, 255] (round half to even, clipped): the PNG encoding of every image
+    synthpair writes (value ``v`` stands for ``v / 127.5 - 1``)."""
+    return np.clip(np.rint((np.asarray(images, dtype=np.float32) + 1.0) * 127.5), 0, 255).astype(np.uint8)
+
+
+def from_uint8(images: np.ndarray) -> np.ndarray:
+    """uint8 [0, 255] → float32 [-1, 1] (exact inverse of :func:`to_uint8` on the uint8 grid)."""
+    return np.asarray(images, dtype=np.float32) / 127.5 - 1.0
+
+
 def save_png_atomic(path: Path | str, array: np.ndarray) -> None:
     """Save a uint8 array (H, W) or (H, W, 3) as PNG atomically."""
     import io as _io

@@ -51,6 +51,18 @@ def nested_subset(ds: PreparedDataset, fold: int, n: int = 0, seed: int = 0) -> 
     return [i for i in train_ids if i in kept]
 
 
+def training_items(ds: PreparedDataset, fold: int, n_real: int = 0, subset_seed: int = 0) -> list[str]:
+    """The real (labelled) training items of ``fold``: all of them (``n_real = 0``) or a seeded, nested subset
+    of ``n_real`` — :func:`synthpair.data.budget.nested_subset` (the 16-item subset of a seed is the first
+    half of its 32-item one; items in dataset order). Generator training on the same subset:
+    ``TrainConfig.items = training_items(ds, fold, n, seed)``."""
+    train_ids, _ = ds.split(fold)
+    if n_real > len(train_ids):
+        raise fail(f"n_real={n_real}: fold {fold} of {ds.root} has only {len(train_ids)} training items; "
+                   f"choose --n-real <= {len(train_ids)} (0 = all)")
+    return nested_subset(ds, fold, n_real, subset_seed)
+
+
 @dataclass(frozen=True)
 class BudgetConfig:
     """``fold`` of DATA; either ``n`` > 0 labelled items drawn with ``seed`` (:func:`nested_subset`) or a named

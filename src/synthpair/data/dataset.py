@@ -21,20 +21,10 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..errors import fail
-from ..io import read_json, save_png_atomic, write_json_atomic
+from ..io import from_uint8, read_json, save_png_atomic, to_uint8, write_json_atomic  # noqa: F401 (re-export)
 
 FORMAT = "synthpair-dataset"
 FORMAT_VERSION = 1
-
-
-def to_uint8(images: np.ndarray) -> np.ndarray:
-    """Float images in [-1, 1] → uint8 in [0, 255] (round half to even, clipped)."""
-    return np.clip(np.rint((np.asarray(images, dtype=np.float32) + 1.0) * 127.5), 0, 255).astype(np.uint8)
-
-
-def from_uint8(images: np.ndarray) -> np.ndarray:
-    """uint8 [0, 255] → float32 [-1, 1] (exact inverse of :func:`to_uint8` on the uint8 grid)."""
-    return np.asarray(images, dtype=np.float32) / 127.5 - 1.0
 
 
 def read_png(path: Path) -> np.ndarray:

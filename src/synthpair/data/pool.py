@@ -71,8 +71,7 @@ def build_pool(out: Path | str, sources: Sequence[tuple[Path | str, str]], *, ch
     ``exclude_test`` maps a DATA path (as given in ``sources``) to the fold whose test split stays out.
     Returns ``out``; on any error nothing is written.
     """
-    from ..methods.prompt import finding_of
-    from ..networks.prompt import tokenize
+    from .prompts import finding_of, tokenize
 
     if not sources:
         raise fail("pool: give at least one DATA:\"prompt\" source")

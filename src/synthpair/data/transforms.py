@@ -69,3 +69,19 @@ def apply_paired(transform, images: np.ndarray, masks: np.ndarray) -> tuple[np.n
         out_i[k] = np.asarray(d["image"], dtype=np.float32)
         out_m[k] = np.rint(np.asarray(d["mask"], dtype=np.float32)).astype(np.int64)
     return out_i, (out_m[:, 0] if squeeze else out_m)
+
+
+def flip_pairs(images: "torch.Tensor", masks: "torch.Tensor | None", flags: "torch.Tensor", axis: int
+               ) -> tuple["torch.Tensor", "torch.Tensor | None"]:
+    """Flip the rows ``i`` with ``flags[i]`` along ``axis`` (-1 horizontal, -2 vertical), image and mask together.
+
+    images (B, C, H, W); masks (B, H, W) or (B, 1, H, W), or None (image-only batches); flags bool (B,). Exact
+    (``torch.where`` over flipped copies); the one paired flip of the trainer and the segmentation augmentations."""
+    import torch
+
+    f = flags.to(images.device).view(-1, *([1] * (images.dim() - 1)))
+    images = torch.where(f, images.flip(axis), images)
+    if masks is not None:
+        fm = flags.to(masks.device).view(-1, *([1] * (masks.dim() - 1)))
+        masks = torch.where(fm, masks.flip(axis), masks)
+    return images, masks

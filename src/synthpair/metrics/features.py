@@ -464,7 +464,7 @@ def clean_resize(images: np.ndarray, size: int = 299) -> torch.Tensor:
     on float32 → (N, 3, size, size) float32 scaled ``(x − 128) / 128``. Grey images are repeated to 3 channels."""
     from PIL import Image
 
-    from ..data.dataset import to_uint8
+    from ..io import to_uint8
 
     u8 = to_uint8(images)
     n, c = u8.shape[:2]

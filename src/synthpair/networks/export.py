@@ -60,6 +60,27 @@ def save_export(out_dir: Path | str, model: nn.Module, export_config: dict[str, 
     return out_dir
 
 
+def export_source(spec: Path | str) -> tuple[Path, Path | None]:
+    """``RUN``, ``RUN/export`` or ``RUN/snapshots/step_N`` → (export folder, run folder or None) — how
+    ``train.init_from`` and the prompt/LoRA base name an export."""
+    p = Path(spec)
+    if (p / "export" / "config.json").is_file():
+        return p / "export", p
+    if (p / "config.json").is_file() and (p.parent / "training_cases.json").is_file():
+        return p, p.parent
+    if (p / "config.json").is_file() and p.parent.name == "snapshots" and \
+            (p.parent.parent / "training_cases.json").is_file():  # RUN/snapshots/step_N
+        return p, p.parent.parent
+    return p, None
+
+
+def export_complete(run_dir: Path | str) -> bool:
+    """True when ``run_dir/export`` was written to the end (``version.json``, written last by :func:`save_export`,
+    next to the weights)."""
+    export = Path(run_dir) / "export"
+    return (export / "model.safetensors").is_file() and (export / "version.json").is_file()
+
+
 def read_export_config(export_dir: Path | str) -> dict[str, Any]:
     """Read and check ``export_dir/config.json`` (one-line error when missing or not a generator export)."""
     export_dir = Path(export_dir)
@@ -69,51 +90,3 @@ def read_export_config(export_dir: Path | str) -> dict[str, Any]:
     if cfg.get("format") != EXPORT_FORMAT:
         raise fail(f"{export_dir / 'config.json'}: not a synthpair generator export; pass RUN/export")
     return cfg
-
-
-def load_export(export_dir: Path | str, device: torch.device | str = "cpu") -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild the network of an export and load its (EMA) weights → ``(model in eval mode, export_config)``.
-
-    Errors (one line, naming the file): folder/config/weights missing, sha256 mismatch with
-    ``version.json``, unreadable safetensors, or weights that do not fit the configured network.
-    """
-    from safetensors.torch import load
-
-    from ..config import from_dict
-    from ..methods import DataInfo, get_method
-    from .unet import UNetConfig
-
-    export_dir = Path(export_dir)
-    cfg = read_export_config(export_dir)
-    weights = export_dir / "model.safetensors"
-    if not weights.is_file():
-        raise fail(f"{weights}: weights file missing; re-export the run (RUN/export) or retrain")
-    version = read_json(export_dir / "version.json", "version.json")
-    raw = weights.read_bytes()
-    if hashlib.sha256(raw).hexdigest() != version.get("weights_sha256"):
-        raise fail(f"{weights}: sha256 does not match version.json (corrupt or replaced); re-export or retrain the run")
-    try:
-        state = load(raw)
-    except Exception as err:  # noqa: BLE001  (safetensors raises its own error types for bad headers/data)
-        raise fail(f"{weights}: unreadable safetensors file ({err}); re-export or retrain the run") from None
-    method = get_method(cfg["method"])
-    net_cfg = from_dict(UNetConfig, cfg["net"], where=f"{export_dir / 'config.json'}:net")
-    kw = {}
-    if "cond" in cfg:
-        from .conditional import CondConfig
-
-        kw["cond_cfg"] = from_dict(CondConfig, cfg["cond"], where=f"{export_dir / 'config.json'}:cond")
-    info = DataInfo.from_dict(cfg["data"])
-    if hasattr(method, "build_from_export"):  # networks that need more of the export (vocabulary, clusters, base)
-        model = method.build_from_export(info, cfg, export_dir)
-    else:
-        model = method.build_network(info, net_cfg, **kw)
-    try:
-        if hasattr(method, "load_weights"):  # partial exports (adapters / control branch over a base run)
-            method.load_weights(model, state, cfg, export_dir)
-        else:
-            model.load_state_dict(state, strict=True)
-    except RuntimeError as err:
-        first = str(err).splitlines()[0] if str(err) else "mismatch"
-        raise fail(f"{weights}: weights do not fit the network in config.json ({first}); re-export the run") from None
-    return model.to(device).eval(), cfg

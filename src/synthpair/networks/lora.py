@@ -1,10 +1,18 @@
 """LoRA: low-rank adapters for fine-tuning a frozen generator (Hu et al. 2021; used for Stable Diffusion
 fine-tuning in the diffusion review, paper 003 sec. 4.1, where LoRA adapts the U-Net's attention layers).
 
-Written by hand because ``peft`` is not a dependency and its injection targets Hugging Face module layouts;
-our U-Net is MONAI's ``DiffusionModelUNet``, whose attention blocks (``SABlock``, ``CrossAttentionBlock``)
-project with ``nn.Linear`` children named ``to_q``, ``to_k``, ``to_v``, ``out_proj``, and whose residual
-blocks use ``nn.Conv2d`` (3×3) layers.
+Written by hand, not with ``peft`` — a measured choice (issue 13). ``peft`` can wrap any ``nn.Module`` by layer
+name (``inject_adapter_in_model(LoraConfig(target_modules=[...]), model)``; the earlier note here that it only
+targets Hugging Face layouts was wrong), and it installs beside torch 2.13 without pulling another torch. But
+``pip install --dry-run peft`` (peft 0.21.2, with this project's environment) adds 13 packages that nothing
+else here needs — transformers 5.24, accelerate 1.15, tokenizers, pydantic + pydantic-core, typer, rich,
+psutil, … — and peft names its tensors ``<layer>.base_layer.weight`` / ``<layer>.lora_A.default.weight``: every
+LoRA export written so far (``<layer>.lora_A.weight`` beside the base's own names) would need a key migration,
+and the adapters' initialisation and merge would change the numbers of existing LoRA runs. Against ~150 lines
+that do exactly what is needed and are tested (tests/test_lora.py), that is no gain; revisit if a peft-only
+adapter type (DoRA, LoHa, …) is wanted. Our U-Net is MONAI's ``DiffusionModelUNet``, whose attention blocks
+(``SABlock``, ``CrossAttentionBlock``) project with ``nn.Linear`` children named ``to_q``, ``to_k``, ``to_v``,
+``out_proj``, and whose residual blocks use ``nn.Conv2d`` (3×3) layers.
 
 - :class:`LoRALinear` wraps ``base: nn.Linear`` (W (out, in), b): ``y = W x + b + (alpha / r) B A x`` with
   ``A`` (r, in) Kaiming-uniform and ``B`` (out, r) zero-initialised, so the output is unchanged at step 0.
@@ -101,7 +109,9 @@ LORA_TYPES = (LoRALinear, LoRAConv2d)
 
 
 def _target_root(model: nn.Module) -> nn.Module:
-    net = getattr(model, "module", model)
+    from . import unwrap
+
+    net = unwrap(model)
     return getattr(net, "diffusion_unet", net)
 
 

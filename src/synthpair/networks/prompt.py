@@ -43,11 +43,11 @@ from typing import Any, Iterable, Sequence
 import torch
 from torch import nn
 
+from ..data.prompts import tokenize
 from ..errors import fail
 from .unet import UNetConfig, build_unet
 
 PAD, UNK = "<pad>", "<unk>"
-_SPLIT = re.compile(r"[,\s]+")
 _WORD = re.compile(r"^[a-z0-9][a-z0-9+\-./']*$")
 
 
@@ -100,11 +100,6 @@ class PromptConfig:
             raise fail(f"prompt.aug_prob={self.aug_prob}: must be in [0, 1]")
         if not 0.0 <= self.dropout < 1.0:
             raise fail(f"prompt.dropout={self.dropout}: must be in [0, 1)")
-
-
-def tokenize(prompt: str) -> list[str]:
-    """``"US, breast,  Enhanced contrast"`` → ``["us", "breast", "enhanced", "contrast"]``."""
-    return [w for w in _SPLIT.split(str(prompt).lower()) if w]
 
 
 class Vocabulary:
