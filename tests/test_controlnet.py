@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
@@ -79,7 +78,7 @@ def _inputs(b: int = 3, size: int = 16) -> tuple[torch.Tensor, torch.Tensor, Con
 
 def test_zero_initialised_branch_leaves_the_base_output_unchanged(runs: tuple[Path, Path, Path]) -> None:
     from synthpair.networks.controlnet import ControlConfig, ControlledUNet
-    from synthpair.networks.export import load_export
+    from synthpair.methods.export import load_export
 
     _, base_run, _ = runs
     base, _ = load_export(base_run / "export")
@@ -103,7 +102,7 @@ def test_zero_initialised_branch_leaves_the_base_output_unchanged(runs: tuple[Pa
 def test_training_changes_only_the_branch_and_export_round_trips(runs: tuple[Path, Path, Path]) -> None:
     from safetensors.torch import load_file
 
-    from synthpair.networks.export import load_export
+    from synthpair.methods.export import load_export
 
     _, base_run, ctl = runs
     base_state = load_file(str(base_run / "export" / "model.safetensors"))
@@ -129,7 +128,7 @@ def test_training_changes_only_the_branch_and_export_round_trips(runs: tuple[Pat
 def test_a_changed_base_is_refused(runs: tuple[Path, Path, Path], tmp_path: Path) -> None:
     import shutil
 
-    from synthpair.networks.export import load_export
+    from synthpair.methods.export import load_export
 
     data, base_run, ctl = runs
     base2 = tmp_path / "base"
@@ -160,7 +159,12 @@ def test_bad_settings_are_one_line_errors(tmp_path: Path) -> None:
 
     with pytest.raises(SynthpairError, match="control.scale"):
         ControlConfig(scale=-1)
-    assert np.isfinite(ControlConfig().drop_prob)
+    # every range check of the section (an always-true isfinite(default) stood here before issue 13)
+    for bad, key in [({"drop_prob": 1.0}, "control.drop_prob"), ({"drop_prob": -0.1}, "control.drop_prob"),
+                     ({"aug_prob": 1.5}, "control.aug_prob"), ({"embed_channels": 0}, "control.embed_channels")]:
+        with pytest.raises(SynthpairError, match=key):
+            ControlConfig(**bad)
+    ControlConfig(drop_prob=0.0, aug_prob=1.0, embed_channels=1, scale=0.0)  # the boundaries are valid
 
 
 def test_guidance_combines_conditional_and_null_prompt_keeping_the_edges() -> None:

@@ -42,7 +42,8 @@ def test_export_records_clusters_and_sampling_is_per_cluster(trained: tuple[Path
     from synthpair.config import from_dict
     from synthpair.methods import DataInfo, get_method, synthesize_batch
     from synthpair.methods.cluster import labels_for_seeds
-    from synthpair.networks.export import load_export, sha256_file
+    from synthpair.methods.export import load_export
+    from synthpair.networks.export import sha256_file
 
     data, cl, run = trained
     model, cfg = load_export(run / "export")
@@ -74,7 +75,7 @@ def test_labels_reach_the_loss(trained: tuple[Path, Path, Path]) -> None:
     from synthpair.config import from_dict
     from synthpair.diffusion.schedule import DiffusionConfig, NoiseSchedule
     from synthpair.methods import DataInfo, get_method
-    from synthpair.networks.export import load_export
+    from synthpair.methods.export import load_export
 
     data, cl, run = trained
     model, cfg = load_export(run / "export")

@@ -158,7 +158,7 @@ def test_lora_finetune_exports_adapters_only_and_reloads(runs: dict[str, Path]) 
     from safetensors.torch import load_file
 
     from synthpair.methods.prompt import PromptMethod
-    from synthpair.networks.export import load_export
+    from synthpair.methods.export import load_export
 
     log = (runs["lora"] / "log.txt").read_text()
     assert "lora:" in log and "init_from=" in log
@@ -187,7 +187,7 @@ def test_lora_finetune_exports_adapters_only_and_reloads(runs: dict[str, Path]) 
 def test_lora_for_another_base_is_a_clear_error(runs: dict[str, Path]) -> None:
     import shutil
 
-    from synthpair.networks.export import load_export
+    from synthpair.methods.export import load_export
 
     moved = runs["tmp"] / "lora_other_base"
     shutil.copytree(runs["lora"] / "export", moved)

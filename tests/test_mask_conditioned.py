@@ -209,9 +209,11 @@ def test_bad_inputs_are_one_line_errors() -> None:
     model = m2i.build_network(INFO, NET)
     with pytest.raises(SynthpairError, match="without classifier-free guidance"):
         m2i.sample(model, sched, [0, 1], data=INFO, steps=2, cond=Cond(mask=masks), guidance=3.0)
-    for err in (SynthpairError,):
-        with pytest.raises(err, match="drop_prob"):
-            CondConfig(drop_prob=1.5)
+    for bad in (1.5, 1.0, -0.1):  # drop_prob in [0, 1) (a one-element loop over error types stood here)
+        with pytest.raises(SynthpairError, match="cond.drop_prob"):
+            CondConfig(drop_prob=bad)
+    with pytest.raises(SynthpairError, match="cond.vlb_weight"):
+        CondConfig(vlb_weight=-1.0)
 
 
 def test_augmented_masks_are_seeded_and_plausible() -> None:
@@ -256,6 +258,7 @@ def phantom_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 def test_two_lesion_classes_generate_replay_and_provenance(phantom_run: tuple[Path, Path], tmp_path: Path) -> None:
     from synthpair.data.dataset import PreparedDataset
     from synthpair.segmentation.leakage import check_synthetic
+    from synthpair.segmentation.reference import generate_scored
     from synthpair.synthesis.generate import GenerateConfig, generate, read_manifest, verify_pair
 
     data, run = phantom_run
@@ -263,7 +266,10 @@ def test_two_lesion_classes_generate_replay_and_provenance(phantom_run: tuple[Pa
     assert ds.num_classes == 3
     cfg = GenerateConfig(n=6, steps=2, batch_size=4, min_area=0, min_component=1, keep_empty=True, amp="off",
                          masks="augmented", reference="random", guidance=2.0, segmenter_steps=3)
-    syn = generate(run, tmp_path / "syn", cfg, progress=False)
+    # generate never trains the --segmenter auto reference segmenter: it refuses, generate_scored trains it first
+    with pytest.raises(SynthpairError, match="reference segmenter is not trained yet"):
+        generate(run, tmp_path / "syn", cfg, progress=False)
+    syn = generate_scored(run, tmp_path / "syn", cfg, progress=False)
     lines = read_manifest(syn)
     train_cases, test_cases = ds.fold_cases(0)
     for rec in lines:

@@ -173,7 +173,7 @@ def test_mask_channels_override_the_mask_in_concat_mode_only() -> None:
 # ----------------------------------------------------------------------------------- CLI end to end
 def test_train_export_generate_via_cli_multiclass(tmp_path: Path) -> None:
     from conftest import write_tiny_prepared
-    from synthpair.networks.export import load_export
+    from synthpair.methods.export import load_export
     from synthpair.synthesis.generate import read_manifest, verify_pair
 
     data = write_tiny_prepared(tmp_path / "data", n=9, num_classes=3)

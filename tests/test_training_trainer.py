@@ -102,7 +102,7 @@ def test_ema_update_by_hand():
 
 def test_export_round_trip_and_synthesize_batch(straight_run):
     from synthpair.methods import synthesize_batch
-    from synthpair.networks.export import load_export
+    from synthpair.methods.export import load_export
 
     model, cfg = load_export(straight_run / "export")
     x, t = torch.randn(2, 2, 16, 16), torch.tensor([3, 40])
@@ -128,7 +128,7 @@ def test_export_round_trip_and_synthesize_batch(straight_run):
 def test_load_export_errors(straight_run, tmp_path):
     import shutil
 
-    from synthpair.networks.export import load_export
+    from synthpair.methods.export import load_export
 
     with pytest.raises(SynthpairError, match="not found"):
         load_export(tmp_path / "nope")

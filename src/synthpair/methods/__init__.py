@@ -1,9 +1,11 @@
 """Generation methods: how a (image, mask) pair is represented, trained and sampled.
 
-Each method implements the :class:`~synthpair.methods.base.Method` protocol and is registered by name, so
-the trainer (:mod:`synthpair.training`) and the generator (:mod:`synthpair.synthesis`) never branch on it.
+Each method subclasses :class:`~synthpair.methods.base.Method` (explicit hooks with documented defaults) and is
+registered by name; the trainer (:mod:`synthpair.training`), the export loader and synthesis
+(:mod:`synthpair.synthesis`) read its hooks and attributes and never branch on its name.
 """
-from .base import DataInfo, Method, available_methods, get_method, register_method
+from .base import DataInfo, Draws, Method, Shard, available_methods, get_method, methods_where, register_method
 from .generate import synthesize_batch
 
-__all__ = ["DataInfo", "Method", "get_method", "register_method", "available_methods", "synthesize_batch"]
+__all__ = ["DataInfo", "Draws", "Method", "Shard", "get_method", "register_method", "available_methods",
+           "methods_where", "synthesize_batch"]

@@ -1,17 +1,20 @@
-"""The ``Method`` protocol and the method registry.
+"""The ``Method`` base class and the method registry.
 
 A method says (1) which network it needs for a dataset, (2) its training loss for a batch of real pairs,
-(3) how to sample pairs from seeds. The trainer and the generator only talk to this protocol.
+(3) how to sample pairs from seeds and what each pair needs. The trainer, the export loader and synthesis only
+talk to :class:`Method` (explicit hooks with documented defaults) and never branch on a method's name.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Protocol, Sequence, runtime_checkable
+from pathlib import Path
+from typing import Any, Callable, Literal, Sequence
 
 import torch
 from torch import nn
 
 from ..errors import fail
+from ..networks import unwrap
 
 
 @dataclass(frozen=True)
@@ -30,55 +33,189 @@ class DataInfo:
         return cls(int(d["channels"]), int(d["num_classes"]), (int(d["size"][0]), int(d["size"][1])))
 
 
-@runtime_checkable
-class Method(Protocol):
-    """A generation method (see :mod:`synthpair.methods.joint` for the reference implementation)."""
+Condition = Literal["none", "masks", "real_pairs", "prompts"]
 
-    name: str
 
+@dataclass(frozen=True)
+class Draws:
+    """The random draws of one GLOBAL training batch, made by :meth:`Method.training_loss` from the trainer's CPU
+    generator in this order (every DDP rank draws the same numbers; the trainer checkpoints the generator):
+
+    ``t`` int64 (B,) ~ U{0..T-1}; ``noise`` float (B, sum(noise_channels), H, W) ~ N(0, I), one ``randn`` per block
+    of :meth:`Method.noise_channels`, concatenated on dim 1; ``drop`` bool (B,) classifier-free null-condition
+    flags (:func:`synthpair.diffusion.cond.null_cond_flags`) when :meth:`Method.drop_prob` is not None, else None.
+    A method's own further draws (augmentation phrases, ...) follow, in :meth:`Method.loss`."""
+
+    t: torch.Tensor
+    noise: torch.Tensor
+    drop: torch.Tensor | None
+
+
+@dataclass(frozen=True)
+class Shard:
+    """Rows ``rank::world`` of a global batch: the DDP rank's share (a DistributedSampler-equivalent split)."""
+
+    rank: int = 0
+    world: int = 1
+
+    @property
+    def rows(self) -> slice:
+        return slice(self.rank, None, self.world)
+
+    def take(self, x: torch.Tensor, device: torch.device | str | None = None) -> torch.Tensor:
+        """This rank's rows of ``x`` (moved to ``device`` when given)."""
+        x = x[self.rows]
+        return x if device is None else x.to(device)
+
+
+class Method:
+    """Base class of every generation method: the ONE set of hooks the trainer, the export loader and synthesis
+    call, each with its documented default (nothing is probed with ``hasattr``). A method is three small things
+    (docs/architecture.md, "How a generation method is put together"):
+
+    * its **network** — :meth:`build_network` (+ :meth:`build_for_training` / :meth:`build_from_export` when it
+      needs more than ``net``/``cond``; :meth:`export_state` / :meth:`load_weights` for partial exports);
+    * its **objective** — :meth:`item_extras` (per-item conditions), :meth:`setup`, :meth:`noise_channels`,
+      :meth:`drop_prob` and :meth:`loss` given the network, the schedule, the batch and the :class:`Draws`;
+      :meth:`training_loss` makes the draws and the DDP shard once for every method;
+    * its **pipeline** — what synthesis must supply per pair (:attr:`condition`, :attr:`accepts_labels`,
+      :attr:`conditional`), whether it produces masks (:attr:`makes_masks`, :attr:`joint_state`) and
+      :meth:`sample`. Synthesis picks its condition source from these, never from :attr:`name`.
+
+    Class attributes (defaults in brackets): ``name``; ``uses_masks`` [True] — learns from masks (the trainer
+    loads them; an image-only method also sees unlabelled images and accounts no mask items); ``makes_masks``
+    [True] — ``sample`` returns masks it generated (False: given masks, zeros or None); ``joint_state`` [False] —
+    the network denoises the packed image+mask tensor (:mod:`.joint`), so RePaint can inpaint and harmonise
+    with it; ``condition`` ["none"] — what ``sample`` needs per pair: ``none`` (seeds only), ``masks`` (given
+    masks and, for a reference encoder, reference images: :class:`synthpair.synthesis.conditions.ConditionSource`),
+    ``real_pairs`` (edge maps, prompts and masks of the real training pairs: per-real generation), ``prompts``
+    (prompt tokens; no synthesis source yet); ``conditional`` [False] — ``sample`` takes ``cond=`` and
+    ``guidance=`` (methods with ``condition`` masks or real_pairs); ``accepts_labels`` [False] — ``sample`` takes
+    ``labels=`` (one class/cluster id per seed), see :meth:`label_classes`.
+    """
+
+    name: str = ""
+    uses_masks: bool = True
+    makes_masks: bool = True
+    joint_state: bool = False
+    condition: Condition = "none"
+    conditional: bool = False
+    accepts_labels: bool = False
+
+    # ------------------------------------------------------------------------------------------- network
     def build_network(self, data: DataInfo, net_cfg: Any, cond_cfg: Any = None) -> nn.Module:
-        """The network with signature ``forward(x_t, t, cond=None)`` for this data (``cond_cfg``: the
-        :class:`~synthpair.networks.conditional.CondConfig` of mask-conditioned methods; others ignore it).
+        """The network ``forward(x_t, t, cond=None)`` for this data (``cond_cfg``: the
+        :class:`~synthpair.networks.conditional.CondConfig` of mask-conditioned methods; others ignore it)."""
+        raise NotImplementedError(f"method {self.name}: build_network")
 
-        Optional members: ``conditional = True`` for methods that sample *for given masks* (their ``sample``
-        takes ``cond=Cond(mask=..., reference=...)`` and ``guidance=``), and ``setup(model, images, masks, *,
-        data, seed, fresh, log)`` which the trainer calls once before training (e.g. to pre-train and freeze a
-        reference encoder).
+    def build_for_training(self, data: DataInfo, train_cfg: Any, dataset: Any, train_ids: Sequence[str]
+                           ) -> nn.Module:
+        """The network of a training run. Default: :meth:`build_network` with ``train_cfg.net`` and
+        ``train_cfg.cond``; override when it depends on more (vocabulary, number of clusters, a base run)."""
+        return self.build_network(data, train_cfg.net, cond_cfg=train_cfg.cond)
 
-        Further optional hooks, used by the trainer and :func:`synthpair.networks.export.load_export` when a
-        method defines them (issue 4/5 methods):
+    def build_from_export(self, data: DataInfo, export_cfg: dict[str, Any], export_dir: Path) -> nn.Module:
+        """The network of an export (weights are loaded afterwards by :meth:`load_weights`). Default:
+        :meth:`build_network` with the export's ``net`` and, when present, ``cond`` sections."""
+        from ..config import from_dict
+        from ..networks.unet import UNetConfig
 
-        - ``build_for_training(data, train_cfg, dataset, train_ids) -> nn.Module`` instead of ``build_network``
-          when the network depends on more than ``net``/``cond`` (vocabulary, number of clusters, a base run);
-        - ``build_from_export(data, export_cfg, export_dir) -> nn.Module`` the same when loading an export;
-        - ``item_extras(dataset, train_ids, train_cfg) -> dict[str, Tensor]``: per-item tensors (first dim
-          aligned with ``train_ids``, not spatial: the trainer flips images/masks only); each batch's rows are
-          passed to ``training_loss(..., extra={name: tensor[batch_idx]})``;
-        - ``setup(..., cfg=train_cfg)`` may add modules or freeze parameters (LoRA, ControlNet); the optimizer
-          takes only parameters with ``requires_grad``; ``train.init_from`` weights are loaded before ``setup``;
-        - ``export_extra(ema_model, train_cfg) -> dict`` extra export-config sections;
-        - ``export_state(ema_model) -> dict[str, Tensor]`` to save only part of the weights, with
-          ``load_weights(model, state, export_cfg, export_dir)`` to load them back (raise RuntimeError on mismatch)."""
+        where = f"{Path(export_dir) / 'config.json'}"
+        kw: dict[str, Any] = {}
+        if "cond" in export_cfg:
+            from ..networks.conditional import CondConfig
+
+            kw["cond_cfg"] = from_dict(CondConfig, export_cfg["cond"], where=f"{where}:cond")
+        return self.build_network(data, from_dict(UNetConfig, export_cfg["net"], where=f"{where}:net"), **kw)
+
+    def load_weights(self, model: nn.Module, state: dict[str, torch.Tensor], export_cfg: dict[str, Any],
+                     export_dir: Path) -> None:
+        """Load an export's ``model.safetensors`` into ``model`` (raise RuntimeError on a mismatch). Default: a
+        strict ``load_state_dict``; partial exports (LoRA adapters, a ControlNet branch) override it."""
+        model.load_state_dict(state, strict=True)
+
+    # ----------------------------------------------------------------------------------------- objective
+    def item_extras(self, dataset: Any, train_ids: Sequence[str], train_cfg: Any) -> dict[str, torch.Tensor] | None:
+        """Per-item, non-spatial tensors (first dim aligned with ``train_ids``; the trainer flips images and masks
+        only), passed per batch as ``training_loss(..., extra={name: tensor[batch]})``. Default: None."""
+        return None
+
+    def setup(self, model: nn.Module, images: torch.Tensor, masks: torch.Tensor | None, *, data: DataInfo,
+              seed: int, fresh: bool, log: Callable[[str], None] | None = None, cfg: Any = None) -> None:
+        """Called once before training, after ``train.init_from`` weights are loaded; may add modules or freeze
+        parameters (the optimizer takes ``requires_grad`` parameters only). Default: nothing."""
+
+    def noise_channels(self, data: DataInfo) -> tuple[int, ...]:
+        """Channel counts of the noise blocks drawn per batch (:class:`Draws`). Default: the image channels."""
+        return (data.channels,)
+
+    def drop_prob(self, net: nn.Module) -> float | None:
+        """Probability of the classifier-free null condition per row, drawn after the noise; None: no draw
+        (the default)."""
+        return None
 
     def training_loss(self, model: Callable[..., torch.Tensor], schedule: Any, images: torch.Tensor,
-                      masks: torch.Tensor, generator: torch.Generator, *, data: DataInfo,
-                      shard: tuple[int, int] = (0, 1)) -> torch.Tensor:
-        """Scalar loss on a batch. images float32 (B, C, H, W) in [-1, 1]; masks int64 (B, H, W).
+                      masks: torch.Tensor | None, generator: torch.Generator, *, data: DataInfo,
+                      shard: tuple[int, int] = (0, 1), extra: dict[str, torch.Tensor] | None = None
+                      ) -> torch.Tensor:
+        """Scalar loss on a GLOBAL batch: images float32 (B, C, H, W) in [-1, 1], masks int64 (B, H, W) (None for
+        image-only methods). Draws t, noise and the null-condition flags for the whole batch from ``generator``
+        (:class:`Draws`), then calls :meth:`loss` with this rank's :class:`Shard` of ``shard = (rank, world)`` and
+        the unwrapped network. The caller sets autocast around this call."""
+        from ..diffusion.cond import null_cond_flags
 
-        All random draws (t, noise) are made for the whole batch from ``generator`` (a CPU generator whose
-        state is checkpointed) so that every DDP rank draws the same numbers; the loss is then computed on
-        rows ``rank::world`` of ``shard = (rank, world)``. The caller sets autocast around this call.
-        """
+        net = unwrap(model)
+        b, _, h, w = images.shape
+        t = torch.randint(0, schedule.T, (b,), generator=generator)
+        blocks = [torch.randn((b, c, h, w), generator=generator) for c in self.noise_channels(data)]
+        p = self.drop_prob(net)
+        drop = null_cond_flags(b, p, generator) if p is not None else None
+        draws = Draws(t, blocks[0] if len(blocks) == 1 else torch.cat(blocks, dim=1), drop)
+        return self.loss(model, net, schedule, images, masks, draws, Shard(*shard), generator, data=data, extra=extra)
+
+    def loss(self, model: Callable[..., torch.Tensor], net: nn.Module, schedule: Any, images: torch.Tensor,
+             masks: torch.Tensor | None, draws: Draws, shard: Shard, generator: torch.Generator, *,
+             data: DataInfo, extra: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """The method's loss on this rank's rows (``shard``) of the batch, given the draws. ``model`` is the
+        (possibly DDP-wrapped) network to call, ``net`` the unwrapped one (its settings); ``generator`` for
+        draws of the method's own (after :class:`Draws`)."""
+        raise NotImplementedError(f"method {self.name}: loss")
+
+    # -------------------------------------------------------------------------------------------- export
+    def cond_config(self, cfg: Any) -> Any:
+        """The ``cond`` section of the export (a CondConfig), or None (the default: no section)."""
+        return None
+
+    def export_extra(self, ema: nn.Module, train_cfg: Any) -> dict[str, Any]:
+        """Extra export-config sections (vocabulary, base run, clusters, ...). Default: none."""
+        return {}
+
+    def export_state(self, ema: nn.Module) -> dict[str, torch.Tensor] | None:
+        """The tensors to save; None (the default) = the whole state dict."""
+        return None
+
+    # ------------------------------------------------------------------------------------------ pipeline
+    def label_classes(self, export_cfg: dict[str, Any]) -> int | None:
+        """The number k of class/cluster labels an EXPORTED network is conditioned on (``labels=`` in 0..k-1), or
+        None. Read from the export (its ``clusters.k``), so a label-conditioned network is recognised by what it
+        records, not by its method's name."""
+        k = (export_cfg.get("clusters") or {}).get("k")
+        return None if k is None else int(k)
+
+    def default_guidance(self, model: nn.Module) -> float:
+        """Classifier-free guidance scale used when none is given (default 1 = the conditional prediction)."""
+        return 1.0
 
     def sample(self, model: Callable[..., torch.Tensor], schedule: Any, seeds: Sequence[int], *, data: DataInfo,
                sampler: str = "ddim", steps: int = 25, eta: float = 0.0, device: torch.device | str = "cpu",
-               autocast_dtype: torch.dtype | None = None, progress: bool = False
-               ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Pairs from seeds → (images float32 (B, C, H, W) in [-1, 1], masks int64 (B, H, W)), on CPU.
+               autocast_dtype: torch.dtype | None = None, progress: bool = False, **conditions: Any
+               ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Pairs from seeds → (images float32 (B, C, H, W) in [-1, 1], masks int64 (B, H, W) or None), on CPU.
 
-        Pair i depends only on ``seeds[i]``: its initial noise and sampler noise come from
-        ``torch.Generator().manual_seed(seeds[i])`` on CPU.
-        """
+        Pair i depends only on ``seeds[i]`` (and its conditions): its initial noise and sampler noise come from
+        ``torch.Generator().manual_seed(seeds[i])`` on CPU. ``conditions``: ``cond=``/``guidance=``
+        (:attr:`conditional`), ``labels=`` (:attr:`accepts_labels`), ``prompts=`` (prompt methods)."""
+        raise NotImplementedError(f"method {self.name}: sample")
 
 
 _REGISTRY: dict[str, Callable[[], Method]] = {}
@@ -100,6 +237,11 @@ def get_method(name: str) -> Method:
     if name not in _REGISTRY:
         raise fail(f"method {name!r}: unknown; choose one of {', '.join(sorted(_REGISTRY))}")
     return _REGISTRY[name]()
+
+
+def methods_where(test: Callable[[Method], bool]) -> list[str]:
+    """Names of the registered methods for which ``test(method)`` holds (messages list what would fit)."""
+    return [n for n in available_methods() if test(get_method(n))]
 
 
 def _load_builtin() -> None:

@@ -29,7 +29,7 @@ from ..diffusion.cond import Cond
 from ..diffusion.sampling import sample as run_sampler
 from ..errors import fail
 from ..networks.unet import DiffusionUNet, UNetConfig
-from .base import DataInfo, register_method
+from .base import DataInfo, Draws, Method, Shard, register_method, unwrap
 from .joint import joint_loss, seed_generators, unpack_joint
 
 
@@ -63,10 +63,11 @@ def labels_for_seeds(seeds: Sequence[int], prior: Sequence[float]) -> list[int]:
     return [int(torch.multinomial(p, 1, generator=torch.Generator().manual_seed(int(s)))) for s in seeds]
 
 
-class JointClusterMethod:
+class JointClusterMethod(Method):
     """Joint image+mask diffusion conditioned on the pair's cluster (see module docstring)."""
 
     name = "joint_cluster"
+    joint_state = True
     accepts_labels = True  # sample(..., labels=[...]): explicit clusters (else drawn per seed from the prior)
 
     # ---------------------------------------------------------------- networks
@@ -131,15 +132,23 @@ class JointClusterMethod:
                              "sizes": sizes, "prior": [s / total for s in sizes], "extractor": data.get("extractor")}}
 
     # ---------------------------------------------------------------- loss / sampling
-    def training_loss(self, model: Callable[..., torch.Tensor], schedule: Any, images: torch.Tensor,
-                      masks: torch.Tensor, generator: torch.Generator, *, data: DataInfo,
-                      shard: tuple[int, int] = (0, 1), extra: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
-        """DDPM ``L_simple`` on the packed tensor given the cluster ``extra["label"]`` int64 (B,); t and eps are
-        drawn for the whole batch from ``generator`` exactly as :class:`~synthpair.methods.joint.JointMethod`."""
+    def noise_channels(self, data: DataInfo) -> tuple[int, ...]:
+        return (data.channels + data.num_classes - 1,)
+
+    def loss(self, model: Callable[..., torch.Tensor], net: nn.Module, schedule: Any, images: torch.Tensor,
+             masks: torch.Tensor, draws: Draws, shard: Shard, generator: torch.Generator, *, data: DataInfo,
+             extra: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """DDPM ``L_simple`` on the packed tensor given the cluster ``extra["label"]`` int64 (B,); the draws are
+        those of :class:`~synthpair.methods.joint.JointMethod`."""
         if extra is None or "label" not in extra:
             raise ValueError("joint_cluster training_loss needs extra={'label': int64 (B,)} (trainer item_extras)")
-        return joint_loss(model, schedule, images, masks, generator, data=data, shard=shard,
-                          cond=Cond(label=extra["label"]))
+        return joint_loss(model, schedule, images, masks, draws, shard, data=data, cond=Cond(label=extra["label"]))
+
+    def label_classes(self, export_cfg: dict[str, Any]) -> int | None:
+        k = super().label_classes(export_cfg)
+        if k is None:
+            raise fail("a joint_cluster export without 'clusters.k'; re-export the run")
+        return k
 
     def sample(self, model: Callable[..., torch.Tensor], schedule: Any, seeds: Sequence[int], *, data: DataInfo,
                sampler: str = "ddim", steps: int = 25, eta: float = 0.0, device: torch.device | str = "cpu",
@@ -149,7 +158,7 @@ class JointClusterMethod:
         """Pairs from seeds for clusters ``labels`` (or ``cond.label``) → (images (B, C, H, W) in [-1, 1],
         masks int64 (B, H, W)) on CPU. Without labels each seed draws its cluster from ``prior`` (default: the
         export's training prior, else uniform over the network's k) with its own generator, before x_T."""
-        k = int(getattr(model, "k", 0) or getattr(getattr(model, "module", None), "k", 0))
+        k = int(getattr(unwrap(model), "k", 0))
         gens = seed_generators(seeds)
         if labels is None and cond is not None and cond.label is not None:
             labels = [int(v) for v in cond.label.tolist()]

@@ -17,26 +17,24 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import nn
 
-from ..diffusion.cond import Cond, null_cond_flags
+from ..diffusion.cond import Cond
 from ..diffusion.guidance import classifier_free
 from ..diffusion.losses import diffusion_loss, hybrid_loss
 from ..diffusion.sampling import sample as run_sampler
 from ..errors import fail
 from ..networks.conditional import CondConfig, ConditionalUNet, train_reference_encoder
-from .base import DataInfo, register_method
+from .base import DataInfo, Draws, Method, Shard, register_method, unwrap
 from .joint import seed_generators
 
 
-def unwrap(model: Any) -> Any:
-    """The ConditionalUNet inside a DDP wrapper (or the model itself)."""
-    return getattr(model, "module", model)
 
-
-class DSDMMethod:
+class DSDMMethod(Method):
     """The Dual Semantic Diffusion Model (all parts configurable by :class:`CondConfig`)."""
 
     name = "dsdm"
+    condition = "masks"   # sampled for given masks (+ reference images): synthesis.conditions.ConditionSource
     conditional = True
+    makes_masks = False   # returns the given masks
 
     def cond_config(self, cfg: CondConfig | None) -> CondConfig:
         return cfg if cfg is not None else CondConfig()
@@ -59,24 +57,21 @@ class DSDMMethod:
             if log is not None and losses:
                 log(f"reference encoder: nt-xent {losses[0]:.4f} -> {losses[-1]:.4f} in {len(losses)} steps; frozen")
 
-    def training_loss(self, model: Callable[..., torch.Tensor], schedule: Any, images: torch.Tensor,
-                      masks: torch.Tensor, generator: torch.Generator, *, data: DataInfo,
-                      shard: tuple[int, int] = (0, 1)) -> torch.Tensor:
+    def drop_prob(self, net: nn.Module) -> float | None:
+        """``cond.drop_prob`` when CFG is trained (> 0), else no draw."""
+        return net.cond_cfg.drop_prob if net.cond_cfg.drop_prob > 0 else None
+
+    def loss(self, model: Callable[..., torch.Tensor], net: nn.Module, schedule: Any, images: torch.Tensor,
+             masks: torch.Tensor, draws: Draws, shard: Shard, generator: torch.Generator, *, data: DataInfo,
+             extra: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
         """``L_simple`` (eq. 15) or ``L_hybrid`` (eq. 14) on the image given its mask (+ itself as the reference
-        image). t, eps and the null-condition flags (probability ``cond.drop_prob``) are drawn for the whole
-        batch from ``generator`` (CPU); rows ``rank::world`` are used on this rank."""
-        net = unwrap(model)
+        image); null-condition rows from ``draws.drop`` (probability ``cond.drop_prob``)."""
         cc: CondConfig = net.cond_cfg
-        rank, world = shard
-        b, c, h, w = images.shape
-        t = torch.randint(0, schedule.T, (b,), generator=generator)
-        noise = torch.randn((b, c, h, w), generator=generator)
-        drop = null_cond_flags(b, cc.drop_prob, generator) if cc.drop_prob > 0 else None
-        rows = slice(rank, None, world)
         dev = images.device
-        cond = Cond(mask=masks[rows], reference=images[rows] if net.use_reference else None,
-                    drop=None if drop is None else drop[rows].to(dev))
-        x0, tt, nn_ = images[rows], t[rows].to(dev), noise[rows].to(dev)
+        x0 = shard.take(images)
+        cond = Cond(mask=shard.take(masks), reference=x0 if net.use_reference else None,
+                    drop=None if draws.drop is None else shard.take(draws.drop, dev))
+        tt, nn_ = shard.take(draws.t, dev), shard.take(draws.noise, dev)
         if cc.learn_sigma:
             return hybrid_loss(model, schedule, x0, tt, nn_, cond, vlb_weight=cc.vlb_weight)
         return diffusion_loss(model, schedule, x0, tt, nn_, cond)

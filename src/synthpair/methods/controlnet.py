@@ -27,18 +27,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..diffusion.cond import Cond, null_cond_flags
+from ..diffusion.cond import Cond
 from ..diffusion.guidance import classifier_free
 from ..diffusion.losses import diffusion_loss
 from ..diffusion.sampling import sample as run_sampler
 from ..errors import fail
-from .base import DataInfo, register_method
+from .base import DataInfo, Draws, Method, Shard, register_method, unwrap
 from .joint import seed_generators
 
-
-def unwrap(model: Any) -> Any:
-    """The ControlledUNet inside a DDP wrapper (or the model itself)."""
-    return getattr(model, "module", model)
 
 
 def base_source(spec: str | Path) -> tuple[Path, Path | None]:
@@ -98,11 +94,13 @@ def encode_item_tokens(ds: Any, ids: Sequence[str], base_cfg: dict[str, Any]) ->
     return (torch.stack(rows) if rows else torch.zeros((0, 1 + len(phrases), max_len), dtype=torch.long)), prompts
 
 
-class ControlNetMethod:
+class ControlNetMethod(Method):
     """EMIT-Diff's edge + prompt conditioned generator (module docstring)."""
 
     name = "controlnet"
+    condition = "real_pairs"  # edge maps, prompts and masks of the real training pairs (per-real generation)
     conditional = True
+    makes_masks = False       # returns the given (real) masks
 
     # ------------------------------------------------------------------ building
     def item_extras(self, dataset: Any, train_ids: list[str], train_cfg: Any) -> dict[str, torch.Tensor]:
@@ -125,7 +123,8 @@ class ControlNetMethod:
         schedule, and build the branch initialised from its encoder."""
         from ..config import to_dict
         from ..networks.controlnet import ControlledUNet
-        from ..networks.export import load_export, sha256_file
+        from .export import load_export
+        from ..networks.export import sha256_file
 
         spec = self._base_spec(train_cfg)
         export_dir, run_dir = base_source(spec)
@@ -149,7 +148,8 @@ class ControlNetMethod:
         recorded sha256 (else a one-line error)."""
         from ..config import from_dict
         from ..networks.controlnet import ControlConfig, ControlledUNet
-        from ..networks.export import load_export, sha256_file
+        from .export import load_export
+        from ..networks.export import sha256_file
 
         rec = export_cfg.get("base") or {}
         base_export = Path(rec.get("export", ""))
@@ -208,22 +208,26 @@ class ControlNetMethod:
     def training_loss(self, model: Callable[..., torch.Tensor], schedule: Any, images: torch.Tensor,
                       masks: torch.Tensor, generator: torch.Generator, *, data: DataInfo,
                       shard: tuple[int, int] = (0, 1), extra: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        if extra is None or "tokens" not in extra:  # before any draw: a one-line error
+            raise fail("method controlnet: training needs the per-item prompt tokens (item_extras); use the trainer")
+        return super().training_loss(model, schedule, images, masks, generator, data=data, shard=shard, extra=extra)
+
+    def drop_prob(self, net: nn.Module) -> float | None:
+        """``control.drop_prob`` (the flags are drawn even at 0, as every run since issue 5 did)."""
+        return net.cfg.drop_prob
+
+    def loss(self, model: Callable[..., torch.Tensor], net: nn.Module, schedule: Any, images: torch.Tensor,
+             masks: torch.Tensor, draws: Draws, shard: Shard, generator: torch.Generator, *, data: DataInfo,
+             extra: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
         """``L_simple`` of the controlled network (module docstring). images (B, C, H, W) in [-1, 1], masks
-        (B, H, W); ``extra["tokens"]`` int64 (B, 1 + P, L). Draws (whole batch, fixed count): t, noise, drop
-        flags, phrase flags, phrase index, phrase noise."""
+        (B, H, W); ``extra["tokens"]`` int64 (B, 1 + P, L). Draws after :class:`Draws` (whole batch, fixed count):
+        phrase flags, phrase index, phrase noise."""
         from ..data.aug_prompts import augment_batch
         from ..data.edges import edge_maps
 
-        net = unwrap(model)
         cc = net.cfg
-        if extra is None or "tokens" not in extra:
-            raise fail("method controlnet: training needs the per-item prompt tokens (item_extras); use the trainer")
-        rank, world = shard
         b = images.shape[0]
         dev = images.device
-        t = torch.randint(0, schedule.T, (b,), generator=generator)
-        noise = torch.randn(images.shape, generator=generator)
-        drop = null_cond_flags(b, cc.drop_prob, generator)
         use = torch.rand((b,), generator=generator) < getattr(cc, "aug_prob", 0.0)
         pick = torch.randint(0, max(len(net.phrases), 1), (b,), generator=generator)
         aug_noise = torch.randn(images.shape, generator=generator)
@@ -231,9 +235,9 @@ class ControlNetMethod:
         edges = torch.from_numpy(edge_maps(images.detach().float().cpu().numpy(), masks.cpu().numpy(), cc.edges)).to(dev)
         x0 = augment_batch(images, choice, net.phrases, aug_noise) if bool((choice >= 0).any()) else images
         tokens = extra["tokens"][torch.arange(b, device=extra["tokens"].device), (choice + 1).to(extra["tokens"].device)]
-        rows = slice(rank, None, world)
-        cond = Cond(tokens=tokens[rows].to(dev), control=edges[rows], drop=drop[rows].to(dev))
-        return diffusion_loss(model, schedule, x0[rows], t[rows].to(dev), noise[rows].to(dev), cond)
+        cond = Cond(tokens=shard.take(tokens, dev), control=shard.take(edges), drop=shard.take(draws.drop, dev))
+        return diffusion_loss(model, schedule, shard.take(x0), shard.take(draws.t, dev), shard.take(draws.noise, dev),
+                              cond)
 
     # ------------------------------------------------------------------ sampling
     def default_guidance(self, model: nn.Module) -> float:

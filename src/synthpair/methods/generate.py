@@ -21,7 +21,7 @@ def synthesize_batch(generator: Path | str | tuple[nn.Module, dict[str, Any]], s
     """Generate one pair per seed with an exported generator.
 
     ``generator``: an export folder (RUN/export) or the ``(model, export_config)`` pair of
-    :func:`synthpair.networks.export.load_export` (pass that when calling repeatedly). Returns
+    :func:`synthpair.methods.export.load_export` (pass that when calling repeatedly). Returns
     (images float32 (B, C, H, W) in [-1, 1], masks int64 (B, H, W) in 0..K) on CPU. Calling again with the
     same ``seeds`` list (and settings) gives identical tensors.
 
@@ -33,7 +33,7 @@ def synthesize_batch(generator: Path | str | tuple[nn.Module, dict[str, Any]], s
     """
     from ..diffusion.schedule import DiffusionConfig, NoiseSchedule
     from ..config import from_dict
-    from ..networks.export import load_export
+    from .export import load_export
 
     if not seeds:
         raise fail("seeds: empty list; pass at least one seed")
@@ -46,13 +46,13 @@ def synthesize_batch(generator: Path | str | tuple[nn.Module, dict[str, Any]], s
     schedule = NoiseSchedule(from_dict(DiffusionConfig, cfg["diffusion"], where="export config.json:diffusion"),
                              device=device)
     extra: dict[str, Any] = {}
-    if getattr(method, "conditional", False):
+    if method.conditional:
         extra = {"cond": cond, "guidance": guidance}
     elif cond is not None or guidance is not None:
         raise fail(f"method {cfg['method']!r} generates its own masks; --masks/--reference/--guidance only apply to "
                    f"mask-conditioned generators (mask2image, dsdm)")
     if labels is not None:
-        if not getattr(method, "accepts_labels", False):
+        if not method.accepts_labels:
             raise fail(f"method {cfg['method']!r} takes no class labels; labels apply to label-conditioned "
                        f"generators (joint_cluster)")
         extra["labels"] = [int(v) for v in labels]

@@ -22,35 +22,29 @@ from torch import nn
 
 from ..diffusion.losses import diffusion_loss
 from ..diffusion.sampling import sample as run_sampler
-from .base import DataInfo, register_method
+from .base import DataInfo, Draws, Method, Shard, register_method
 from .joint import seed_generators
 
 
-class ImageMethod:
+class ImageMethod(Method):
     """Unconditional diffusion over images (B, C, H, W) in [-1, 1]; masks are neither read nor produced."""
 
     name = "image"
     uses_masks = False
+    makes_masks = False  # sample returns (images, None)
 
     def build_network(self, data: DataInfo, net_cfg: Any, cond_cfg: Any = None) -> nn.Module:
         from ..networks.unet import build_unet
 
         return build_unet(net_cfg, in_channels=data.channels, out_channels=data.channels)
 
-    def training_loss(self, model: Callable[..., torch.Tensor], schedule: Any, images: torch.Tensor,
-                      masks: torch.Tensor | None, generator: torch.Generator, *, data: DataInfo,
-                      shard: tuple[int, int] = (0, 1)) -> torch.Tensor:
-        """``L_simple`` on images float (B, C, H, W) in [-1, 1] (``masks`` is ignored, normally None).
-
-        t ~ U{0..T-1} (B,) and eps ~ N(0, I) (B, C, H, W) are drawn for the whole global batch from
-        ``generator`` (CPU); rows ``rank::world`` of ``shard`` are used on this rank."""
-        rank, world = shard
-        b = images.shape[0]
-        t = torch.randint(0, schedule.T, (b,), generator=generator)
-        noise = torch.randn(tuple(images.shape), generator=generator)
-        rows = slice(rank, None, world)
+    def loss(self, model: Callable[..., torch.Tensor], net: nn.Module, schedule: Any, images: torch.Tensor,
+             masks: torch.Tensor | None, draws: Draws, shard: Shard, generator: torch.Generator, *,
+             data: DataInfo, extra: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """``L_simple`` on images float (B, C, H, W) in [-1, 1] (``masks`` is ignored, normally None)."""
         dev = images.device
-        return diffusion_loss(model, schedule, images[rows], t[rows].to(dev), noise[rows].to(dev))
+        return diffusion_loss(model, schedule, shard.take(images), shard.take(draws.t, dev),
+                              shard.take(draws.noise, dev))
 
     def sample(self, model: Callable[..., torch.Tensor], schedule: Any, seeds: Sequence[int], *, data: DataInfo,
                sampler: str = "ddim", steps: int = 25, eta: float = 0.0, device: torch.device | str = "cpu",

@@ -14,7 +14,7 @@ from torch import nn
 
 from ..diffusion.losses import diffusion_loss
 from ..diffusion.sampling import sample as run_sampler
-from .base import DataInfo, register_method
+from .base import DataInfo, Draws, Method, Shard, register_method
 
 
 def pack_joint(images: torch.Tensor, masks: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -44,30 +44,24 @@ def seed_generators(seeds: Sequence[int]) -> list[torch.Generator]:
 
 
 def joint_loss(model: Callable[..., torch.Tensor], schedule: Any, images: torch.Tensor, masks: torch.Tensor,
-               generator: torch.Generator, *, data: DataInfo, shard: tuple[int, int] = (0, 1),
-               cond: Any = None) -> torch.Tensor:
-    """DDPM ``L_simple`` (Ho et al. 2020, eq. 14) on the packed (C + K)-channel tensor of a batch.
+               draws: Draws, shard: Shard, *, data: DataInfo, cond: Any = None) -> torch.Tensor:
+    """DDPM ``L_simple`` (Ho et al. 2020, eq. 14) on the packed (C + K)-channel tensor of this rank's rows.
 
-    t ~ U{0..T-1} and eps ~ N(0, I) are drawn for the whole global batch from ``generator`` (CPU), then rows
-    ``rank::world`` of ``shard`` are used; ``cond`` (a :class:`~synthpair.diffusion.cond.Cond` of the whole
-    batch, e.g. cluster labels) is cut to the same rows and passed to the network.
+    ``draws``: t ~ U{0..T-1} and eps ~ N(0, I) (C + K channels) of the whole global batch (:class:`Draws`);
+    ``cond`` (a :class:`~synthpair.diffusion.cond.Cond` of the whole batch, e.g. cluster labels) is cut to the same
+    rows and passed to the network.
     """
-    rank, world = shard
-    b, _, h, w = images.shape
-    c = data.channels + data.num_classes - 1
-    t = torch.randint(0, schedule.T, (b,), generator=generator)
-    noise = torch.randn((b, c, h, w), generator=generator)
-    rows = slice(rank, None, world)
     device = images.device
-    x0 = pack_joint(images[rows], masks[rows], data.num_classes)
-    cond = None if cond is None else cond.rows(rows).to(device)
-    return diffusion_loss(model, schedule, x0, t[rows].to(device), noise[rows].to(device), cond)
+    x0 = pack_joint(shard.take(images), shard.take(masks), data.num_classes)
+    cond = None if cond is None else cond.rows(shard.rows).to(device)
+    return diffusion_loss(model, schedule, x0, shard.take(draws.t, device), shard.take(draws.noise, device), cond)
 
 
-class JointMethod:
+class JointMethod(Method):
     """Unconditional diffusion over the packed (C + K)-channel image+mask tensor."""
 
     name = "joint"
+    joint_state = True  # the network denoises cat(image, mask): RePaint inpaints / harmonises with it
 
     def build_network(self, data: DataInfo, net_cfg: Any, cond_cfg: Any = None) -> nn.Module:
         from ..networks.unet import build_unet
@@ -75,12 +69,14 @@ class JointMethod:
         c = data.channels + data.num_classes - 1
         return build_unet(net_cfg, in_channels=c, out_channels=c)
 
-    def training_loss(self, model: Callable[..., torch.Tensor], schedule: Any, images: torch.Tensor,
-                      masks: torch.Tensor, generator: torch.Generator, *, data: DataInfo,
-                      shard: tuple[int, int] = (0, 1)) -> torch.Tensor:
-        """DDPM ``L_simple`` on the packed tensor; t ~ U{0..T-1}, eps ~ N(0, I) drawn for the whole batch
-        from ``generator`` (CPU), then rows ``rank::world`` are used on this rank."""
-        return joint_loss(model, schedule, images, masks, generator, data=data, shard=shard)
+    def noise_channels(self, data: DataInfo) -> tuple[int, ...]:
+        return (data.channels + data.num_classes - 1,)
+
+    def loss(self, model: Callable[..., torch.Tensor], net: nn.Module, schedule: Any, images: torch.Tensor,
+             masks: torch.Tensor, draws: Draws, shard: Shard, generator: torch.Generator, *, data: DataInfo,
+             extra: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """DDPM ``L_simple`` on the packed tensor (:func:`joint_loss`)."""
+        return joint_loss(model, schedule, images, masks, draws, shard, data=data)
 
     def sample(self, model: Callable[..., torch.Tensor], schedule: Any, seeds: Sequence[int], *, data: DataInfo,
                sampler: str = "ddim", steps: int = 25, eta: float = 0.0, device: torch.device | str = "cpu",

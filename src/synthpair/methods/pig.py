@@ -63,7 +63,7 @@ from ..diffusion.cond import Cond
 from ..diffusion.losses import prediction_target
 from ..diffusion.sampling import sample as run_sampler
 from ..errors import fail
-from .base import DataInfo, register_method
+from .base import DataInfo, Draws, Method, Shard, register_method, unwrap
 from .joint import pack_joint, seed_generators, unpack_joint
 
 
@@ -137,10 +137,6 @@ class PigNet(nn.Module):
         return torch.cat([out_y, out_x.to(out_y.dtype)], dim=1)
 
 
-def unwrap(model: Any) -> Any:
-    """The PigNet inside a DDP wrapper (or the model itself)."""
-    return getattr(model, "module", model)
-
 
 def paired_denoiser(net: PigNet, schedule: Any,
                     record: Callable[[dict[str, torch.Tensor]], None] | None = None) -> Callable[..., torch.Tensor]:
@@ -177,7 +173,7 @@ def _run_dir(spec: str) -> tuple[Path, Path]:
                f"(with export/); train one first or fix the path")
 
 
-class PigMethod:
+class PigMethod(Method):
     """Paired image generation by a diffusion guider (model x, the mask) and a mask2image model (y, the image)."""
 
     name = "pig"
@@ -200,7 +196,8 @@ class PigMethod:
             return self.build_network(data, train_cfg.net)
         from ..config import to_dict
         from ..io import read_json
-        from ..networks.export import load_export, read_export_config, sha256_file
+        from .export import load_export
+        from ..networks.export import read_export_config, sha256_file
 
         run, export = _run_dir(pc.image_from)
         method = read_export_config(export).get("method")
@@ -256,30 +253,26 @@ class PigMethod:
         return PigNet(net_cfg, image_net, data.channels, data.num_classes)
 
     # ------------------------------------------------------------------------------------- training
-    def training_loss(self, model: Callable[..., torch.Tensor], schedule: Any, images: torch.Tensor,
-                      masks: torch.Tensor, generator: torch.Generator, *, data: DataInfo,
-                      shard: tuple[int, int] = (0, 1)) -> torch.Tensor:
+    def noise_channels(self, data: DataInfo) -> tuple[int, ...]:
+        """eps_2 (image, C channels), then eps_1 (mask, K channels): two independent draws (Algorithm 1)."""
+        return (data.channels, data.num_classes - 1)
+
+    def loss(self, model: Callable[..., torch.Tensor], net: nn.Module, schedule: Any, images: torch.Tensor,
+             masks: torch.Tensor, draws: Draws, shard: Shard, generator: torch.Generator, *, data: DataInfo,
+             extra: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
         """Algorithm 1 (+ model y's loss): ``L_x + L_y`` (or ``L_x`` with a frozen image model).
 
-        images float (B, C, H, W) in [-1, 1], masks int64 (B, H, W). One t ~ U{0..T-1} per pair and two
-        independent noises eps_2 (image, C channels) and eps_1 (mask, K channels) are drawn for the whole batch
-        from ``generator`` (CPU); rows ``rank::world`` are used on this rank. Each loss is the mean squared
-        error over its own channels (L_x over the K mask channels, L_y over the C image channels)."""
-        net = unwrap(model)
-        rank, world = shard
-        b, c, h, w = images.shape
+        images float (B, C, H, W) in [-1, 1], masks int64 (B, H, W). One t per pair and the two independent
+        noises of ``draws.noise`` = cat(eps_2 (image), eps_1 (mask)). Each loss is the mean squared error over its
+        own channels (L_x over the K mask channels, L_y over the C image channels)."""
+        c = images.shape[1]
         k = data.num_classes - 1
-        t = torch.randint(0, schedule.T, (b,), generator=generator)
-        noise_y = torch.randn((b, c, h, w), generator=generator)   # eps_2 (image)
-        noise_x = torch.randn((b, k, h, w), generator=generator)   # eps_1 (mask), independent of eps_2
-        rows = slice(rank, None, world)
         dev = images.device
-        z0 = pack_joint(images[rows], masks[rows], data.num_classes)       # cat(y0, x0)
-        noise = torch.cat([noise_y[rows], noise_x[rows]], dim=1).to(dev)
-        tt = t[rows].to(dev)
-        z_t, target = prediction_target(schedule, z0, tt, noise)           # eqs. (9)-(10), same t for both
+        z0 = pack_joint(shard.take(images), shard.take(masks), data.num_classes)   # cat(y0, x0)
+        tt = shard.take(draws.t, dev)
+        z_t, target = prediction_target(schedule, z0, tt, shard.take(draws.noise, dev))  # eqs. (9)-(10), same t
         train_image = net.image_trainable()
-        out = model(z_t, tt, Cond(mask=masks[rows]), image=train_image)
+        out = model(z_t, tt, Cond(mask=shard.take(masks)), image=train_image)
         loss_x = torch.nn.functional.mse_loss(out[:, -k:].float(), target[:, c:].float())
         if not train_image:
             return loss_x

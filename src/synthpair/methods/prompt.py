@@ -36,7 +36,8 @@ from torch import nn
 
 from ..config import from_dict, to_dict
 from ..data.aug_prompts import AUG_PHRASES, augment_batch, check_phrases
-from ..diffusion.cond import Cond, null_cond_flags
+from ..data.prompts import finding_of
+from ..diffusion.cond import Cond
 from ..diffusion.guidance import classifier_free
 from ..diffusion.losses import diffusion_loss
 from ..diffusion.sampling import sample as run_sampler
@@ -45,25 +46,11 @@ from ..networks.lora import (LORA_TYPES, LoRAConfig, check_adapter_state, inject
                              merge_lora)
 from ..networks.prompt import PromptConfig, PromptUNet, Vocabulary, tokenize
 from ..networks.unet import UNetConfig
-from .base import DataInfo, register_method
+from .base import DataInfo, Draws, Method, Shard, register_method, unwrap
 from .joint import seed_generators
 
 EMBEDDING_KEY = "text.token.weight"
 
-
-def unwrap(model: Any) -> Any:
-    """The PromptUNet inside a DDP wrapper / guidance closure owner (or the model itself)."""
-    return getattr(model, "module", model)
-
-
-def finding_of(item_id: str, labels: dict[str, int]) -> str:
-    """``{finding}`` of an item: the id's prefix before the first ``_`` when purely alphabetic (``benign_001``
-    → ``benign``), else the first foreground label name (``lesion``)."""
-    head, sep, _ = item_id.partition("_")
-    if sep and head.isalpha():
-        return head.lower()
-    fg = sorted((v, k) for k, v in labels.items() if v > 0)
-    return fg[0][1] if fg else "image"
 
 
 def item_prompts(ds: Any, ids: Sequence[str], cfg: PromptConfig) -> list[str]:
@@ -88,9 +75,9 @@ def item_prompts(ds: Any, ids: Sequence[str], cfg: PromptConfig) -> list[str]:
 
 
 def _init_export(spec: str) -> Path:
-    from ..training.trainer import _init_source
+    from ..networks.export import export_source
 
-    return _init_source(spec)[0]
+    return export_source(spec)[0]
 
 
 def _base_vocabulary(cfg: Any) -> Vocabulary | None:
@@ -110,14 +97,15 @@ def _base_vocabulary(cfg: Any) -> Vocabulary | None:
     return Vocabulary(base["vocabulary"])
 
 
-class PromptMethod:
+class PromptMethod(Method):
     """Prompt-conditioned image generator (see module docstring)."""
 
     name = "prompt"
-    conditional = False
     # learns and generates images only (masks come from the caller, EMIT-Diff: the real pair's mask): the trainer
     # loads no mask for it, may add unlabelled images, and its runs account no mask items
     uses_masks = False
+    makes_masks = False
+    condition = "prompts"  # sample(..., prompts=[...] | cond=Cond(tokens=...)); no synthesis source yet
 
     def __init__(self) -> None:
         self._prompts: list[str] | None = None
@@ -236,7 +224,8 @@ class PromptMethod:
         if not lora:
             model.load_state_dict(state, strict=True)
             return
-        from ..networks.export import load_export, sha256_file
+        from .export import load_export
+        from ..networks.export import sha256_file
 
         base_dir = Path(lora["base_export"])
         weights = base_dir / "model.safetensors"
@@ -270,19 +259,25 @@ class PromptMethod:
 
     # ------------------------------------------------------------------ loss / sampling
     def training_loss(self, model: Callable[..., torch.Tensor], schedule: Any, images: torch.Tensor,
-                      masks: torch.Tensor, generator: torch.Generator, *, data: DataInfo,
-                      shard: tuple[int, int] = (0, 1), extra: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
-        """``L_simple`` on the image given its prompt tokens (``extra["tokens"]`` int64 (B, L))."""
-        if extra is None or "tokens" not in extra:
+                      masks: torch.Tensor | None, generator: torch.Generator, *, data: DataInfo,
+                      shard: tuple[int, int] = (0, 1), extra: dict[str, torch.Tensor] | None = None
+                      ) -> torch.Tensor:
+        if extra is None or "tokens" not in extra:  # before any draw: a one-line error
             raise fail("method prompt: training batches need prompt tokens (extra['tokens']); train with "
                        "'synthpair train --method prompt'")
-        net = unwrap(model)
+        return super().training_loss(model, schedule, images, masks, generator, data=data, shard=shard, extra=extra)
+
+    def drop_prob(self, net: nn.Module) -> float | None:
+        """``prompt.drop_prob`` when CFG is trained (> 0), else no draw."""
+        return net.prompt_cfg.drop_prob if net.prompt_cfg.drop_prob > 0 else None
+
+    def loss(self, model: Callable[..., torch.Tensor], net: nn.Module, schedule: Any, images: torch.Tensor,
+             masks: torch.Tensor | None, draws: Draws, shard: Shard, generator: torch.Generator, *,
+             data: DataInfo, extra: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """``L_simple`` on the image given its prompt tokens (``extra["tokens"]`` int64 (B, L)); after the
+        :class:`Draws`, with ``prompt.aug_prob`` > 0: phrase flags, phrase index and phrase noise (whole batch)."""
         pc: PromptConfig = net.prompt_cfg
-        rank, world = shard
         b, c, h, w = images.shape
-        t = torch.randint(0, schedule.T, (b,), generator=generator)
-        noise = torch.randn((b, c, h, w), generator=generator)
-        drop = null_cond_flags(b, pc.drop_prob, generator) if pc.drop_prob > 0 else None
         tokens = extra["tokens"]
         if pc.aug_prob > 0:
             phrases = check_phrases(pc.aug_phrases)
@@ -292,10 +287,10 @@ class PromptMethod:
             choice = torch.where(use, which, torch.full_like(which, -1))
             images = augment_batch(images, choice, phrases, aug_noise)
             tokens = append_phrases(tokens, choice, phrases, net.vocabulary)
-        rows = slice(rank, None, world)
         dev = images.device
-        cond = Cond(tokens=tokens[rows].to(dev), drop=None if drop is None else drop[rows].to(dev))
-        return diffusion_loss(model, schedule, images[rows], t[rows].to(dev), noise[rows].to(dev), cond)
+        cond = Cond(tokens=shard.take(tokens, dev), drop=None if draws.drop is None else shard.take(draws.drop, dev))
+        return diffusion_loss(model, schedule, shard.take(images), shard.take(draws.t, dev),
+                              shard.take(draws.noise, dev), cond)
 
     def default_guidance(self, model: nn.Module) -> float:
         return 2.0 if unwrap(model).prompt_cfg.drop_prob > 0 else 1.0

@@ -143,14 +143,10 @@ def _sigint_deferred() -> Iterator[None]:
 
 def _flip(images: torch.Tensor, masks: torch.Tensor, flips: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Flip rows i with flips[i, 0] horizontally and with flips[i, 1] vertically (image and mask together)."""
-    fh = flips[:, 0].to(images.device)
-    fv = flips[:, 1].to(images.device)
-    images = torch.where(fh.view(-1, 1, 1, 1), images.flip(-1), images)
-    images = torch.where(fv.view(-1, 1, 1, 1), images.flip(-2), images)
-    if masks is not None:  # image-only methods train without masks
-        masks = torch.where(fh.view(-1, 1, 1), masks.flip(-1), masks)
-        masks = torch.where(fv.view(-1, 1, 1), masks.flip(-2), masks)
-    return images, masks
+    from ..data.transforms import flip_pairs
+
+    images, masks = flip_pairs(images, masks, flips[:, 0], -1)  # masks None: image-only methods
+    return flip_pairs(images, masks, flips[:, 1], -2)
 
 
 def read_item_subset(path: Path | str, train_ids: list[str], fold: int) -> list[str]:
@@ -175,19 +171,6 @@ def read_item_subset(path: Path | str, train_ids: list[str], fold: int) -> list[
     return [i for i in train_ids if i in wanted]
 
 
-def _init_source(spec: str) -> tuple[Path, Path | None]:
-    """``RUN``, ``RUN/export`` or ``RUN/snapshots/step_N`` → (export folder, run folder or None)."""
-    p = Path(spec)
-    if (p / "export" / "config.json").is_file():
-        return p / "export", p
-    if (p / "config.json").is_file() and (p.parent / "training_cases.json").is_file():
-        return p, p.parent
-    if (p / "config.json").is_file() and p.parent.name == "snapshots" and \
-            (p.parent.parent / "training_cases.json").is_file():  # RUN/snapshots/step_N
-        return p, p.parent.parent
-    return p, None
-
-
 def _load_init_weights(model: nn.Module, spec: str, *, method: str, info: DataInfo) -> dict[str, Any]:
     """Copy the weights of the export ``spec`` into ``model``; returns provenance (export, method, sha256, the
     init run's cases and its label accounting, and how the weights were mapped).
@@ -196,10 +179,11 @@ def _load_init_weights(model: nn.Module, spec: str, *, method: str, info: DataIn
     joint / mask2image / dsdm run): :func:`synthpair.networks.transfer.transfer_weights` loads the shared U-Net
     weights and initialises the new mask inputs/outputs/SPADE norms. A run of another image size, channel
     count or (between mask-aware methods) label set is refused with one line."""
-    from ..networks.export import load_export, sha256_file
+    from ..methods.export import load_export
+    from ..networks.export import export_source, sha256_file
     from ..networks.transfer import transfer_weights
 
-    export_dir, run_dir = _init_source(spec)
+    export_dir, run_dir = export_source(spec)
     src, src_cfg = load_export(export_dir)
     src_info = DataInfo.from_dict(src_cfg["data"])
     if src_info.channels != info.channels or tuple(src_info.size) != tuple(info.size):
@@ -207,7 +191,7 @@ def _load_init_weights(model: nn.Module, spec: str, *, method: str, info: DataIn
                    f"{src_info.size[1]} images but this data has {info.channels}-channel {info.size[0]}×"
                    f"{info.size[1]}; pre-train on the same channels and size (prepare --size) or drop init_from")
     src_method = src_cfg.get("method")
-    src_masks = getattr(get_method(src_method), "uses_masks", True)
+    src_masks = get_method(src_method).uses_masks
     if src_masks and src_info.num_classes != info.num_classes:
         raise fail(f"{export_dir}: train.init_from run was trained on {src_info.num_classes} labels but this data "
                    f"has {info.num_classes}; start from a run of the same label set or an image-only run")
@@ -248,7 +232,7 @@ def run_label_accounting(training_cases: dict[str, Any], method: str | None) -> 
         if training_cases.get("mask_cases_unresolved"):
             out["mask_cases_unresolved"] = list(training_cases["mask_cases_unresolved"])
         return {**out, "data": training_cases.get("data")}
-    uses_masks = getattr(get_method(method), "uses_masks", True) if method else True
+    uses_masks = get_method(method).uses_masks if method else True
     items = list(training_cases.get("items", []))
     if items:
         return {"mask_items": items if uses_masks else [], "image_items": items, "data": training_cases.get("data")}
@@ -318,24 +302,15 @@ def _load_checkpoint(path: Path, cfg: TrainConfig) -> dict[str, Any]:
     except Exception as err:  # noqa: BLE001  (corrupt/truncated file → one line)
         raise fail(f"{path}: unreadable checkpoint ({type(err).__name__}); delete it and train from scratch") from None
     if state.get("config_hash") != config_hash(cfg):
-        old = state.get("config", {})
-        new = to_dict(cfg)
+        from ..config import config_changes, describe_changes
 
-        def flat(d: dict[str, Any], pre: str = "") -> dict[str, Any]:
-            out: dict[str, Any] = {}
-            for k, v in d.items():
-                out.update(flat(v, f"{pre}{k}.") if isinstance(v, dict) else {f"{pre}{k}": v})
-            return out
-
-        fo, fn, fd = flat(old), flat(new), flat(to_dict(TrainConfig()))
-        diff = sorted(k for k in set(fo) | set(fn)
-                      if fo.get(k) != fn.get(k) and k.split(".")[0] not in RESUME_FREE_KEYS
-                      # a setting added to TrainConfig after the checkpoint was written, left at its default,
-                      # cannot have changed that run's math
-                      and not (k not in fo and k in fd and fn.get(k) == fd[k]))
+        old, new = state.get("config", {}), to_dict(cfg)
+        # a setting added to TrainConfig after the checkpoint was written, left at its default, cannot have
+        # changed that run's math (defaults=)
+        diff = config_changes(old, new, ignore=RESUME_FREE_KEYS, defaults=to_dict(TrainConfig()))
         if not diff:
             return state
-        shown = ", ".join(f"{k} ({fo.get(k)!r} -> {fn.get(k)!r})" for k in diff[:6]) or "unknown keys"
+        shown = describe_changes(diff, old, new) or "unknown keys"
         raise fail(f"{path}: checkpoint was written with a different config: {shown}; "
                    "resume with the run's own config.json or start a new --out")
     return state
@@ -367,7 +342,7 @@ def train_generator(data_dir: Path | str, out_dir: Path | str, cfg: TrainConfig 
 
     ds = PreparedDataset.open(data_dir)
     method = get_method(cfg.method)
-    uses_masks = getattr(method, "uses_masks", True)
+    uses_masks = method.uses_masks
     # mask-using methods see labelled training items only; image-only methods may add the unlabelled ones
     train_ids = ds.split(cfg.fold)[0] if uses_masks else ds.image_train_ids(cfg.fold, unlabelled=cfg.unlabelled)
     if not train_ids:
@@ -385,15 +360,12 @@ def train_generator(data_dir: Path | str, out_dir: Path | str, cfg: TrainConfig 
         images_np, masks = ds.load_images(train_ids), None
     images = torch.from_numpy(images_np).to(device)
 
-    # Optional per-item tensors of the method (cluster labels, prompt tokens, ...), indexed like train_ids.
-    extras = ({k: v.to(device) for k, v in method.item_extras(ds, train_ids, cfg).items()}
-              if hasattr(method, "item_extras") else None)
+    # Per-item tensors of the method (cluster labels, prompt tokens, ...), indexed like train_ids (or None).
+    extras = method.item_extras(ds, train_ids, cfg)
+    extras = None if extras is None else {k: v.to(device) for k, v in extras.items()}
 
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
-    if hasattr(method, "build_for_training"):  # methods whose network depends on more than net/cond
-        model = method.build_for_training(info, cfg, ds, train_ids).to(device)
-    else:
-        model = method.build_network(info, cfg.net, cond_cfg=cfg.cond).to(device)
+    model = method.build_for_training(info, cfg, ds, train_ids).to(device)
     init = _load_init_weights(model, cfg.init_from, method=cfg.method, info=info) if cfg.init_from else None
     # label accounting: whose masks and whose images this run learnt from (its init_from chain included)
     mask_items = set(train_ids) if uses_masks else set()
@@ -405,9 +377,9 @@ def train_generator(data_dir: Path | str, out_dir: Path | str, cfg: TrainConfig 
         mask_items |= set(acc.get("mask_items", []))
         image_items |= set(acc.get("image_items", []))
         unresolved |= set(acc.get("mask_cases_unresolved", []))
-    if hasattr(method, "setup"):  # e.g. DSDM: contrastive pre-training of the frozen reference encoder
-        method.setup(model, images, masks, data=info, seed=cfg.seed, fresh=state is None,
-                     log=((lambda msg: (ensure_dir(out), _RunLog(out).line(msg))) if is_main else None), cfg=cfg)
+    # e.g. DSDM: contrastive pre-training of the frozen reference encoder; LoRA adapters; a frozen ControlNet base
+    method.setup(model, images, masks, data=info, seed=cfg.seed, fresh=state is None,
+                 log=((lambda msg: (ensure_dir(out), _RunLog(out).line(msg))) if is_main else None), cfg=cfg)
     model = model.to(device)  # setup may add modules (adapters, control branches)
     ema = make_ema(model)
     schedule = NoiseSchedule(cfg.diffusion, device=device)
@@ -479,11 +451,10 @@ def train_generator(data_dir: Path | str, out_dir: Path | str, cfg: TrainConfig 
     def write_export(folder: Path, at_step: int) -> None:
         from ..networks.export import save_export
 
-        extra = {"cond": to_dict(method.cond_config(cfg.cond))} if getattr(method, "conditional", False) else {}
-        if hasattr(method, "export_extra"):  # method-specific sections (vocabulary, base run, clusters, ...)
-            extra.update(method.export_extra(ema, cfg))
-        save_export(folder, ema, state=method.export_state(ema) if hasattr(method, "export_state") else None,
-                    export_config={
+        cond_section = method.cond_config(cfg.cond)
+        extra = {"cond": to_dict(cond_section)} if cond_section is not None else {}
+        extra.update(method.export_extra(ema, cfg))  # method-specific sections (vocabulary, base run, clusters, ...)
+        save_export(folder, ema, state=method.export_state(ema), export_config={
             **extra, "method": cfg.method, "init_from": None if init is None else init["export"],
             "net": to_dict(cfg.net), "diffusion": to_dict(cfg.diffusion), "data": info.to_dict(), "labels": ds.labels,
             "fold": cfg.fold, "step": at_step, "cpu_seconds": round(cpu_seconds(), 1),
@@ -577,6 +548,24 @@ def train_generator(data_dir: Path | str, out_dir: Path | str, cfg: TrainConfig 
     return out
 
 
+def train_or_resume(data_dir: Path | str, out_dir: Path | str, cfg: TrainConfig, *, progress: bool = True) -> Path:
+    """One generator stage of a pipeline or study: skip a finished run (its export complete), resume it from
+    its checkpoint (``cfg`` must match, see :func:`_load_checkpoint`), or start it — after removing ``out_dir``
+    when it holds a run stopped before its first checkpoint (the stage's own folder: nothing to resume).
+    Returns ``out_dir``."""
+    import shutil
+
+    from ..networks.export import export_complete
+
+    out = Path(out_dir)
+    if export_complete(out):
+        return out
+    resume = (out / "checkpoints" / "state.pt").is_file()
+    if out.exists() and not resume:
+        shutil.rmtree(out)
+    return train_generator(data_dir, out, cfg, resume=resume, progress=progress)
+
+
 def load_train_config(path: Path | str) -> TrainConfig:
     """TrainConfig from a JSON file (RUN/config.json or a user file); unknown keys are errors."""
     from ..config import load_config
@@ -584,4 +573,4 @@ def load_train_config(path: Path | str) -> TrainConfig:
     return load_config(TrainConfig, path)
 
 
-__all__ = ["TrainConfig", "train_generator", "config_hash", "load_train_config", "draw_batch"]
+__all__ = ["TrainConfig", "train_generator", "train_or_resume", "config_hash", "load_train_config", "draw_batch"]

@@ -1,0 +1,55 @@
+"""Loading a generator export: ``load_export(RUN/export) -> (model, export_config)``.
+
+The export files themselves (``config.json`` + ``model.safetensors`` + ``version.json``, written by
+:func:`synthpair.networks.export.save_export`) belong to the networks layer; rebuilding the network needs the
+export's METHOD (:meth:`synthpair.methods.base.Method.build_from_export` / ``load_weights``), so loading lives
+here, one layer up.
+"""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import fail
+from ..io import read_json
+from ..networks.export import read_export_config
+
+
+def load_export(export_dir: Path | str, device: torch.device | str = "cpu") -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild the network of an export and load its (EMA) weights → ``(model in eval mode, export_config)``.
+
+    Errors (one line, naming the file): folder/config/weights missing, sha256 mismatch with
+    ``version.json``, unreadable safetensors, or weights that do not fit the configured network.
+    """
+    from safetensors.torch import load
+
+    from .base import DataInfo, get_method
+
+    export_dir = Path(export_dir)
+    cfg = read_export_config(export_dir)
+    weights = export_dir / "model.safetensors"
+    if not weights.is_file():
+        raise fail(f"{weights}: weights file missing; re-export the run (RUN/export) or retrain")
+    version = read_json(export_dir / "version.json", "version.json")
+    raw = weights.read_bytes()
+    if hashlib.sha256(raw).hexdigest() != version.get("weights_sha256"):
+        raise fail(f"{weights}: sha256 does not match version.json (corrupt or replaced); re-export or retrain the run")
+    try:
+        state = load(raw)
+    except Exception as err:  # noqa: BLE001  (safetensors raises its own error types for bad headers/data)
+        raise fail(f"{weights}: unreadable safetensors file ({err}); re-export or retrain the run") from None
+    method = get_method(cfg["method"])
+    model = method.build_from_export(DataInfo.from_dict(cfg["data"]), cfg, export_dir)
+    try:
+        method.load_weights(model, state, cfg, export_dir)  # partial exports: adapters / control branch over a base
+    except RuntimeError as err:
+        first = str(err).splitlines()[0] if str(err) else "mismatch"
+        raise fail(f"{weights}: weights do not fit the network in config.json ({first}); re-export the run") from None
+    return model.to(device).eval(), cfg
+
+
+__all__ = ["load_export"]
