@@ -696,7 +696,7 @@ def test_generator_that_saw_a_test_case_is_refused(env, tmp_path):
 
 
 def test_non_unet_generator_method_is_refused(env, tmp_path, monkeypatch):
-    import synthpair.networks.export as export
+    import synthpair.methods.export as export
 
     load = export.load_export
     monkeypatch.setattr(export, "load_export", lambda d, device="cpu": (lambda m, c: (m, {**c, "method": "prompt"}))(

@@ -218,7 +218,8 @@ def test_several_joint_runs_one_per_cluster(tiny: tuple[Path, Path], tmp_path: P
     data, run = tiny
     run2 = tmp_path / "run2"
     shutil.copytree(run, run2)
-    from synthpair.networks.export import load_export, save_export
+    from synthpair.methods.export import load_export
+    from synthpair.networks.export import save_export
 
     model, cfg = load_export(run2 / "export")
     with torch.no_grad():

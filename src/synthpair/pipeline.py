@@ -112,8 +112,8 @@ def run_pipeline(src: Path | str | None, out_dir: Path | str, cfg: RunConfig, *,
     from .data.prepare import prepare_dataset
     from .report.build import build_report, results_table
     from .segmentation.train import segment
-    from .synthesis.generate import generate
-    from .training.trainer import train_generator
+    from .segmentation.reference import generate_scored
+    from .training.trainer import train_or_resume
 
     out = Path(out_dir)
     if src is None and cfg.phantoms <= 0:
@@ -162,13 +162,10 @@ def run_pipeline(src: Path | str | None, out_dir: Path | str, cfg: RunConfig, *,
     for k in cfg.folds:
         gen_dir = out / "generator" / f"fold_{k}"
         header(f"fold {k}: train '{cfg.train.method}' generator ({cfg.train.steps} steps) → {gen_dir}")
-        if not (gen_dir / "export" / "model.safetensors").is_file():
-            resume = (gen_dir / "checkpoints" / "state.pt").is_file()
-            train_generator(data_dir, gen_dir, dataclasses.replace(cfg.train, fold=k), resume=resume,
-                            progress=progress)
+        train_or_resume(data_dir, gen_dir, dataclasses.replace(cfg.train, fold=k), progress=progress)
         syn_dir = out / "synthetic" / f"fold_{k}"
         header(f"fold {k}: generate {cfg.generate.n} pairs ({cfg.generate.sampler}, {cfg.generate.steps} steps) → {syn_dir}")
-        generate(gen_dir, syn_dir, cfg.generate, progress=progress)
+        generate_scored(gen_dir, syn_dir, cfg.generate, progress=progress)
 
     # 3. segmentation: real-only and each ratio, on the same folds
     header(f"segment ({cfg.segment.model}, {cfg.segment.steps} steps): real-only vs "

@@ -89,7 +89,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from ..synthesis.generate import GenerateConfig, generate
+    from ..segmentation.reference import generate_scored
+    from ..synthesis.generate import GenerateConfig
 
     cfg = _config_from_args(GenerateConfig, args.config, args.set, section="generate")
     cfg = _with(cfg, n=args.n, sampler=args.sampler, steps=args.steps, seed=args.seed, batch_size=args.batch,
@@ -97,7 +98,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
                 masks=args.masks, reference=args.reference, guidance=args.guidance,
                 min_faithfulness=args.min_faithfulness, segmenter=args.segmenter, per_real=args.per_real,
                 aug_prompts=args.aug_prompts)
-    out = generate(args.run, args.out, cfg)
+    out = generate_scored(args.run, args.out, cfg)  # trains the --segmenter auto reference segmenter first
     print(f"synthetic pairs: {out}  (manifest: {Path(out) / 'manifest.jsonl'})")
     return 0
 
@@ -110,51 +111,12 @@ def cmd_replay(args: argparse.Namespace) -> int:
     return 0 if same else 1
 
 
-MIX_EXAMPLE = ("--mix ratio=0.5 | synthetic_only | patch:alpha=0.5,patch=8 | patch_loss:alpha=0.5,patch=8 | "
-               "replace:p=0.5 | pretrain:fraction=0.5")
-# --mix NAME:key=value → SegmentConfig field and type
-_MIX_KEYS: dict[str, dict[str, tuple[str, type]]] = {
-    "ratio": {"ratio": ("ratio", float)}, "synthetic_only": {},
-    "patch": {"alpha": ("alpha", float), "patch": ("patch", int)},
-    "patch_loss": {"alpha": ("alpha", float), "patch": ("patch", int)},
-    "replace": {"p": ("replace_p", float)},
-    "pretrain": {"fraction": ("pretrain_fraction", float)},
-}
-
-
 def _parse_mix(text: str | None) -> dict[str, Any]:
-    """``--mix`` grammar → SegmentConfig fields: ``ratio=R`` | ``synthetic_only`` | ``patch:alpha=A,patch=P``
-    | ``patch_loss:alpha=A,patch=P`` | ``replace:p=P`` (parameters left out keep their config value)."""
-    from ..errors import fail
+    """``--mix`` grammar → SegmentConfig fields (:func:`synthpair.segmentation.mixing.parse_mix`, generated from
+    the mixing registry)."""
+    from ..segmentation.mixing import parse_mix
 
-    if not text:
-        return {}
-    raw = text.strip()
-    name, sep, params = raw.partition(":")
-    if not sep and "=" in name:  # the original form: ratio=R
-        name, params = "ratio", raw
-    name = name.strip()
-    if name not in _MIX_KEYS:
-        raise fail(f"--mix {text!r}: unknown mixing {name!r}; choose one of {', '.join(_MIX_KEYS)}, e.g. {MIX_EXAMPLE}")
-    out: dict[str, Any] = {"mixing": name}
-    if name != "ratio":
-        out["ratio"] = 0.0
-    keys = _MIX_KEYS[name]
-    for part in filter(None, (p.strip() for p in params.split(","))):
-        key, eq, value = part.partition("=")
-        key = key.strip()
-        if not eq or key not in keys:
-            valid = ", ".join(f"{k}=…" for k in keys) or "no parameters"
-            raise fail(f"--mix {text!r}: {name} takes {valid}; e.g. {MIX_EXAMPLE}")
-        field, typ = keys[key]
-        try:
-            out[field] = typ(value.strip())
-        except ValueError:
-            raise fail(f"--mix {text!r}: {key} must be {'an integer' if typ is int else 'a number'}; "
-                       f"e.g. {MIX_EXAMPLE}") from None
-    if name == "ratio" and "ratio" not in out:
-        raise fail(f"--mix {text!r}: expected ratio=R (synthetic:real per epoch), e.g. --mix ratio=0.5")
-    return out
+    return parse_mix(text)
 
 
 def cmd_segment(args: argparse.Namespace) -> int:
@@ -319,11 +281,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("data", help="prepared dataset folder")
     sp.add_argument("--out", required=True)
     sp.add_argument("--synthetic", help="synthetic folder from 'synthpair generate'")
-    sp.add_argument("--mix", help="mixing strategy: ratio=R (synthetic:real) | synthetic_only | "
-                                   "patch:alpha=A,patch=P (EMIT-Diff, A = fraction of real pixels, P = patch side) | "
-                                   "patch_loss:alpha=A,patch=P (loss mixing) | replace:p=P (replace each real image "
-                                   "with probability P by a synthetic version) | pretrain:fraction=F (the first F "
-                                   "of the steps on synthetic pairs, then real: pre-train then fine-tune)")
+    from ..segmentation.mixing import mix_help
+
+    sp.add_argument("--mix", help=mix_help())
     sp.add_argument("--min-faithfulness", type=float,
                     help="use only synthetic pairs whose manifest mask faithfulness (Dice) is at least this")
     sp.add_argument("--augment", help="paired augmentation: flip_rot (default), none, affine, random_contrast, "

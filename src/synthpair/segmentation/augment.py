@@ -81,19 +81,16 @@ def flip_rot(images: torch.Tensor, masks: torch.Tensor,
 
     Returns augmented copies with the same shapes (quarter turns only by 0/180° when ``H != W``).
     """
+    from ..data.transforms import flip_pairs
+
     b, _, h, w = images.shape
     draws = torch.randint(0, 4, (b, 3), generator=generator)
-    out_i, out_m = images.clone(), masks.clone()
+    out_i, out_m = flip_pairs(images, masks, draws[:, 0] % 2 == 1, -1)
+    out_i, out_m = flip_pairs(out_i, out_m, draws[:, 1] % 2 == 1, -2)
     for i in range(b):
-        img, msk = images[i], masks[i]
-        if draws[i, 0] % 2:
-            img, msk = img.flip(-1), msk.flip(-1)
-        if draws[i, 1] % 2:
-            img, msk = img.flip(-2), msk.flip(-2)
         k = int(draws[i, 2]) if h == w else 2 * (int(draws[i, 2]) % 2)
         if k:
-            img, msk = torch.rot90(img, k, (-2, -1)), torch.rot90(msk, k, (-2, -1))
-        out_i[i], out_m[i] = img, msk
+            out_i[i], out_m[i] = torch.rot90(out_i[i], k, (-2, -1)), torch.rot90(out_m[i], k, (-2, -1))
     return out_i, out_m
 
 
@@ -188,9 +185,10 @@ def _spatial(x01: torch.Tensor, m: torch.Tensor, probs: dict[str, float],
         m[idx] = AffineTransform(mode="nearest", **kw)(m[idx], theta[idx])
     p_mirror = probs.get("mirror", 0.0)
     if p_mirror:
+        from ..data.transforms import flip_pairs
+
         for axis, col in ((-1, 4), (-2, 5)):
-            f = (u[:, col] < p_mirror).view(-1, 1, 1, 1)
-            x01, m = torch.where(f, x01.flip(axis), x01), torch.where(f, m.flip(axis), m)
+            x01, m = flip_pairs(x01, m, u[:, col] < p_mirror, axis)
     return x01, m
 
 

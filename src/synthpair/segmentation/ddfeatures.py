@@ -132,7 +132,8 @@ class DiffusionFeatures:
         from ..diffusion.schedule import DiffusionConfig, NoiseSchedule
         from ..config import from_dict
         from ..env import resolve_autocast
-        from ..networks.export import load_export, sha256_file
+        from ..methods.export import load_export
+        from ..networks.export import sha256_file
 
         self.export_dir = resolve_export(generator)
         model, cfg = load_export(self.export_dir, device=device)

@@ -10,29 +10,11 @@ the held-out numbers of that fold would be inflated, so :func:`check_synthetic` 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
 from ..data.dataset import PreparedDataset
 from ..errors import fail
-from ..synthesis.manifest import read_manifest
-
-CASE_FIELDS: tuple[str, ...] = ("train_cases", "source_case", "reference_case", "reference_cases")
-"""Manifest fields naming real cases a pair depends on (str or list of str)."""
-
-ITEM_FIELDS: tuple[str, ...] = ("source_item", "reference_item")
-"""Manifest fields naming real *items* a pair depends on; mapped to their cases by the real dataset."""
-
-
-def manifest_cases(records: Iterable[dict[str, Any]]) -> set[str]:
-    """Every real case id named by the :data:`CASE_FIELDS` of the manifest records."""
-    cases: set[str] = set()
-    for rec in records:
-        for key in CASE_FIELDS:
-            val = rec.get(key)
-            if val is None:
-                continue
-            cases.update(str(v) for v in (val if isinstance(val, list) else [val]) if v is not None)
-    return cases
+from ..synthesis.manifest import CASE_FIELDS, ITEM_FIELDS, manifest_cases, read_manifest  # noqa: F401 (CASE_FIELDS, manifest_cases: re-exported)
 
 
 def check_no_leakage(syn_dir: Path | str, records: Sequence[dict[str, Any]], real: PreparedDataset,

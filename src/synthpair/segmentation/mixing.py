@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Protocol, Sequence
+from typing import Any, Callable, Protocol, Sequence
 
 import torch
 
@@ -361,7 +361,89 @@ class PretrainMixing:
                 "n_real": len(self.real[0]), "n_synthetic": len(self.syn[0]), "forward_passes_per_slot": 1}
 
 
-MIXINGS = ("ratio", "synthetic_only", "patch", "patch_loss", "replace", "pretrain")
+@dataclass(frozen=True)
+class MixingSpec:
+    """One mixing strategy in the registry: its ``--mix`` parameters (CLI key → (SegmentConfig field, type,
+    placeholder)), whether it needs synthetic *versions* of real items (manifest ``source_item``), and a
+    one-phrase description for the CLI help."""
+
+    name: str
+    params: tuple[tuple[str, str, type, str], ...]
+    versions: bool
+    help: str
+
+    @property
+    def fields(self) -> tuple[str, ...]:
+        """The SegmentConfig fields the strategy reads."""
+        return tuple(field for _, field, _, _ in self.params)
+
+    def grammar(self, example: bool = False) -> str:
+        """``name``, ``ratio=R`` or ``patch:alpha=A,patch=P`` (``example``: with the default values)."""
+        vals = {"R": "0.5", "A": "0.5", "P": "8" if self.name.startswith("patch") else "0.5", "F": "0.5"}
+        parts = [f"{key}={vals[ph] if example else ph}" for key, _, _, ph in self.params]
+        if self.name == "ratio":
+            return parts[0]
+        return self.name + (":" + ",".join(parts) if parts else "")
+
+
+MIXING_SPECS: dict[str, MixingSpec] = {s.name: s for s in (
+    MixingSpec("ratio", (("ratio", "ratio", float, "R"),), False, "synthetic:real"),
+    MixingSpec("synthetic_only", (), False, "synthetic pairs only"),
+    MixingSpec("patch", (("alpha", "alpha", float, "A"), ("patch", "patch", int, "P")), True,
+               "EMIT-Diff, A = fraction of real pixels, P = patch side"),
+    MixingSpec("patch_loss", (("alpha", "alpha", float, "A"), ("patch", "patch", int, "P")), True, "loss mixing"),
+    MixingSpec("replace", (("p", "replace_p", float, "P"),), True,
+               "replace each real image with probability P by a synthetic version"),
+    MixingSpec("pretrain", (("fraction", "pretrain_fraction", float, "F"),), False,
+               "the first F of the steps on synthetic pairs, then real: pre-train then fine-tune"),
+)}
+"""THE registry of mixing strategies: :data:`MIXINGS`, ``SegmentConfig.mixing``, its parameter check, the
+strategies that need versions, and the CLI ``--mix`` grammar and help (:func:`parse_mix`) all come from it."""
+
+MIXINGS = tuple(MIXING_SPECS)
+VERSION_MIXINGS = tuple(n for n, s in MIXING_SPECS.items() if s.versions)
+MIX_EXAMPLE = "--mix " + " | ".join(s.grammar(example=True) for s in MIXING_SPECS.values())
+
+
+def mix_help() -> str:
+    """The ``--mix`` help text: every strategy's grammar and description."""
+    return "mixing strategy: " + " | ".join(f"{s.grammar()} ({s.help})" for s in MIXING_SPECS.values())
+
+
+def parse_mix(text: str | None) -> dict[str, Any]:
+    """``--mix`` grammar → SegmentConfig fields: ``ratio=R`` | ``NAME`` | ``NAME:key=value,...`` with the keys of
+    :data:`MIXING_SPECS` (parameters left out keep their config value; every mixing but ``ratio`` sets
+    ``ratio=0``). One-line errors name the valid choices."""
+    from ..errors import fail
+
+    if not text:
+        return {}
+    raw = text.strip()
+    name, sep, params = raw.partition(":")
+    if not sep and "=" in name:  # the original form: ratio=R
+        name, params = "ratio", raw
+    name = name.strip()
+    if name not in MIXING_SPECS:
+        raise fail(f"--mix {text!r}: unknown mixing {name!r}; choose one of {', '.join(MIXINGS)}, e.g. {MIX_EXAMPLE}")
+    out: dict[str, Any] = {"mixing": name}
+    if name != "ratio":
+        out["ratio"] = 0.0
+    keys = {key: (field, typ) for key, field, typ, _ in MIXING_SPECS[name].params}
+    for part in filter(None, (p.strip() for p in params.split(","))):
+        key, eq, value = part.partition("=")
+        key = key.strip()
+        if not eq or key not in keys:
+            valid = ", ".join(f"{k}=…" for k in keys) or "no parameters"
+            raise fail(f"--mix {text!r}: {name} takes {valid}; e.g. {MIX_EXAMPLE}")
+        field, typ = keys[key]
+        try:
+            out[field] = typ(value.strip())
+        except ValueError:
+            raise fail(f"--mix {text!r}: {key} must be {'an integer' if typ is int else 'a number'}; "
+                       f"e.g. {MIX_EXAMPLE}") from None
+    if name == "ratio" and "ratio" not in out:
+        raise fail(f"--mix {text!r}: expected ratio=R (synthetic:real per epoch), e.g. --mix ratio=0.5")
+    return out
 
 
 def make_mixing(name: str, *, real_images: torch.Tensor, real_masks: torch.Tensor, batch_size: int,
@@ -384,7 +466,7 @@ def make_mixing(name: str, *, real_images: torch.Tensor, real_masks: torch.Tenso
         if syn_images is None:
             raise ValueError("synthetic_only needs a synthetic pool")
         return SyntheticOnly(syn_images, syn_masks, batch_size)  # type: ignore[arg-type]
-    if name in ("patch", "patch_loss", "replace"):
+    if name in VERSION_MIXINGS:
         if syn_images is None or syn_masks is None or groups is None:
             raise ValueError(f"{name} needs a synthetic pool and its grouping by source item")
         if name == "replace":

@@ -37,6 +37,7 @@ import numpy as np
 import torch
 
 from ..config import save_config, to_dict
+from ..data.budget import training_items  # noqa: F401 (re-export: segment's subset rule)
 from ..data.dataset import PreparedDataset
 from ..env import resolve_autocast, resolve_device
 from ..errors import fail
@@ -47,7 +48,7 @@ from .augment import AUGMENTATIONS, augment_batch
 from .ddfeatures import FeatureConfig
 from .ddmodels import DDPM_MODELS, is_ddpm
 from .leakage import check_synthetic
-from .mixing import MIXINGS, Batch, batch_loss, group_by_source, make_mixing
+from .mixing import MIXING_SPECS, MIXINGS, VERSION_MIXINGS, Batch, batch_loss, group_by_source, make_mixing
 from .models import MODELS, build_segmenter, check_model, data_info
 
 RESULTS_FORMAT = "synthpair-segment"
@@ -58,15 +59,10 @@ EMPTY_CONVENTION = ("both empty: dice=iou=precision=recall=1, hd95=assd=0; refer
                     "prediction")
 
 
-VERSION_MIXINGS = ("patch", "patch_loss", "replace")
-"""Mixings that pair each real item with its synthetic versions (manifest ``source_item``)."""
-
-MIX_PARAMS: dict[str, tuple[str, ...]] = {
-    "ratio": ("ratio",), "synthetic_only": (), "patch": ("alpha", "patch"), "patch_loss": ("alpha", "patch"),
-    "replace": ("replace_p",), "pretrain": ("pretrain_fraction",),
-}
-"""The config fields each mixing strategy reads (the CLI ``--mix`` grammar names them ``ratio``, ``alpha``,
-``patch``, ``p``)."""
+MIX_PARAMS: dict[str, tuple[str, ...]] = {n: spec.fields for n, spec in MIXING_SPECS.items()}
+"""The config fields each mixing strategy reads (from the registry :data:`.mixing.MIXING_SPECS`, which also
+names them in the CLI ``--mix`` grammar: ``ratio``, ``alpha``, ``patch``, ``p``, ``fraction``); the strategies
+that pair each real item with its synthetic versions (manifest ``source_item``) are :data:`VERSION_MIXINGS`."""
 
 
 @dataclass(frozen=True)
@@ -100,7 +96,7 @@ class SegmentConfig:
     lr: float = 1e-3
     weight_decay: float = 1e-4
     ratio: float = 0.0
-    mixing: Literal["ratio", "synthetic_only", "patch", "patch_loss", "replace", "pretrain"] = "ratio"
+    mixing: str = "ratio"  # a name of the registry .mixing.MIXING_SPECS (checked below)
     alpha: float = 0.5
     patch: int = 8
     replace_p: float = 0.5
@@ -188,20 +184,6 @@ def setting_name(cfg: SegmentConfig) -> str:
     if cfg.augment != "flip_rot":
         name += f" +{cfg.augment}"
     return name
-
-
-def training_items(ds: PreparedDataset, fold: int, n_real: int = 0, subset_seed: int = 0) -> list[str]:
-    """The real (labelled) training items of ``fold``: all of them (``n_real = 0``) or a seeded, nested subset
-    of ``n_real`` — :func:`synthpair.data.budget.nested_subset` (the 16-item subset of a seed is the first
-    half of its 32-item one; items in dataset order). Generator training on the same subset:
-    ``TrainConfig.items = training_items(ds, fold, n, seed)``."""
-    from ..data.budget import nested_subset
-
-    train_ids, _ = ds.split(fold)
-    if n_real > len(train_ids):
-        raise fail(f"n_real={n_real}: fold {fold} of {ds.root} has only {len(train_ids)} training items; "
-                   f"choose --n-real <= {len(train_ids)} (0 = all)")
-    return nested_subset(ds, fold, n_real, subset_seed)
 
 
 def _spacings(ds: PreparedDataset, ids: list[str]) -> list[tuple[float, float] | None]:

@@ -82,8 +82,8 @@ def segmenter_accounting(seg_dir: Path | str, fold: int | None = None) -> dict[s
     for f in folds:
         acc = f.get("label_accounting")
         if acc is None:
+            from ..data.budget import training_items
             from ..data.dataset import PreparedDataset
-            from ..segmentation.train import training_items
 
             cfg = res.get("config", {})
             ds = PreparedDataset.open(res["data"])
@@ -123,7 +123,7 @@ def synthetic_mask_items(syn_dir: Path | str, real: Any) -> tuple[set[str], set[
         items = set(acc["mask_items"])
         cases = set(acc.get("mask_cases_unresolved", []))
     else:
-        from ..segmentation.leakage import ITEM_FIELDS, manifest_cases
+        from .manifest import ITEM_FIELDS, manifest_cases
 
         records = read_manifest(syn_dir)
         cases = manifest_cases(records)

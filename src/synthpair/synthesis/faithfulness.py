@@ -1,8 +1,10 @@
-"""The reference segmenter of mask faithfulness (:mod:`synthpair.metrics.faithfulness`).
+"""Scoring mask faithfulness (:mod:`synthpair.metrics.faithfulness`) with a trained reference segmenter.
 
-It is an ordinary ``synthpair segment`` run, real-only, on ONE fold of the generator's dataset, so it saw
-only that fold's training split (the same cases the generator saw) and its held-out Dice on the real test
-split is recorded next to it (``results.json``) as the ceiling a faithful synthetic image can reach.
+The reference segmenter is an ordinary ``synthpair segment`` folder, real-only, on ONE fold of the generator's
+dataset, so it saw only that fold's training split (the same cases the generator saw) and its held-out Dice on
+the real test split is recorded next to it (``results.json``) as the ceiling a faithful synthetic image can reach.
+Synthesis only LOADS it (:class:`FaithfulnessScorer`); training it — ``--segmenter auto`` on first use — is done
+before generation by the stage that asks for it (:mod:`synthpair.segmentation.reference`).
 """
 from __future__ import annotations
 
@@ -17,16 +19,6 @@ from ..io import read_json
 from ..metrics.faithfulness import mask_faithfulness
 
 
-def train_reference_segmenter(data_dir: Path | str, out_dir: Path | str, *, fold: int, steps: int = 300,
-                              model: str = "unet", seed: int = 0, progress: bool = False) -> Path:
-    """Train the reference segmenter (real training split of ``fold`` only) into ``out_dir`` (a SEG folder)."""
-    from ..segmentation.train import SegmentConfig, segment
-
-    segment(data_dir, out_dir, SegmentConfig(model=model, steps=steps, folds=(fold,), seed=seed),
-            progress=progress)
-    return Path(out_dir)
-
-
 class FaithfulnessScorer:
     """Scores pairs with the reference segmenter in SEG folder ``seg_dir`` for generator fold ``fold``.
 
@@ -36,7 +28,7 @@ class FaithfulnessScorer:
     def __init__(self, seg_dir: Path | str, *, fold: int, data: str | None, device: str = "cpu") -> None:
         from safetensors.torch import load_file
 
-        from ..segmentation.models import build_segmenter
+        from ..networks.segmenters import build_segmenter
 
         self.seg_dir = Path(seg_dir)
         res = read_json(self.seg_dir / "results.json", "reference segmenter results.json")

@@ -65,7 +65,8 @@ class GenerateConfig:
     masks: str = "real"               # real | augmented | joint:RUN
     reference: Literal["random", "own"] = "random"
     guidance: float | None = None     # classifier-free guidance scale (None: 3 for CFG-trained dsdm, else 1)
-    # mask faithfulness (synthesis/faithfulness.py): auto = RUN/reference_segmenter (trained on first use) for
+    # mask faithfulness (synthesis/faithfulness.py): auto = RUN/reference_segmenter (trained on first use by
+    # 'synthpair generate' / segmentation.reference.generate_scored, never by generate itself) for
     # mask-conditioned methods or when min_faithfulness is set; off; or a real-only SEG folder
     segmenter: str = "auto"
     segmenter_steps: int = 300
@@ -118,7 +119,7 @@ def clean_mask(mask: np.ndarray, min_component: int) -> np.ndarray:
     return out
 
 
-def _generator_provenance(run: Path) -> dict[str, Any]:
+def generator_provenance(run: Path) -> dict[str, Any]:
     """What a synthetic pair must know about its generator: run, fold, training cases, weights hash."""
     export = run / "export"
     weights = export / "model.safetensors"
@@ -138,7 +139,7 @@ def _generator_provenance(run: Path) -> dict[str, Any]:
     }
 
 
-def _labels(data_info: dict[str, Any]) -> dict[str, int]:
+def label_names(data_info: dict[str, Any]) -> dict[str, int]:
     """Label names of the generator's data (export config), or generic names from ``num_classes``."""
     if data_info.get("labels"):
         return {str(k): int(v) for k, v in data_info["labels"].items()}
@@ -158,11 +159,15 @@ def _committed_lines(out: Path, next_seed: int) -> list[PairRecord]:
     if not path.is_file():
         return []
     lines = []
-    for raw in path.read_text(encoding="utf-8").splitlines():
+    for n, raw in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
         try:
-            rec = PairRecord.from_json(json.loads(raw))
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+            data = json.loads(raw)
+        except json.JSONDecodeError:
             break
+        try:
+            rec = PairRecord.from_json(data)
+        except (KeyError, TypeError, ValueError) as err:
+            raise fail(f"{path}:{n}: not a manifest record ({err}); choose a new --out") from None
         if rec.seed < next_seed:
             lines.append(rec)
     return lines
@@ -189,7 +194,7 @@ def sample_record(pid: str, seed: int, batch_seeds: list[int], prov: dict[str, A
                   eta: float, device: str, amp: str, min_component: int, train_cases: list[str],
                   mask_area: int | None, faithfulness: float | None, **fields: Any) -> PairRecord:
     """The manifest record of a SAMPLED pair (recipe ``sample``, :mod:`.manifest`): the generator's provenance
-    ``prov`` (:func:`_generator_provenance`), the batch and sampler settings that replay it, and the writer's
+    ``prov`` (:func:`generator_provenance`), the batch and sampler settings that replay it, and the writer's
     ``fields`` (condition records; a ``source_case`` among them sets the typed key)."""
     return PairRecord(
         id=pid, seed=int(seed), method=prov["method"], generator_run=prov["generator_run"],
@@ -238,24 +243,38 @@ def sample_batch(model_bundle: Any, seeds: list[int], *, sampler: str, steps: in
             conds.extra_train_cases)
 
 
+def methods_with(**attrs: Any) -> str:
+    """The registered methods whose attributes have the given values, for error messages (``mask2image/dsdm``)."""
+    from ..methods import methods_where
+
+    return "/".join(methods_where(lambda m: all(getattr(m, k) == v for k, v in attrs.items()))) or "none"
+
+
 def _condition_source(bundle: Any, prov: dict[str, Any], cfg: GenerateConfig, first_seed: int) -> Any:
-    """The mask/reference source of a mask-conditioned generator, or None for methods that make their own masks."""
+    """The condition source the generator's pipeline requires (``Method.condition``, never its name): None for
+    methods that make their own pairs from seeds, a :class:`~.conditions.ConditionSource` of masks (+ references)
+    for ``masks``, a :class:`PerRealSource` for ``real_pairs``; a one-line error for settings the method does not
+    read and for requirements synthesis cannot supply."""
     from ..methods import get_method
 
     method = get_method(prov["method"])
-    if prov["method"] == "controlnet" or cfg.per_real:
-        if prov["method"] != "controlnet" or not cfg.per_real:
-            raise fail(f"{prov['generator_run']}: --per-real N applies to (and is needed by) 'controlnet' generators; "
-                       f"this one is {prov['method']!r}" + (" — pass --per-real N" if not cfg.per_real else ""))
+    if method.condition == "real_pairs" or cfg.per_real:
+        if method.condition != "real_pairs" or not cfg.per_real:
+            raise fail(f"{prov['generator_run']}: --per-real N applies to (and is needed by) "
+                       f"{methods_with(condition='real_pairs')!r} generators; this one is {prov['method']!r}"
+                       + (" — pass --per-real N" if not cfg.per_real else ""))
         if cfg.masks != "real" or cfg.reference != "random":
-            raise fail("--masks/--reference do not apply to a controlnet generator (each real training pair gives "
-                       "its own edge map and mask)")
+            raise fail(f"--masks/--reference do not apply to a {prov['method']} generator (each real training pair "
+                       f"gives its own edge map and mask)")
         return PerRealSource(bundle, prov, cfg, first_seed)
-    if not getattr(method, "conditional", False):
+    if method.condition == "none":
         if cfg.masks != "real" or cfg.reference != "random" or cfg.guidance is not None:
             raise fail(f"{prov['generator_run']}: a {prov['method']!r} generator makes its own masks; --masks, "
-                       f"--reference and --guidance apply to mask2image/dsdm generators only")
+                       f"--reference and --guidance apply to {methods_with(condition='masks')} generators only")
         return None
+    if method.condition != "masks":
+        raise fail(f"{prov['generator_run']}: a {prov['method']!r} generator samples for {method.condition}, which "
+                   f"'synthpair generate' does not supply; sample it with the library (method.sample)")
     from .conditions import ConditionSource
 
     net = bundle[0]
@@ -284,7 +303,7 @@ class PerRealConditions:
 class PerRealSource:
     """Edge maps, prompts and masks of the generator's real training pairs for per-real generation (module
     docstring). ``bundle``: (ControlledUNet, export config) of a ``controlnet`` run; ``prov``: its
-    :func:`_generator_provenance`; ``first_seed``: seed of attempt 0."""
+    :func:`generator_provenance`; ``first_seed``: seed of attempt 0."""
 
     def __init__(self, bundle: Any, prov: dict[str, Any], cfg: GenerateConfig, first_seed: int) -> None:
         import torch
@@ -379,14 +398,6 @@ def _scorer_plan(run: Path, prov: dict[str, Any], cfg: GenerateConfig, condition
     return seg, True
 
 
-def _train_scorer(prov: dict[str, Any], cfg: GenerateConfig, seg: Path) -> None:
-    """Train the ``auto`` reference segmenter into ``seg`` (RUN/reference_segmenter), cached for later runs."""
-    from .faithfulness import train_reference_segmenter
-
-    print(f"synthpair: training the reference segmenter for mask faithfulness → {seg}", file=sys.stderr)
-    train_reference_segmenter(prov["data"], seg, fold=prov["fold"], steps=cfg.segmenter_steps)
-
-
 def _open_scorer(seg: Path | None, prov: dict[str, Any], device: str) -> Any:
     """The :class:`~.faithfulness.FaithfulnessScorer` of SEG folder ``seg``, or None."""
     from .faithfulness import FaithfulnessScorer
@@ -426,6 +437,55 @@ def chain_accounting(run: Path, prov: dict[str, Any], source: Any, scorer: Any) 
     return union(sources)
 
 
+def devices(cfg: GenerateConfig, shards: Any) -> tuple[str, str]:
+    """(device recorded in the manifest — the spec, not a rank's CUDA index —, device this rank computes on)."""
+    device = str(resolve_device(cfg.device))
+    if shards.world > 1 and device == "cuda":
+        return device, f"cuda:{shards.local_rank}"
+    return device, device
+
+
+def check_generation(run: Path, out: Path, cfg: GenerateConfig, *, compute_device: str, main: bool = True,
+                     untrained_ok: bool = False) -> dict[str, Any]:
+    """Every check :func:`generate` makes before writing (each rank makes them): the generator, its condition
+    source, the faithfulness segmenter and the output folder's state. → {"prov", "bundle", "source", "seg",
+    "must_train", "scorer", "state"}. ``must_train``: ``--segmenter auto`` names ``RUN/reference_segmenter``,
+    which is not trained yet — generate refuses that (one line) unless the folder is already complete;
+    :func:`synthpair.segmentation.reference.prepare_reference_segmenter` (``untrained_ok``) trains it first."""
+    from ..methods import get_method
+    from ..methods.export import load_export
+
+    if not run.is_dir():
+        raise fail(f"{run}: generator run folder not found; pass the --out folder of 'synthpair train'")
+    prov = generator_provenance(run)
+    bundle = load_export(run / "export")
+    source = _condition_source(bundle, prov, cfg, cfg.seed)
+    if not get_method(prov["method"]).uses_masks and (
+            cfg.min_faithfulness is not None or cfg.segmenter not in ("auto", "off")):
+        raise fail(f"{run}: this {prov['method']!r} generator makes images without masks, so there is no mask "
+                   f"faithfulness to score; drop --min-faithfulness / --segmenter")
+    seg, must_train = _scorer_plan(run, prov, cfg, source is not None)
+    scorer = None if must_train else _open_scorer(seg, prov, compute_device)
+    state = _load_progress(out)
+    if state is None:
+        if out.is_dir() and any(p.name not in (".synthpair-write-test",) for p in out.iterdir()):
+            raise fail(f"{out}: folder is not empty and holds no unfinished generation; choose a new --out")
+    else:
+        old = read_json(out / "generate_config.json", "generate_config.json")
+        old.pop("_type", None)
+        if old != to_dict(cfg) or state.get("model_sha256") != prov["model_sha256"]:
+            raise fail(f"{out}: holds a generation with other settings or another model; rerun with the same "
+                       f"command to resume, or choose a new --out")
+    if must_train and not untrained_ok and not (state or {}).get("complete"):
+        raise fail(f"{seg}: the --segmenter auto reference segmenter is not trained yet; 'synthpair generate' trains "
+                   f"it first (library: synthpair.segmentation.reference.generate_scored or "
+                   f"prepare_reference_segmenter), or pass --segmenter SEG / off")
+    if main:
+        check_writable_dir(out)
+    return {"prov": prov, "bundle": bundle, "source": source, "seg": seg, "must_train": must_train,
+            "scorer": scorer, "state": state}
+
+
 def generate(run_dir: Path | str, out_dir: Path | str, cfg: GenerateConfig = GenerateConfig(),
              progress: bool = True) -> Path:
     """Sample ``cfg.n`` pairs from the generator in ``run_dir`` into ``out_dir`` (resumes if interrupted).
@@ -439,51 +499,21 @@ def generate(run_dir: Path | str, out_dir: Path | str, cfg: GenerateConfig = Gen
     block order exactly as one process would, stopping at the same block and pair (later blocks of the round
     are dropped unwritten). The folder is therefore byte-identical to a single-process run on CPU (same
     threads per process), and an interrupted run resumes with any number of processes. Every rank checks the
-    inputs before rank 0 writes anything; only rank 0 writes, and trains the ``auto`` reference segmenter while
-    the others wait.
+    inputs before rank 0 writes anything (:func:`check_generation`); only rank 0 writes. Faithfulness scores
+    come from a TRAINED reference segmenter (``--segmenter SEG``, or ``auto`` = ``RUN/reference_segmenter``);
+    generate never trains one: ``synthpair generate`` (and :func:`synthpair.segmentation.reference.
+    generate_scored`) trains the ``auto`` one first.
     """
-    from ..networks.export import load_export
     from .shards import Shards, raise_errors
 
     run = Path(run_dir)
     out = Path(out_dir)
     shards = Shards.start()
     main = shards.is_main
-    device = str(resolve_device(cfg.device))  # recorded in the manifest (the spec, not a rank's CUDA index)
-    compute_device = device
-    if shards.world > 1 and device == "cuda":
-        compute_device = f"cuda:{shards.local_rank}"
-
-    def check_inputs() -> tuple[Any, ...]:
-        """Every rank: the generator, its condition source and faithfulness segmenter, and the folder's state."""
-        from ..methods import get_method
-
-        if not run.is_dir():
-            raise fail(f"{run}: generator run folder not found; pass the --out folder of 'synthpair train'")
-        prov = _generator_provenance(run)
-        bundle = load_export(run / "export")
-        source = _condition_source(bundle, prov, cfg, cfg.seed)
-        if not getattr(get_method(prov["method"]), "uses_masks", True) and (
-                cfg.min_faithfulness is not None or cfg.segmenter not in ("auto", "off")):
-            raise fail(f"{run}: this {prov['method']!r} generator makes images without masks, so there is no mask "
-                       f"faithfulness to score; drop --min-faithfulness / --segmenter")
-        seg, must_train = _scorer_plan(run, prov, cfg, source is not None)
-        scorer = None if must_train else _open_scorer(seg, prov, compute_device)
-        if main:
-            check_writable_dir(out)
-        state = _load_progress(out)
-        if state is None:
-            if out.is_dir() and any(p.name not in (".synthpair-write-test",) for p in out.iterdir()):
-                raise fail(f"{out}: folder is not empty and holds no unfinished generation; choose a new --out")
-        else:
-            old = read_json(out / "generate_config.json", "generate_config.json")
-            old.pop("_type", None)
-            if old != to_dict(cfg) or state.get("model_sha256") != prov["model_sha256"]:
-                raise fail(f"{out}: holds a generation with other settings or another model; rerun with the same "
-                           f"command to resume, or choose a new --out")
-        return prov, bundle, source, seg, must_train, scorer, state
-
-    prov, model_bundle, source, seg, must_train, scorer, state = shards.check(check_inputs)
+    device, compute_device = devices(cfg, shards)
+    chk = shards.check(lambda: check_generation(run, out, cfg, compute_device=compute_device, main=main))
+    prov, model_bundle, source, scorer, state = (chk["prov"], chk["bundle"], chk["source"], chk["scorer"],
+                                                 chk["state"])
     if state is not None and state.get("complete"):
         if main:
             print(f"{out}: already complete ({state['kept']} pairs)", file=sys.stderr)
@@ -494,7 +524,7 @@ def generate(run_dir: Path | str, out_dir: Path | str, cfg: GenerateConfig = Gen
     writer = SyntheticWriter(out)
 
     def open_folder() -> dict[str, Any]:
-        """Rank 0: start (or clean up for resuming) the folder; train the ``auto`` segmenter on first use."""
+        """Rank 0: start (or clean up for resuming) the folder."""
         st = state
         if st is None:
             save_config(cfg, out / "generate_config.json")
@@ -504,13 +534,9 @@ def generate(run_dir: Path | str, out_dir: Path | str, cfg: GenerateConfig = Gen
         lines = _committed_lines(out, st["next_seed"])
         writer.rewrite(lines)
         _remove_stray_files(out, {r.id for r in lines})
-        if must_train:
-            _train_scorer(prov, cfg, seg)
         return st
 
     state = shards.on_main(open_folder)
-    if must_train:
-        scorer = shards.check(lambda: _open_scorer(seg, prov, compute_device))
     accounting = chain_accounting(run, prov, source, scorer) if main else None
     per_real = isinstance(source, PerRealSource)
     n_target = source.total if per_real else cfg.n  # per-real: every version of every training pair, no filter
@@ -604,7 +630,7 @@ def generate(run_dir: Path | str, out_dir: Path | str, cfg: GenerateConfig = Gen
         items = dataset_items(lines, data_info.get("size", [1, 1]))
         info = dataset_info(
             name=f"synthetic-{Path(prov['generator_run']).name}", modality=data_info.get("modality", "unknown"),
-            channels=data_info.get("channels", 1), labels=_labels(data_info),
+            channels=data_info.get("channels", 1), labels=label_names(data_info),
             size=data_info.get("size", [0, 0]), normalisation={"method": "synthetic"}, items=items,
             synthetic=True, generator_run=prov["generator_run"], model_sha256=prov["model_sha256"],
             fold=prov["fold"], train_cases=sorted(set(prov["train_cases"]).union(*[r.train_cases for r in lines])),
@@ -648,7 +674,7 @@ def replay_sampled(rec: dict[str, Any]) -> tuple[np.ndarray, np.ndarray | None]:
     explicit labels) with the recorded sampler, steps, eta, device, amp and condition source on the generator
     run the line names → (image float32 (C, H, W), mask int64 (H, W) cleaned as written, or None for an
     image-only generator). Refuses a run whose weights changed (sha256)."""
-    from ..networks.export import load_export
+    from ..methods.export import load_export
 
     run = Path(rec["generator_run"])
     if sha256_file(run / "export" / "model.safetensors") != rec["model_sha256"]:
@@ -668,7 +694,7 @@ def replay_sampled(rec: dict[str, Any]) -> tuple[np.ndarray, np.ndarray | None]:
                          batch_size=len(rec["batch_seeds"]), min_component=rec.get("min_component", 1), **cond_kw)
     source = None
     if cond_kw:
-        prov = _generator_provenance(run)
+        prov = generator_provenance(run)
         source = _condition_source(bundle, prov, cfg, int(rec["per_real_first_seed"] if rec.get("per_real")
                                                           else rec["mask_order_seed"]))
     labels = rec.get("batch_labels")

@@ -38,7 +38,7 @@ from ..config import save_config, to_dict
 from ..data.dataset import PreparedDataset, read_png
 from ..errors import fail
 from ..io import atomic_output_dir
-from .generate import _generator_provenance
+from .generate import generator_provenance
 from .manifest import PairRecord, SyntheticWriter, read_manifest
 
 
@@ -176,15 +176,17 @@ def harmonise(syn_dir: Path | str, run: Path | str, out_dir: Path | str, cfg: Ha
     SYN2's manifest lines are SYN's plus ``harmonise`` (settings, seed, metrics) and the harmonising generator's
     provenance (``harmonise_generator_run``, ``harmonise_model_sha256``; its cases join ``train_cases``).
     """
-    from ..env import resolve_autocast, resolve_device
+    from ..env import resolve_device
+    from ..methods import get_method
 
     syn_dir, run = Path(syn_dir), Path(run)
     records = read_manifest(syn_dir, allow_empty=False)
     syn = PreparedDataset.open(syn_dir, require_splits=False)
     if not run.is_dir():
         raise fail(f"{run}: generator run folder not found; pass the --out folder of 'synthpair train'")
-    prov = _generator_provenance(run)
-    if prov["method"] not in ("joint", "joint_cluster"):
+    prov = generator_provenance(run)
+    method = get_method(prov["method"])
+    if not method.joint_state:
         raise fail(f"{run}: method {prov['method']!r}; harmonisation needs a joint image+mask generator")
     data = prov["export_config"]["data"]
     want = (int(data["channels"]), int(data["num_classes"]), tuple(int(v) for v in data["size"]))
@@ -193,9 +195,9 @@ def harmonise(syn_dir: Path | str, run: Path | str, out_dir: Path | str, cfg: Ha
                    f"{run} generates {want}; pass the generator of this dataset")
     by_id = {str(r["id"]): r for r in records}
     ids = [i for i in syn.ids if i in by_id]
-    label_mode = prov["method"] == "joint_cluster"
+    label_mode = method.label_classes(prov["export_config"]) is not None  # the network reads Cond.label
     if label_mode and any(by_id[i].get("target_cluster") is None for i in ids):
-        raise fail(f"{syn_dir}: pairs without target_cluster cannot be harmonised by the joint_cluster run {run}; "
+        raise fail(f"{syn_dir}: pairs without target_cluster cannot be harmonised by the {prov['method']} run {run}; "
                    f"pass a plain joint run")
     if cfg.colour_match or cfg.style_weights is not None:
         for i in ids:
@@ -259,7 +261,8 @@ class _Harmoniser:
         from ..config import from_dict
         from ..diffusion.schedule import DiffusionConfig, NoiseSchedule
         from ..env import resolve_autocast
-        from ..networks.export import load_export
+        from ..methods import get_method
+        from ..methods.export import load_export
 
         self.cfg, self.device = cfg, device
         self.style_net = None
@@ -268,7 +271,7 @@ class _Harmoniser:
 
             self.style_net = load_vgg16_features(cfg.style_weights, device=device)
         self.model, export_cfg = load_export(run / "export", device=device)
-        self.label_mode = export_cfg.get("method") == "joint_cluster"
+        self.label_mode = get_method(export_cfg["method"]).label_classes(export_cfg) is not None
         self.schedule = NoiseSchedule(from_dict(DiffusionConfig, export_cfg["diffusion"],
                                                 where=f"{run}/export/config.json"), device=device)
         self.autocast = resolve_autocast(cfg.amp, device)

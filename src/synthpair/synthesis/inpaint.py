@@ -41,10 +41,18 @@ from ..config import save_config, to_dict
 from ..data.dataset import PreparedDataset, dataset_info
 from ..errors import fail
 from ..io import atomic_output_dir
-from .generate import _generator_provenance, clean_mask, pair_id
+from .generate import generator_provenance, clean_mask, pair_id
 from .manifest import PairRecord, SyntheticWriter, dataset_items
 
-JOINT_METHODS = ("joint", "joint_cluster")
+
+
+def joint_methods() -> list[str]:
+    """The registered methods whose network denoises the packed image+mask tensor (``Method.joint_state``)."""
+    from ..methods import methods_where
+
+    return methods_where(lambda m: m.joint_state)
+
+
 MODES = {  # (sampler, steps, jump_length, resample, eta) defaults per mode
     "reference": ("ddpm", 250, 10, 10, 1.0),   # RePaint's reference settings
     "fast": ("ddim", 50, 5, 3, 1.0),           # 140 network evaluations instead of 2410
@@ -132,7 +140,8 @@ class GeneratorSet:
     def __init__(self, runs: Sequence[Path | str], device: str) -> None:
         from ..config import from_dict
         from ..diffusion.schedule import DiffusionConfig, NoiseSchedule
-        from ..networks.export import load_export
+        from ..methods import get_method
+        from ..methods.export import load_export
 
         if not runs:
             raise fail("--generator: pass at least one generator run (RUN/export of a joint or joint_cluster train)")
@@ -141,15 +150,16 @@ class GeneratorSet:
         for run in self.runs:
             if not run.is_dir():
                 raise fail(f"{run}: generator run folder not found; pass the --out folder of 'synthpair train'")
-            prov = _generator_provenance(run)
-            if prov["method"] not in JOINT_METHODS:
+            prov = generator_provenance(run)
+            if not get_method(prov["method"]).joint_state:
                 raise fail(f"{run}: method {prov['method']!r} does not generate masks; inpainting needs a joint "
-                           f"image+mask generator ({' or '.join(JOINT_METHODS)})")
+                           f"image+mask generator ({' or '.join(joint_methods())})")
             self.provs.append(prov)
-        methods = [p["method"] for p in self.provs]
-        if "joint_cluster" in methods and len(self.runs) > 1:
-            raise fail("--generator: a joint_cluster run already holds every cluster; pass it alone (or several "
-                       "plain joint runs, one per cluster)")
+        # a label-conditioned network (its export records clusters.k) holds every cluster in one run
+        labels = [get_method(p["method"]).label_classes(p["export_config"]) for p in self.provs]
+        if labels[0] is not None and len(self.runs) > 1:
+            raise fail(f"--generator: a {self.provs[0]['method']} run already holds every cluster; pass it alone (or "
+                       f"several plain joint runs, one per cluster)")
         datas = {json.dumps(p["export_config"]["data"], sort_keys=True) for p in self.provs}
         folds = {p["fold"] for p in self.provs}
         if len(datas) > 1 or len(folds) > 1:
@@ -157,14 +167,9 @@ class GeneratorSet:
                        f"({sorted(folds)}); pass generators trained on the same dataset and fold")
         self.fold = int(self.provs[0]["fold"])
         self.data = self.provs[0]["export_config"]["data"]
-        self.cluster_mode = ("label" if methods == ["joint_cluster"] else
-                             "runs" if len(self.runs) > 1 else "none")
+        self.cluster_mode = ("label" if labels[0] is not None else "runs" if len(self.runs) > 1 else "none")
         if self.cluster_mode == "label":
-            clusters = self.provs[0]["export_config"].get("clusters") or {}
-            if "k" not in clusters:
-                raise fail(f"{self.runs[0] / 'export' / 'config.json'}: joint_cluster export has no clusters.k; "
-                           f"re-export the run")
-            self.k = int(clusters["k"])
+            self.k = int(labels[0])
         else:
             self.k = len(self.runs) if self.cluster_mode == "runs" else 1
         self.device = device

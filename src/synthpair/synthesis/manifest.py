@@ -39,6 +39,25 @@ MANIFEST = "manifest.jsonl"
 Recipe = Literal["sample", "inpaint", "harmonise"]
 INPAINT_METHODS = ("repaint", "fast-repaint")
 
+CASE_FIELDS: tuple[str, ...] = ("train_cases", "source_case", "reference_case", "reference_cases")
+"""Manifest fields naming real cases a pair depends on (str or list of str)."""
+
+ITEM_FIELDS: tuple[str, ...] = ("source_item", "reference_item")
+"""Manifest fields naming real *items* a pair depends on; mapped to their cases by the real dataset."""
+
+
+def manifest_cases(records: Iterable[dict[str, Any]]) -> set[str]:
+    """Every real case id named by the :data:`CASE_FIELDS` of the manifest records."""
+    cases: set[str] = set()
+    for rec in records:
+        for key in CASE_FIELDS:
+            val = rec.get(key)
+            if val is None:
+                continue
+            cases.update(str(v) for v in (val if isinstance(val, list) else [val]) if v is not None)
+    return cases
+
+
 _CORE = ("id", "seed", "method", "generator_run", "model_sha256", "fold", "train_cases", "source_case",
          "mask_area", "faithfulness")
 
@@ -271,5 +290,5 @@ def subset_folder(src: Path | str, dst: Path | str, keep: Callable[[dict[str, An
     return dst
 
 
-__all__ = ["MANIFEST", "PairRecord", "SyntheticWriter", "dataset_items", "read_manifest", "read_records",
+__all__ = ["CASE_FIELDS", "ITEM_FIELDS", "MANIFEST", "PairRecord", "manifest_cases", "SyntheticWriter", "dataset_items", "read_manifest", "read_records",
            "recipe_of", "subset_folder"]

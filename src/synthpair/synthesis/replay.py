@@ -42,7 +42,7 @@ def replay_record(rec: dict[str, Any], syn_dir: Path | str) -> tuple[np.ndarray,
 def regenerate_pair(syn_dir: Path | str, pair: str) -> tuple[np.ndarray, np.ndarray | None]:
     """Re-create pair ``pair`` of SYN → (image uint8 like the PNG (H, W) or (H, W, 3), mask uint8 labels, or None
     for an image-only pair)."""
-    from ..data.dataset import to_uint8
+    from ..io import to_uint8
 
     lines = {r["id"]: r for r in read_manifest(syn_dir)}
     if pair not in lines:
