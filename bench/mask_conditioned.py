@@ -122,7 +122,7 @@ def gen_rows(a: argparse.Namespace, out: Path) -> None:
     import torch
 
     torch.set_num_threads(1)
-    from synthpair.synthesis.faithfulness import train_reference_segmenter
+    from synthpair.segmentation.reference import train_reference_segmenter
 
     refseg = out / "reference_segmenter"
     if not (refseg / "results.json").is_file():

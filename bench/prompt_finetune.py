@@ -99,7 +99,7 @@ def generate(run_dir: Path, busi: str, out: Path, n: int, steps: int, guidance: 
     from synthpair.io import atomic_output_dir
     from synthpair.methods import DataInfo, get_method
     from synthpair.methods.prompt import item_prompts
-    from synthpair.networks.export import load_export
+    from synthpair.methods.export import load_export
     from synthpair.networks.prompt import PromptConfig
     from synthpair.config import from_dict
 

@@ -251,7 +251,7 @@ def study(tmp_path_factory: pytest.TempPathFactory) -> dict:
     curve over both snapshots. Shrunk for speed: the reference segmenter of the faithfulness scores trains 2 steps,
     and the ddpm_* rows' feature analysis probes 3 blocks × 2 timesteps with 2 folds and 8-unit heads."""
     from synthpair.experiments import label_scarce as ls
-    from synthpair.synthesis import faithfulness
+    from synthpair.segmentation import reference as faithfulness  # trains the --segmenter auto one
     from synthpair.training.trainer import train_generator
 
     threads = torch.get_num_threads()

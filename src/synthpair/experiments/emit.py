@@ -101,10 +101,12 @@ def _check_config(out: Path, cfg: dict[str, Any]) -> None:
 
     path = out / "config.json"
     if path.is_file():
+        from ..config import config_changes, describe_changes
+
         old = read_json(path, "experiment config.json")
-        diff = sorted(k for k in set(old) | set(cfg) if k not in RESUME_FREE and old.get(k) != cfg.get(k))
+        diff = config_changes(old, cfg, ignore=RESUME_FREE, nested=False)
         if diff:
-            shown = ", ".join(f"{k} ({old.get(k)!r} -> {cfg.get(k)!r})" for k in diff[:4])
+            shown = describe_changes(diff, old, cfg, nested=False, limit=4)
             raise fail(f"{path}: this experiment was started with other settings: {shown}; rerun with the same "
                        f"arguments to resume, or choose a new --out")
     write_json_atomic(path, cfg)
@@ -112,16 +114,9 @@ def _check_config(out: Path, cfg: dict[str, Any]) -> None:
 
 def _train(data: Path, run: Path, cfg: Any, progress: bool) -> Path:
     """Train (or resume, or skip when the export exists) one generator run."""
-    import shutil
+    from ..training.trainer import train_or_resume
 
-    from ..training.trainer import train_generator
-
-    if (run / "export" / "model.safetensors").is_file() and (run / "export" / "version.json").is_file():
-        return run
-    resume = (run / "checkpoints" / "state.pt").is_file()
-    if run.exists() and not resume:
-        shutil.rmtree(run)  # our own stage folder, stopped before its first checkpoint
-    return train_generator(data, run, cfg, resume=resume, progress=progress)
+    return train_or_resume(data, run, cfg, progress=progress)
 
 
 def _train_config(method: str, fold: int, steps: int, args: argparse.Namespace, overrides: list[str],

@@ -227,8 +227,10 @@ class Study:
         from ..io import read_json
         from ..networks.unet import UNetConfig
         from ..segmentation.ddfeatures import resolve_export
-        from ..synthesis.generate import GenerateConfig, generate
-        from ..training.trainer import TrainConfig, train_generator
+        from ..segmentation.reference import generate_scored
+        from ..synthesis.generate import GenerateConfig
+        from ..networks.export import export_complete
+        from ..training.trainer import TrainConfig, train_or_resume
 
         view = self.make_view(ds, n, s)
         root = self.synth(ds, n, s)
@@ -240,20 +242,15 @@ class Study:
             lr=self.cfg.m2i_lr, seed=s, net=from_dict(UNetConfig, ecfg["net"], where=str(export)),
             diffusion=from_dict(DiffusionConfig, ecfg["diffusion"], where=str(export)), init_from=str(export),
             preview_every=0, preview_n=8, checkpoint_every=500, log_every=50)
-        if not (run / "export" / "config.json").is_file():
+        if not export_complete(run):
             self.log(f"synth {ds} seed{s}_N{n}: mask2image fine-tune ({self.cfg.m2i_steps} steps)")
-            resume = (run / "checkpoints" / "state.pt").is_file()
-            if run.exists() and not resume:
-                import shutil
-
-                shutil.rmtree(run)
-            self.timed(f"{ds}/synth/seed{s}_N{n}/m2i", train_generator, view, run, tcfg, resume=resume,
-                       progress=self.progress)
+            self.timed(f"{ds}/synth/seed{s}_N{n}/m2i", train_or_resume, view, run, tcfg, progress=self.progress)
         if not (syn / "dataset.json").is_file():
             self.log(f"synth {ds} seed{s}_N{n}: {self.cfg.syn_n} pairs ({self.cfg.syn_masks} masks)")
             gcfg = GenerateConfig(n=self.cfg.syn_n, masks=self.cfg.syn_masks, steps=self.cfg.syn_sample_steps,
                                   seed=1_000_000 * (s + 1), segmenter="auto", amp="auto")
-            self.timed(f"{ds}/synth/seed{s}_N{n}/syn", generate, run, syn, gcfg, progress=self.progress)
+            # the reference segmenter that scores faithfulness is trained first (its cost counts here)
+            self.timed(f"{ds}/synth/seed{s}_N{n}/syn", generate_scored, run, syn, gcfg, progress=self.progress)
         return syn
 
     def segment_config(self, ds: str, row: str, s: int, generator: str | None = None) -> Any:

@@ -93,18 +93,18 @@ def _stage_train(args: argparse.Namespace, out: Path, times: dict) -> Path:
     import dataclasses
 
     from ..methods.pig import PigConfig
-    from ..training.trainer import load_train_config, train_generator
+    from ..networks.export import export_complete
+    from ..training.trainer import load_train_config, train_or_resume
 
     if args.pig:
         return Path(args.pig)
     run = out / "gen" / "pig"
-    if (run / "export" / "model.safetensors").is_file():
+    if export_complete(run):
         return run
     m2i = load_train_config(Path(args.mask2image) / "config.json")
     cfg = dataclasses.replace(m2i, method="pig", checkpoint_every=100,
                               pig=PigConfig(image_from=str(args.mask2image), freeze_image=True))
-    resume = (run / "checkpoints" / "state.pt").is_file()
-    _timed(times, "train_pig", train_generator, args.data, run, cfg, resume=resume, progress=not args.no_progress)
+    _timed(times, "train_pig", train_or_resume, args.data, run, cfg, progress=not args.no_progress)
     return run
 
 
@@ -114,14 +114,15 @@ def _runs(args: argparse.Namespace, out: Path) -> dict[str, Path]:
 
 
 def _stage_gen(args: argparse.Namespace, out: Path, times: dict) -> None:
-    from ..synthesis.generate import GenerateConfig, generate
+    from ..segmentation.reference import generate_scored
+    from ..synthesis.generate import GenerateConfig
 
     runs, nmax = _runs(args, out), max(args.n)
     for m in args.methods:
         cfg = GenerateConfig(n=nmax, steps=args.sample_steps, seed=0, segmenter=args.segmenter, masks="real")
         full = out / "syn" / f"{m}_{nmax}"
         full.mkdir(parents=True, exist_ok=True)
-        _timed(times, f"gen_{m}", generate, runs[m], full, cfg, progress=not args.no_progress)
+        _timed(times, f"gen_{m}", generate_scored, runs[m], full, cfg, progress=not args.no_progress)
         for n in sorted(set(args.n) - {nmax}):
             subset_synthetic(full, out / "syn" / f"{m}_{n}", n)
 

@@ -132,17 +132,9 @@ def _unet_config(channels: list[int]) -> Any:
 
 def train_run(data: Path, out: Path, cfg: Any, progress: bool) -> Path:
     """Train (or resume, or skip when ``out/export`` is complete) one generator run."""
-    import shutil
+    from ..training.trainer import train_or_resume
 
-    from ..training.trainer import train_generator
-
-    if (out / "export" / "model.safetensors").is_file():
-        return out
-    if (out / "checkpoints" / "state.pt").is_file():
-        return train_generator(data, out, cfg, resume=True, progress=progress)
-    if out.exists():
-        shutil.rmtree(out)  # our own stage folder, stopped before its first checkpoint
-    return train_generator(data, out, cfg, progress=progress)
+    return train_or_resume(data, out, cfg, progress=progress)
 
 
 def sample_for_items(runs: dict[int, Path] | Path, data: Path, fold: int, items: list[str], per_item: int,
@@ -164,8 +156,9 @@ def sample_for_items(runs: dict[int, Path] | Path, data: Path, fold: int, items:
 
     from ..data.dataset import PreparedDataset, dataset_info
     from ..io import atomic_output_dir
-    from ..networks.export import load_export
-    from ..synthesis.generate import _generator_provenance, _labels, clean_mask, pair_id, sample_batch, sample_record
+    from ..methods import get_method
+    from ..methods.export import load_export
+    from ..synthesis.generate import clean_mask, generator_provenance, label_names, pair_id, sample_batch, sample_record
     from ..synthesis.manifest import SyntheticWriter, dataset_items
 
     if (out / "dataset.json").is_file():
@@ -182,7 +175,7 @@ def sample_for_items(runs: dict[int, Path] | Path, data: Path, fold: int, items:
         slot_group.append(g)
     provs, bundles = {}, {}
     for g, r in group_run.items():
-        provs[g] = _generator_provenance(r)
+        provs[g] = generator_provenance(r)
         bundles[g] = load_export(r / "export")
     recipe = dict(sampler="ddim", steps=steps, eta=0.0, device="cpu", amp="auto")
     kept: dict[int, tuple[np.ndarray, np.ndarray, int, list[int], list[int] | None]] = {}
@@ -199,7 +192,7 @@ def sample_for_items(runs: dict[int, Path] | Path, data: Path, fold: int, items:
                 seeds = [seed + s + attempts * len(slots) for s in chunk]
                 # a cluster-conditioned run samples each item's pairs for the item's cluster (recorded for replay)
                 labels = ([int(clusters[slots[s][0]]) for s in chunk]  # type: ignore[index]
-                          if bundles[g][1]["method"] == "joint_cluster" else None)
+                          if get_method(bundles[g][1]["method"]).accepts_labels else None)
                 imgs, msks, _, _ = sample_batch(bundles[g], seeds, labels=labels, **recipe)
                 for s, sd, im, m in zip(chunk, seeds, imgs, msks):
                     m = clean_mask(m, min_component)
@@ -234,7 +227,7 @@ def sample_for_items(runs: dict[int, Path] | Path, data: Path, fold: int, items:
         ecfg = bundles[min(group_run)][1]
         info = dataset_info(
             name=f"synthetic-{out.name}", modality=ds.modality, channels=ds.channels,
-            labels=_labels({**ecfg["data"], "labels": ecfg.get("labels")}), size=list(ds.size),
+            labels=label_names({**ecfg["data"], "labels": ecfg.get("labels")}), size=list(ds.size),
             normalisation={"method": "synthetic"}, items=dataset_items(lines, ds.size), synthetic=True,
             generator_runs=sorted(str(p["generator_run"]) for p in provs.values()), fold=fold,
             train_cases=sorted(set().union(*[set(p["train_cases"]) for p in provs.values()])),
@@ -310,14 +303,6 @@ def set_metrics(data: Path, fold: int, clusters: dict[str, Any], syn: Path,
             per.append(row)
         out["clusters"] = {"agreement": float((nearest == sl).mean()), "per_cluster": per}
     return out
-
-
-def _mean_sd(values: list[float]) -> dict[str, Any]:
-    import numpy as np
-
-    v = np.asarray(values, dtype=np.float64)
-    return {"mean": float(v.mean()) if len(v) else None, "sd": float(v.std(ddof=1)) if len(v) > 1 else 0.0,
-            "n": int(len(v))}
 
 
 def _fmt(ms: dict[str, Any] | None) -> str:
@@ -539,7 +524,9 @@ class PolypExperiment:
 
     @staticmethod
     def _agg(results: list[dict[str, Any]]) -> dict[str, Any]:
-        return {m: _mean_sd([r["summary"][m]["mean"] for r in results]) for m in ("dice", "iou")}
+        from ..metrics.statistics import mean_sd
+
+        return {m: mean_sd([r["summary"][m]["mean"] for r in results]) for m in ("dice", "iou")}
 
     # ---------------------------------------------------------------- driver
     def run(self) -> dict[str, Any]:
@@ -555,7 +542,9 @@ class PolypExperiment:
             old = read_json(cfg_file, "config.json")
             fixed = ("size", "fold", "k", "extractor", "net_channels", "gen_steps", "gen_batch", "seed", "diff",
                      "sample_steps")
-            changed = [f for f in fixed if old.get(f) != cfg.get(f)]
+            from ..config import config_changes
+
+            changed = config_changes(old, cfg, only=fixed, nested=False)
             if changed:
                 from ..errors import fail
 
