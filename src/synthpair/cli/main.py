@@ -11,7 +11,7 @@ import argparse
 import os
 import sys
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -369,6 +369,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     parser = build_parser()
     args = parser.parse_args(argv)
+    restore = _sigterm_as_interrupt()
     try:
         _set_threads(args.threads)
         return int(args.func(args) or 0)
@@ -380,7 +381,27 @@ def main(argv: Sequence[str] | None = None) -> int:
               file=sys.stderr)
         return EXIT_INTERRUPTED
     finally:
+        restore()
         _close_distributed()
+
+
+def _sigterm_as_interrupt() -> Callable[[], None]:
+    """``kill`` (SIGTERM: a scheduler's time limit, a supervisor stopping the job) ends a command the way Ctrl-C
+    does — KeyboardInterrupt: the trainer saves its checkpoint, half-written output folders are removed, exit code
+    EXIT_INTERRUPTED — instead of dying mid-write. Only when SIGTERM has its default action and in the main thread
+    (an embedding program's own handler is left alone). Returns the function that restores the previous handler."""
+    import signal
+    import threading
+
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL):
+        return lambda: None
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    return lambda: signal.signal(signal.SIGTERM, previous)
 
 
 def _set_threads(threads: str | None) -> None:

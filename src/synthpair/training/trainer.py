@@ -123,20 +123,23 @@ def _device(spec: str, local_rank: int, world: int) -> torch.device:
 
 @contextlib.contextmanager
 def _sigint_deferred() -> Iterator[None]:
-    """Hold back SIGINT inside the block and raise KeyboardInterrupt right after it.
+    """Hold back SIGINT and SIGTERM inside the block and raise KeyboardInterrupt right after it.
 
-    The optimizer/EMA update must not be cut in half, or the Ctrl-C checkpoint could not be saved; outside
-    the main thread (where signal handlers cannot be set) the block runs unprotected.
+    The optimizer/EMA update must not be cut in half, or the Ctrl-C (or ``kill``) checkpoint could not be saved;
+    outside the main thread (where signal handlers cannot be set) the block runs unprotected. A signal the process
+    ignores (``SIG_IGN``, e.g. SIGINT of a job started with ``&`` by a non-interactive shell) stays ignored.
     """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     caught: list[int] = []
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    held = [s for s in (signal.SIGINT, signal.SIGTERM) if signal.getsignal(s) is not signal.SIG_IGN]
+    previous = {s: signal.signal(s, lambda signum, frame: caught.append(signum)) for s in held}
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for s, handler in previous.items():
+            signal.signal(s, handler)
     if caught:
         raise KeyboardInterrupt
 
