@@ -99,6 +99,7 @@ def test_two_processes_write_the_single_process_folder_and_resume(runs: dict[str
     if blocks % 2 == 1:  # the stop fell on rank 0's block: rank 1 sampled one more, which must stay unwritten
         assert not (sharded / "images" / f"seed{blocks * 4:07d}.png").exists()
     assert "on 2 processes" in proc.stderr and proc.stderr.count("generated 7 pairs") == 1
+    assert proc.stdout.count("synthetic pairs:") == 1  # the CLI's closing line: rank 0 only
 
     # interrupted after the first block: resumed by torchrun (rounds now start at block 1)
     resumed = tmp_path / "resumed-sharded"

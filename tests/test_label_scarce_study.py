@@ -22,6 +22,7 @@ from synthpair.diffusion import DiffusionConfig
 from synthpair.errors import SynthpairError
 from synthpair.networks.unet import UNetConfig
 from synthpair.segmentation.mixing import PretrainMixing, make_mixing
+from synthpair.segmentation.ddfeatures import FeatureConfig
 from synthpair.segmentation.train import SegmentConfig, segment, setting_name
 from synthpair.training.trainer import TrainConfig
 from test_segmentation_train import write_syn
@@ -101,6 +102,9 @@ def test_pretrain_config_names_and_cli_grammar():
     assert setting_name(SegmentConfig(mixing="pretrain", pretrain_fraction=0.25, n_real=16, augment="deepstack")
                         ) == "synthetic-pretrain f=0.25 n=16 +deepstack"
     assert setting_name(SegmentConfig(ratio=0.5, min_faithfulness=0.5)) == "real+synthetic r=0.5 faith>=0.5"
+    assert setting_name(SegmentConfig(model="ddpm_unet", augment="deepstack",
+                                      features=FeatureConfig(generator="RUN"))) == "ddpm_unet real-only +deepstack"
+    assert setting_name(SegmentConfig(model="attention_unet")) == "attention_unet real-only"
     assert SegmentConfig(mixing="pretrain").needs_synthetic
     assert _parse_mix("pretrain:fraction=0.25") == {"mixing": "pretrain", "ratio": 0.0, "pretrain_fraction": 0.25}
     assert _parse_mix("pretrain") == {"mixing": "pretrain", "ratio": 0.0}

@@ -99,7 +99,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
                 min_faithfulness=args.min_faithfulness, segmenter=args.segmenter, per_real=args.per_real,
                 aug_prompts=args.aug_prompts)
     out = generate_scored(args.run, args.out, cfg)  # trains the --segmenter auto reference segmenter first
-    print(f"synthetic pairs: {out}  (manifest: {Path(out) / 'manifest.jsonl'})")
+    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun every rank returns here; rank 0 reports
+        print(f"synthetic pairs: {out}  (manifest: {Path(out) / 'manifest.jsonl'})")
     return 0
 
 

@@ -166,7 +166,9 @@ class SegmentConfig:
 def setting_name(cfg: SegmentConfig) -> str:
     """Human name of the setting, e.g. ``real-only``, ``real+synthetic r=0.5``, ``synthetic-only``,
     ``patch a=0.5 p=8``, ``patch-loss a=0.5 p=8``, ``replace p=0.5``; then `` n=16`` for a real subset and
-    `` +NAME`` for an augmentation other than the default ``flip_rot`` (``real-only +deepstack``)."""
+    `` +NAME`` for an augmentation other than the default ``flip_rot`` (``real-only +deepstack``); a model other
+    than the default ``unet`` comes first (``ddpm_unet real-only +deepstack``), so runs of different segmenters
+    never share a name in a table."""
     if cfg.mixing == "synthetic_only":
         name = "synthetic-only"
     elif cfg.mixing in ("patch", "patch_loss"):
@@ -183,6 +185,8 @@ def setting_name(cfg: SegmentConfig) -> str:
         name += f" n={cfg.n_real}"
     if cfg.augment != "flip_rot":
         name += f" +{cfg.augment}"
+    if cfg.model != SegmentConfig.model:
+        name = f"{cfg.model} {name}"
     return name
 
 
