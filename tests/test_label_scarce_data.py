@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -465,3 +466,42 @@ def test_budget_refuses_existing_output(budget_data, tmp_path):
     with pytest.raises(SynthpairError, match="already exists"):
         make_budget_view(budget_data, out, BudgetConfig(n=2), progress=False)
     assert (out / "keep.txt").read_text() == "x"
+
+
+# ------------------------------------------------------------------------------- colour statistics, training side
+def test_reinhard_statistics_come_from_the_training_side_only(tmp_path):
+    """The Reinhard target is the mean L*a*b* statistics of the pool (+ unlabelled) items: recolouring the TEST
+    images leaves the target, and every training image, exactly as they were; the items used are recorded."""
+    from synthpair.data.colour import lab_stats
+
+    def read_png(p: Path) -> np.ndarray:
+        return np.asarray(Image.open(p))
+
+    def prepared(src: Path, name: str) -> Path:
+        sf = _write(tmp_path / f"{name}.json", {"test": TEST, "pool": POOL})
+        return prepare_dataset(src, tmp_path / name, _cfg(splits_file=str(sf), colour_normalisation="reinhard",
+                                                           dedup=False), progress=False)
+
+    src = write_png_folder(tmp_path / "rgb_src", n=9, rgb=True)
+    recoloured = tmp_path / "rgb_recoloured"
+    shutil.copytree(src, recoloured)
+    for stem in TEST:  # the test images turn reddish: a target computed over them would move
+        p = recoloured / "images" / f"{stem}.png"
+        arr = np.asarray(Image.open(p)).astype(np.int32)
+        arr[..., 0] = np.clip(arr[..., 0] + 90, 0, 255)
+        Image.fromarray(arr.astype(np.uint8)).save(p)
+    a, b = prepared(src, "a"), prepared(recoloured, "b")
+    ca = json.loads((a / "dataset.json").read_text())["normalisation"]["colour"]
+    cb = json.loads((b / "dataset.json").read_text())["normalisation"]["colour"]
+    assert ca["statistics_items"] == POOL and ca["statistics_fold"] == 0
+    assert ca["lab_mean"] == cb["lab_mean"] and ca["lab_sd"] == cb["lab_sd"]
+    for stem in POOL:
+        assert np.array_equal(read_png(a / "images" / f"{stem}.png"), read_png(b / "images" / f"{stem}.png"))
+    # the target is the pool's own statistics (of the resized, intensity-normalised images before Reinhard)
+    plain = prepare_dataset(src, tmp_path / "plain", _cfg(splits_file=str(_write(tmp_path / "p.json", {
+        "test": TEST, "pool": POOL})), dedup=False), progress=False)
+    pool_imgs = [read_png(plain / "images" / f"{s}.png").astype(np.float32).transpose(2, 0, 1) / 127.5 - 1
+                 for s in POOL]
+    mean, sd = lab_stats(pool_imgs)
+    np.testing.assert_allclose(ca["lab_mean"], mean, atol=0.5)  # uint8 round trip of the plain images
+    np.testing.assert_allclose(ca["lab_sd"], sd, atol=0.5)

@@ -7,6 +7,8 @@ average colour distribution instead of to one hand-picked target image.
 """
 from __future__ import annotations
 
+from typing import Sequence
+
 import numpy as np
 
 
@@ -33,10 +35,16 @@ def reinhard(img: np.ndarray, target_mean: np.ndarray, target_sd: np.ndarray) ->
     return (np.clip(rgb, 0.0, 1.0) * 2.0 - 1.0).transpose(2, 0, 1).astype(np.float32)
 
 
-def normalise_colours(images: list[np.ndarray]) -> tuple[list[np.ndarray], dict[str, list[float]]]:
-    """Reinhard-normalise a list of RGB images (3, H, W) to the dataset's mean Lab statistics.
+def normalise_colours(images: list[np.ndarray], reference: Sequence[int] | None = None
+                      ) -> tuple[list[np.ndarray], dict[str, list[float]]]:
+    """Reinhard-normalise a list of RGB images (3, H, W) to the mean Lab statistics of ``images[reference]``
+    (all of them when None; prepare passes the training side only, so no test image shapes the target).
 
-    Returns the new images and ``{"lab_mean": [...], "lab_sd": [...]}`` (recorded in dataset.json).
+    Returns the new images (every image normalised) and ``{"lab_mean": [...], "lab_sd": [...]}`` (recorded in
+    dataset.json).
     """
-    mean, sd = lab_stats(images)
+    ref = list(range(len(images))) if reference is None else list(reference)
+    if not ref:
+        raise ValueError("normalise_colours: the reference set is empty")
+    mean, sd = lab_stats([images[k] for k in ref])
     return [reinhard(im, mean, sd) for im in images], {"lab_mean": mean.tolist(), "lab_sd": sd.tolist()}

@@ -203,17 +203,10 @@ def prepare_dataset(src: Path | str, out: Path | str, cfg: PrepareConfig | None 
 
         labels = _labels(source, src, max_label, progress)
         channels = _channels(pending, unl_dir, named)
-        colour_info = None
-        if cfg.colour_normalisation == "reinhard":
-            if channels != 3 or named is not None:
-                have = f"channels {', '.join(named)}" if named is not None else f"{channels} channel(s)"
-                raise fail(f"{src}: colour_normalisation=reinhard needs RGB images but they have {have}; "
-                           f"drop the option")
-            from .colour import normalise_colours
-
-            rgb = [img if img.shape[0] == 3 else np.repeat(img, 3, axis=0) for _, img, _ in pending]
-            normed, colour_info = normalise_colours(rgb)
-            pending = [(m, im, msk) for (m, _, msk), im in zip(pending, normed)]
+        if cfg.colour_normalisation == "reinhard" and (channels != 3 or named is not None):
+            have = f"channels {', '.join(named)}" if named is not None else f"{channels} channel(s)"
+            raise fail(f"{src}: colour_normalisation=reinhard needs RGB images but they have {have}; "
+                       f"drop the option")
         ids = [m["id"] for m, _, _ in pending]
         if len(set(ids)) != len(ids):
             seen: set[str] = set()
@@ -236,14 +229,7 @@ def prepare_dataset(src: Path | str, out: Path | str, cfg: PrepareConfig | None 
             pending, dup_groups, dropped, cross = _deduplicate(pending, cfg, side,
                                                                cross_check=spec is not None and spec.kind != "nnunet")
 
-        # write items
-        items: list[dict[str, Any]] = []
-        for meta, img, msk in pending:
-            if img.shape[0] != channels:
-                img = np.repeat(img, channels, axis=0)
-            write_pair(tmp, meta["id"], img, msk)
-            items.append(meta)
-
+        items: list[dict[str, Any]] = [meta for meta, _, _ in pending]
         labelled_cases = [m["case"] for m in items if m.get("labelled", True)]
         unlabelled_cases = sorted({m["case"] for m in items if not m.get("labelled", True)})
         clash = sorted(set(unlabelled_cases) & set(labelled_cases))
@@ -260,6 +246,16 @@ def prepare_dataset(src: Path | str, out: Path | str, cfg: PrepareConfig | None 
             splits = _fixed_splits(spec, resolved, items)
         if unlabelled_cases:
             splits["unlabelled_cases"] = unlabelled_cases
+        colour_info = None
+        if cfg.colour_normalisation == "reinhard":
+            pending, colour_info = _reinhard_on_training_side(pending, splits)
+
+        # write items
+        for meta, img, msk in pending:
+            if img.shape[0] != channels:
+                img = np.repeat(img, channels, axis=0)
+            write_pair(tmp, meta["id"], img, msk)
+
         method = sorted(method_used)[0] if len(method_used) == 1 else "mixed"
         norm = describe(method, low=cfg.low_percentile, high=cfg.high_percentile, ct_center=cfg.ct_center,
                         ct_width=cfg.ct_width, per="volume" if source.volumetric else "image")
@@ -267,6 +263,8 @@ def prepare_dataset(src: Path | str, out: Path | str, cfg: PrepareConfig | None 
             norm["methods"] = sorted(method_used)
         if colour_info is not None:
             norm["colour"] = {"method": "reinhard", **colour_info}
+            _log(progress, f"prepare: Reinhard colour statistics from {len(colour_info['statistics_items'])} "
+                           f"training-side item(s) of fold 0 (test cases excluded)")
         n_unl = sum(1 for m in items if not m.get("labelled", True))
         extra = {"counts": {"items": len(items), "labelled": len(items) - n_unl, "unlabelled": n_unl,
                             "left_out_by_split_file": len(left_out),
@@ -349,6 +347,27 @@ class _Resolved:
     side: dict[str, str]      # item id → merge group: "test" / "pool" (test-pool files) or its case (nnU-Net)
     left_out: list[str]
 
+
+
+def _reinhard_on_training_side(pending: list[tuple[dict[str, Any], np.ndarray, np.ndarray | None]],
+                               splits: dict[str, Any]
+                               ) -> tuple[list[tuple[dict[str, Any], np.ndarray, np.ndarray | None]], dict[str, Any]]:
+    """Reinhard-normalise every item to the mean L*a*b* statistics of the TRAINING side only (nnU-Net's rule for
+    intensity statistics): the labelled items of fold 0's training cases plus every unlabelled item — never a test
+    case of fold 0 (with a split file: never the fixed test set). With k folds the other folds' test cases are on
+    fold 0's training side, so their statistics are in the target: recorded (``statistics_fold``), and
+    ``synthpair segment``/``train`` on another fold should use a folder prepared for it.
+    → (normalised pending items, the ``normalisation.colour`` record: target, which items, which fold)."""
+    from .colour import normalise_colours
+
+    train_cases = set(splits["folds"][0]["train"])
+    reference = [k for k, (m, _, _) in enumerate(pending)
+                 if not m.get("labelled", True) or m["case"] in train_cases]
+    rgb = [img if img.shape[0] == 3 else np.repeat(img, 3, axis=0) for _, img, _ in pending]
+    normed, info = normalise_colours(rgb, reference=reference)
+    record = {**info, "statistics_fold": 0, "statistics_side": "train (fold 0's training cases + unlabelled items)",
+              "statistics_items": sorted(pending[k][0]["id"] for k in reference)}
+    return [(m, im, msk) for (m, _, msk), im in zip(pending, normed)], record
 
 def _resolve_split(spec: Any, pending: list[tuple[dict[str, Any], np.ndarray, Any]], path: str) -> _Resolved:
     """Names of a split file → labelled item ids per fold side and per subset; items named nowhere are left out.
