@@ -67,13 +67,15 @@ def test_empty_conventions():
     diag = math.hypot(32, 32)
     both = case_metrics(e[None], e[None], 2)
     assert {m: both[m][0] for m in METRICS} == {"dice": 1, "iou": 1, "precision": 1, "recall": 1,
-                                                "hd95": 0, "assd": 0}
+                                                "pixel_accuracy": 1, "hd95": 0, "assd": 0}
     ref_empty = case_metrics(s[None], e[None], 2)
     assert {m: ref_empty[m][0] for m in METRICS} == pytest.approx(
-        {"dice": 0, "iou": 0, "precision": 0, "recall": 1, "hd95": diag, "assd": diag})
+        {"dice": 0, "iou": 0, "precision": 0, "recall": 1, "pixel_accuracy": 1 - 64 / 1024, "hd95": diag,
+         "assd": diag})
     pred_empty = case_metrics(e[None], s[None], 2)
     assert {m: pred_empty[m][0] for m in METRICS} == pytest.approx(
-        {"dice": 0, "iou": 0, "precision": 1, "recall": 0, "hd95": diag, "assd": diag})
+        {"dice": 0, "iou": 0, "precision": 1, "recall": 0, "pixel_accuracy": 1 - 64 / 1024, "hd95": diag,
+         "assd": diag})
     # worst case distance is in mm when the spacing is known: diagonal of 32×2 mm by 32×0.5 mm
     mm = case_metrics(e[None], s[None], 2, [(2.0, 0.5)])
     assert mm["hd95"][0] == pytest.approx(math.hypot(64, 16))
@@ -126,3 +128,23 @@ def test_bad_inputs_are_errors():
         case_metrics(np.zeros((1, 4, 4), int), np.zeros((1, 4, 5), int), 2)
     with pytest.raises(ValueError, match="integer"):
         case_metrics(np.zeros((1, 4, 4)), np.zeros((1, 4, 4)), 2)
+
+
+def test_pixel_accuracy_by_hand():
+    """Pixel accuracy = agreeing pixels / all pixels, every class including background (DiffusionDCI Table 6)."""
+    # shifted squares: 16 pixels disagree (2 columns × 8 rows on each side) out of 32² = 1024
+    assert one("pixel_accuracy", square(), square(x=10)) == pytest.approx(1 - 32 / 1024)
+    assert one("pixel_accuracy", np.zeros((32, 32), np.int64), np.zeros((32, 32), np.int64)) == 1.0
+    assert one("pixel_accuracy", square(), np.zeros((32, 32), np.int64)) == pytest.approx(1 - 64 / 1024)
+    # multi-class: a class-2 square of 16 px predicted as background, class 1 right → 1 - 16/1024, whatever the
+    # number of classes present (not a mean of per-class accuracies)
+    ref = square(label=1)
+    ref[20:24, 20:24] = 2
+    r = per_case_metrics(square(label=1)[None], ref[None], 4, ids=["a"])[0]
+    assert r["pixel_accuracy"] == pytest.approx(1 - 16 / 1024)
+
+
+def test_summaries_of_rows_written_before_a_metric_existed():
+    rows = [{"dice": 0.5, "iou": 0.4}, {"dice": 0.7, "iou": 0.6}]
+    s = summarize(rows, ("dice", "pixel_accuracy"))
+    assert s["dice"]["mean"] == pytest.approx(0.6) and s["pixel_accuracy"] == {"mean": None, "sd": None, "n": 0}

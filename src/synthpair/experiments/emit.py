@@ -418,15 +418,15 @@ def table_markdown(title: str, table: dict[str, Any]) -> str:
 
     unit = table["distance_unit"]
     cols = [m for m in METRICS if m != "iou"]
-    heads = {"dice": "Dice ↑", "precision": "Precision ↑", "recall": "Recall ↑", "hd95": f"HD95 ({unit}) ↓",
-             "assd": f"ASSD ({unit}) ↓"}
+    heads = {"dice": "Dice ↑", "precision": "Precision ↑", "recall": "Recall ↑", "pixel_accuracy": "Pixel acc. ↑",
+             "hd95": f"HD95 ({unit}) ↓", "assd": f"ASSD ({unit}) ↓"}
     lines = [f"### {title}", "", "| Method | " + " | ".join(heads[c] for c in cols) + " | ΔDice vs baseline (p) | n |",
              "|" + "---|" * (len(cols) + 3)]
     for name, summ in table["rows"].items():
         cells = []
         for c in cols:
             s = summ[c]
-            k = 100.0 if c in ("dice", "precision", "recall") else 1.0
+            k = 100.0 if c in ("dice", "precision", "recall", "pixel_accuracy") else 1.0
             cells.append("–" if s["mean"] is None else f"{s['mean'] * k:.2f} ± {s['sd'] * k:.2f}")
         pc = table["paired"].get(name)
         if pc is None:

@@ -1,4 +1,5 @@
-"""Segmentation metrics: Dice, IoU, precision, recall, HD95 and ASSD, per case, with an empty-mask convention.
+"""Segmentation metrics: Dice, IoU, precision, recall, pixel accuracy, HD95 and ASSD, per case, with an empty-mask
+convention.
 
 Inputs are batches of label maps ``pred`` and ``ref``: int arrays or tensors of shape ``(N, H, W)`` with
 values ``0..num_classes-1`` (0 = background). Every metric is computed per foreground class ``c = 1..K-1``
@@ -34,6 +35,10 @@ reference **or** the prediction of that case (classes absent from both say nothi
 would otherwise inflate multi-class means with free 1s/0s); when no foreground class is present on either
 side the case counts as "both empty" (1 / 0 above). For binary masks this is simply the class-1 value.
 Per-class values are kept in the rows as ``<metric>_<class>`` when ``num_classes > 2``.
+
+Pixel accuracy (DiffusionDCI Table 6, "PA") is the fraction of ALL pixels whose label agrees,
+``mean(pred == ref)`` over the image, every class including background — one value per case, not a per-class
+mean (it is stored per class as that same value so class averaging leaves it unchanged; both empty → 1).
 """
 from __future__ import annotations
 
@@ -44,7 +49,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import torch
 
-METRICS: tuple[str, ...] = ("dice", "iou", "precision", "recall", "hd95", "assd")
+METRICS: tuple[str, ...] = ("dice", "iou", "precision", "recall", "pixel_accuracy", "hd95", "assd")
 """Names of the per-case metrics, in the order they appear in rows and summaries."""
 
 Spacing = tuple[float, float]
@@ -121,6 +126,8 @@ def class_metrics(pred: Any, ref: Any, num_classes: int, spacings: SpacingArg = 
     with np.errstate(invalid="ignore", divide="ignore"):
         out["precision"] = np.where(tp + fp > 0, tp / np.maximum(tp + fp, 1), 1.0)
         out["recall"] = np.where(tp + fn > 0, tp / np.maximum(tp + fn, 1), 1.0)
+    agree = (p == r).flatten(1).double().mean(1).numpy()  # (N,) over every pixel and class
+    out["pixel_accuracy"] = np.repeat(agree[:, None], num_classes - 1, axis=1)
 
     spacing_arg = [list(s) for s in sp_mm]
     with warnings.catch_warnings():  # MONAI warns on empty masks and on a deprecated numpy flag
@@ -189,11 +196,15 @@ def per_case_metrics(pred: Any, ref: Any, num_classes: int, spacings: SpacingArg
 def summarize(rows: Iterable[dict[str, Any]], metrics: Sequence[str] = METRICS) -> dict[str, dict[str, float]]:
     """Rows → ``{metric: {"mean", "sd", "n"}}`` (sd is the sample SD, ddof=1; 0 for n = 1; NaN for n = 0).
 
-    Every row value is finite by construction, so ``n`` is the number of rows (nothing is skipped).
+    Every row value is finite by construction, so ``n`` is the number of rows (nothing is skipped) — except a
+    metric that NO row has (results written before it existed): ``{"mean": None, "sd": None, "n": 0}``.
     """
     rows = list(rows)
     out: dict[str, Any] = {}
     for name in metrics:
+        if rows and not any(name in r for r in rows):  # rows written before the metric existed (pixel accuracy)
+            out[name] = {"mean": None, "sd": None, "n": 0}
+            continue
         v = np.array([float(r[name]) for r in rows], dtype=np.float64)
         out[name] = {"mean": float(v.mean()) if len(v) else float("nan"),
                      "sd": float(v.std(ddof=1)) if len(v) > 1 else (0.0 if len(v) == 1 else float("nan")),

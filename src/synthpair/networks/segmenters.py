@@ -46,15 +46,24 @@ def _swin_unetr(c: int, k: int) -> nn.Module:
     return SwinUNETR(spatial_dims=2, in_channels=c, out_channels=k, feature_size=12)
 
 
+def _resnet50_unet(c: int, k: int) -> nn.Module:
+    """EMIT-Diff's backbone ablation (sec. 4, "ResNet50"): a U-Net decoder on a ResNet-50 encoder — MONAI's
+    FlexibleUNet, randomly initialised (``pretrained=False``: nothing is downloaded; ~32 M parameters)."""
+    from monai.networks.nets import FlexibleUNet
+
+    return FlexibleUNet(in_channels=c, out_channels=k, backbone="resnet50", pretrained=False, spatial_dims=2)
+
+
 MODELS: dict[str, Callable[[int, int], nn.Module]] = {
     "unet": _unet, "attention_unet": _attention_unet, "basic_unet": _basic_unet, "segresnet": _segresnet,
-    "swin_unetr": _swin_unetr,
+    "swin_unetr": _swin_unetr, "resnet50_unet": _resnet50_unet,
 }
 
 # Input side lengths must be multiples of this (the nets downsample that often) and at least ``_MIN_SIDE``.
-_MULTIPLE = {"unet": 8, "attention_unet": 8, "basic_unet": 16, "segresnet": 8, "swin_unetr": 32}
+_MULTIPLE = {"unet": 8, "attention_unet": 8, "basic_unet": 16, "segresnet": 8, "swin_unetr": 32, "resnet50_unet": 32}
 # smaller inputs leave a 1×1 bottleneck, which instance norm rejects in training
-_MIN_SIDE = {"unet": 16, "attention_unet": 16, "basic_unet": 32, "segresnet": 16, "swin_unetr": 64}
+# (resnet50_unet: batch norm needs more than one value per channel at the 1/32 bottleneck, so 64 = 2×2 there)
+_MIN_SIDE = {"unet": 16, "attention_unet": 16, "basic_unet": 32, "segresnet": 16, "swin_unetr": 64, "resnet50_unet": 64}
 
 
 def check_model(name: str, size: tuple[int, int] | None = None) -> None:

@@ -1,7 +1,7 @@
 """Results tables in the layout of EMIT-Diff's Table 2 (seed 000): one row per setting,
-columns Dice, IoU, precision, recall, HD95, ASSD as ``mean ± sd``.
+columns Dice, IoU, precision, recall, pixel accuracy, HD95, ASSD as ``mean ± sd``.
 
-Dice/IoU/precision/recall are printed in percent (as in the paper); HD95/ASSD in the unit of the
+Dice/IoU/precision/recall/pixel accuracy are printed in percent (as in the paper); HD95/ASSD in the unit of the
 results (mm when the dataset knows its spacing, else pixels).
 """
 from __future__ import annotations
@@ -10,10 +10,10 @@ import csv
 import io
 from typing import Any, Mapping
 
-METRICS = ("dice", "iou", "precision", "recall", "hd95", "assd")
+METRICS = ("dice", "iou", "precision", "recall", "pixel_accuracy", "hd95", "assd")
 HEADERS = {"dice": "Dice ↑", "iou": "IoU ↑", "precision": "Precision ↑", "recall": "Recall ↑",
-           "hd95": "HD95 ({unit}) ↓", "assd": "ASSD ({unit}) ↓"}
-PERCENT = {"dice", "iou", "precision", "recall"}
+           "pixel_accuracy": "Pixel acc. ↑", "hd95": "HD95 ({unit}) ↓", "assd": "ASSD ({unit}) ↓"}
+PERCENT = {"dice", "iou", "precision", "recall", "pixel_accuracy"}
 
 
 def _cell(summary: Mapping[str, Any], metric: str) -> str:
