@@ -82,7 +82,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     base = load_config(TrainConfig, saved) if args.resume and saved.is_file() else None
     cfg = _config_from_args(TrainConfig, args.config, args.set, section="train", base=base)
     cfg = _with(cfg, method=args.method, fold=args.fold, steps=args.steps)
-    out = train_generator(args.data, args.out, cfg, resume=args.resume, progress=not args.no_progress)
+    out = train_generator(args.data, args.out, cfg, resume=args.resume, progress=not args.no_progress,
+                          tensorboard=args.tensorboard)
     if out is not None:
         print(f"generator run: {out}  (weights: {Path(out) / 'export'})")
     return 0
@@ -135,7 +136,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
         raise fail(f"--mix {args.mix or cfg.mixing}: needs --synthetic SYN (a folder written by 'synthpair generate')")
     if args.synthetic is not None and not args.mix and not cfg.needs_synthetic:
         cfg = _with(cfg, ratio=0.5)
-    results = segment(args.data, args.out, cfg, synthetic_dir=args.synthetic)
+    results = segment(args.data, args.out, cfg, synthetic_dir=args.synthetic, tensorboard=args.tensorboard)
     from ..report.tables import format_summary
 
     print(format_summary(results))
@@ -242,6 +243,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="continue exactly from out/checkpoints/state.pt (starts from out/config.json)")
     sp.add_argument("--no-progress", action="store_true", help="no progress bar (logs still go to log.txt)")
     common(sp)
+    sp.add_argument("--tensorboard", action="store_true",
+                    help="also write the logged scalars and preview grids as TensorBoard events to OUT/tensorboard "
+                         "(needs the tensorboard package: pip install 'synthpair[tensorboard]')")
     sp.set_defaults(func=cmd_train)
 
     sp = sub.add_parser("generate", help="sample image+mask pairs from a trained generator (one seed per pair)")
@@ -305,6 +309,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--folds", type=int, nargs="+")
     sp.add_argument("--steps", type=int)
     common(sp)
+    sp.add_argument("--tensorboard", action="store_true",
+                    help="also write the loss / learning rate per step and the test summary as TensorBoard events "
+                         "to OUT/fold_<k>/tensorboard (needs the tensorboard package)")
     sp.set_defaults(func=cmd_segment)
 
     sp = sub.add_parser("run", help="prepare → train → generate → segment (real vs real+synthetic) → report")

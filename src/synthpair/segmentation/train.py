@@ -234,7 +234,8 @@ def _ratio_pool(syn: SyntheticPool, real_ids: list[str], subset: bool) -> Synthe
 
 
 def _train_fold(ds: PreparedDataset, fold: int, cfg: SegmentConfig, syn_pool: SyntheticPool | None,
-                device: torch.device, fold_dir: Path, progress: bool, extractor: Any = None) -> dict[str, Any]:
+                device: torch.device, fold_dir: Path, progress: bool, extractor: Any = None,
+                tensorboard: bool = False) -> dict[str, Any]:
     from monai.losses import DiceCELoss
     from safetensors.torch import save_file
     from tqdm.auto import tqdm
@@ -285,6 +286,11 @@ def _train_fold(ds: PreparedDataset, fold: int, cfg: SegmentConfig, syn_pool: Sy
 
     bar = tqdm(range(cfg.steps), desc=f"segment fold {fold} ({setting_name(cfg)})", file=sys.stderr,
                disable=not progress, leave=False)
+    tb = None
+    if tensorboard:
+        from ..training.tensorboard import TensorBoardLog
+
+        tb = TensorBoardLog(fold_dir / "tensorboard")
     for step in bar:
         batch = augment_batch(augment, mixing.batch(step, gen), gen)
         batch = Batch(**{k: None if v is None else v.to(device) for k, v in vars(batch).items()})
@@ -297,6 +303,8 @@ def _train_fold(ds: PreparedDataset, fold: int, cfg: SegmentConfig, syn_pool: Sy
         losses.append({"step": step + 1, "loss": float(loss.detach()), "lr": float(lr)})
         if progress and (step % 10 == 0 or step + 1 == cfg.steps):
             bar.set_postfix(loss=f"{losses[-1]['loss']:.4f}")
+        if tb is not None:
+            tb.scalars(losses[-1], step + 1, prefix="segment")
     bar.close()
     train_s = time.perf_counter() - t0
 
@@ -308,6 +316,9 @@ def _train_fold(ds: PreparedDataset, fold: int, cfg: SegmentConfig, syn_pool: Sy
         r["fold"] = fold
         r["case"] = ds.case_of(r["id"])
     eval_s = time.perf_counter() - t0
+    if tb is not None:  # reported, never used to choose anything
+        tb.scalars({m: v["mean"] for m, v in summarize(rows).items()}, cfg.steps, prefix="test")
+        tb.close()
 
     fold_dir.mkdir(parents=True, exist_ok=True)
     save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
@@ -441,8 +452,8 @@ def _per_case_csv(rows: list[dict[str, Any]]) -> str:
 
 
 def segment(data_dir: Path | str, out_dir: Path | str, cfg: SegmentConfig = SegmentConfig(),
-            synthetic_dir: Path | str | None = None, progress: bool = True, overwrite: bool = False
-            ) -> dict[str, Any]:
+            synthetic_dir: Path | str | None = None, progress: bool = True, overwrite: bool = False,
+            tensorboard: bool = False) -> dict[str, Any]:
     """Train and evaluate one setting on ``cfg.folds`` of the prepared folder ``data_dir``; write ``out_dir``.
 
     Returns the ``results.json`` dict (see module doc and :func:`_results`). Raises a one-line
@@ -450,7 +461,14 @@ def segment(data_dir: Path | str, out_dir: Path | str, cfg: SegmentConfig = Segm
     training split, ``patch`` larger than the images, synthetic folder (missing manifest, leakage into a test
     split, other channels/size, more classes; for ``patch``/``patch_loss``/``replace`` a pair without
     ``source_item`` or a fold with no version of its real items) or output folder — before any training.
+    ``tensorboard``: the training loss and learning rate per step and the test summary as TensorBoard events in
+    ``SEG/fold_<k>/tensorboard`` (:mod:`synthpair.training.tensorboard`; while training they are in the
+    ``.SEG.*.partial`` folder beside SEG).
     """
+    if tensorboard:
+        from ..training.tensorboard import require_tensorboard
+
+        require_tensorboard()
     ds = PreparedDataset.open(data_dir)
     if not is_ddpm(cfg.model):
         check_model(cfg.model, ds.size)
@@ -506,8 +524,8 @@ def segment(data_dir: Path | str, out_dir: Path | str, cfg: SegmentConfig = Segm
 
     with atomic_output_dir(out_dir, overwrite=overwrite) as tmp:
         save_config(cfg, tmp / "config.json")
-        folds = [_train_fold(ds, k, cfg, syn_pool, device, tmp / f"fold_{k}", progress, extractor)
-                 for k in cfg.folds]
+        folds = [_train_fold(ds, k, cfg, syn_pool, device, tmp / f"fold_{k}", progress, extractor,
+                             tensorboard=tensorboard) for k in cfg.folds]
         gen_mask = set((gen_acc or {}).get("mask_items", []))
         gen_image = set((gen_acc or {}).get("image_items", []))
         for f in folds:

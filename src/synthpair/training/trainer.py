@@ -260,6 +260,7 @@ class _RunLog:
 
     def __init__(self, out: Path | None) -> None:
         self.out = out
+        self.tensorboard: Any = None  # a TensorBoardLog when --tensorboard (rank 0)
 
     def line(self, text: str) -> None:
         if self.out is None:
@@ -273,6 +274,13 @@ class _RunLog:
         with translate_os_errors(self.out / "metrics.jsonl"), \
                 open(self.out / "metrics.jsonl", "a", encoding="utf-8") as fh:
             fh.write(json.dumps(record) + "\n")
+        if self.tensorboard is not None:
+            self.tensorboard.scalars(record, int(record["step"]))
+
+    def close(self) -> None:
+        if self.tensorboard is not None:
+            self.tensorboard.close()
+            self.tensorboard = None
 
     def truncate_metrics(self, step: int) -> None:
         """Drop metrics logged after ``step`` (a resumed run logs them again)."""
@@ -321,15 +329,20 @@ def _load_checkpoint(path: Path, cfg: TrainConfig) -> dict[str, Any]:
 
 # ------------------------------------------------------------------------------------------------ train
 def train_generator(data_dir: Path | str, out_dir: Path | str, cfg: TrainConfig = TrainConfig(),
-                    resume: bool = False, progress: bool = True) -> Path:
+                    resume: bool = False, progress: bool = True, tensorboard: bool = False) -> Path:
     """Train ``cfg.method`` on the training split of fold ``cfg.fold`` of DATA; write the RUN folder; return it.
 
     ``resume=True`` continues from ``out_dir/checkpoints/state.pt`` exactly (same losses and weights as an
     uninterrupted run on CPU); ``cfg.steps`` may be larger than the checkpoint's. Works under
     ``torchrun --nproc_per_node=N`` (each rank computes rows ``rank::N`` of every global batch of
-    ``cfg.batch_size``). Ctrl-C saves a checkpoint before exiting.
+    ``cfg.batch_size``). Ctrl-C saves a checkpoint before exiting. ``tensorboard``: also write the logged
+    scalars and the preview grids as TensorBoard events to ``RUN/tensorboard`` (:mod:`.tensorboard`; rank 0).
     """
     data_dir, out = Path(data_dir), Path(out_dir)
+    if tensorboard:
+        from .tensorboard import require_tensorboard
+
+        require_tensorboard()  # before anything is written
     rank, world, local_rank = _dist_info()
     is_main = rank == 0
     if cfg.batch_size % world:
@@ -412,6 +425,11 @@ def train_generator(data_dir: Path | str, out_dir: Path | str, cfg: TrainConfig 
         net = nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
 
     log = _RunLog(out if is_main else None)
+    if is_main and tensorboard:
+        from .tensorboard import TensorBoardLog
+
+        # events of steps after the checkpoint (an interrupted attempt logged them) are purged on resume
+        log.tensorboard = TensorBoardLog(out / "tensorboard", purge_step=step + 1 if step else None)
     if is_main:
         ensure_dir(out / "samples")
         ensure_dir(out / "checkpoints")
@@ -472,8 +490,10 @@ def train_generator(data_dir: Path | str, out_dir: Path | str, cfg: TrainConfig 
                                    steps=min(cfg.preview_steps, cfg.diffusion.num_timesteps), device=device,
                                    autocast_dtype=autocast)
         msks_np = np.zeros((imgs.shape[0], *imgs.shape[2:]), np.int64) if msks is None else msks.numpy()
-        save_png_atomic(out / "samples" / f"step_{at_step}.png",
-                        pair_grid(imgs.numpy(), msks_np, ncols=8, num_classes=info.num_classes))
+        grid = pair_grid(imgs.numpy(), msks_np, ncols=8, num_classes=info.num_classes)
+        save_png_atomic(out / "samples" / f"step_{at_step}.png", grid)
+        if log.tensorboard is not None:
+            log.tensorboard.image("preview", grid, at_step)
 
     bar = None
     if is_main and progress:
@@ -536,6 +556,7 @@ def train_generator(data_dir: Path | str, out_dir: Path | str, cfg: TrainConfig 
             log.line(f"interrupted at step {step}; checkpoint saved, continue with --resume")
         else:
             log.line(f"interrupted during an update at step {step}; last periodic checkpoint kept")
+        log.close()
         raise
     finally:
         if bar is not None:
@@ -543,6 +564,7 @@ def train_generator(data_dir: Path | str, out_dir: Path | str, cfg: TrainConfig 
 
     checkpoint(step, gen.get_state())
     preview(step)
+    log.close()
     if is_main:
         write_export(out / "export", step)
         log.line(f"done: {step} steps ({cpu_seconds() / 60:.1f} CPU-min); export written to {out / 'export'}")
