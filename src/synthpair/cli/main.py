@@ -98,7 +98,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
                 eta=args.eta, min_area=args.min_area, keep_empty=True if args.keep_empty else None,
                 masks=args.masks, reference=args.reference, guidance=args.guidance,
                 min_faithfulness=args.min_faithfulness, segmenter=args.segmenter, per_real=args.per_real,
-                aug_prompts=args.aug_prompts)
+                aug_prompts=args.aug_prompts, prompts=args.prompt, aug_prompt=args.aug_prompt)
     out = generate_scored(args.run, args.out, cfg)  # trains the --segmenter auto reference segmenter first
     if int(os.environ.get("RANK", "0")) == 0:  # under torchrun every rank returns here; rank 0 reports
         print(f"synthetic pairs: {out}  (manifest: {Path(out) / 'manifest.jsonl'})")
@@ -275,6 +275,11 @@ def build_parser() -> argparse.ArgumentParser:
                     help="controlnet generators: N synthetic versions of every real training pair (EMIT-Diff)")
     sp.add_argument("--aug-prompts", choices=["random", "none"],
                     help="with --per-real: append a random augmentation phrase per sample (default) or none")
+    sp.add_argument("--prompt", action="append", metavar="TEXT",
+                    help="prompt generators: the prompt to sample for (repeat for several; cycled over the seeds); "
+                         "default: the run's training prompts, e.g. --prompt 'US, breast, malignant'")
+    sp.add_argument("--aug-prompt", metavar="PHRASE",
+                    help="prompt generators: an augmentation phrase appended to every prompt, e.g. 'low brightness'")
     sp.set_defaults(func=cmd_generate)
 
     sp = sub.add_parser("replay", help="regenerate one synthetic pair from its manifest line and compare")

@@ -89,8 +89,8 @@ class Method:
     with it; ``condition`` ["none"] — what ``sample`` needs per pair: ``none`` (seeds only), ``masks`` (given
     masks and, for a reference encoder, reference images: :class:`synthpair.synthesis.conditions.ConditionSource`),
     ``real_pairs`` (edge maps, prompts and masks of the real training pairs: per-real generation), ``prompts``
-    (prompt tokens; no synthesis source yet); ``conditional`` [False] — ``sample`` takes ``cond=`` and
-    ``guidance=`` (methods with ``condition`` masks or real_pairs); ``accepts_labels`` [False] — ``sample`` takes
+    (prompt tokens: :class:`synthpair.synthesis.generate.PromptSource`); ``conditional`` [False] — ``sample`` takes
+    ``cond=`` and ``guidance=`` (methods with ``condition`` masks, real_pairs or prompts); ``accepts_labels`` [False] — ``sample`` takes
     ``labels=`` (one class/cluster id per seed), see :meth:`label_classes`.
     """
 

@@ -105,7 +105,8 @@ class PromptMethod(Method):
     # loads no mask for it, may add unlabelled images, and its runs account no mask items
     uses_masks = False
     makes_masks = False
-    condition = "prompts"  # sample(..., prompts=[...] | cond=Cond(tokens=...)); no synthesis source yet
+    condition = "prompts"  # sample(..., prompts=[...] | cond=Cond(tokens=...)); synthesis.generate.PromptSource
+    conditional = True     # sample takes cond= (tokens) and guidance=
 
     def __init__(self) -> None:
         self._prompts: list[str] | None = None

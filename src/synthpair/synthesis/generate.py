@@ -74,6 +74,10 @@ class GenerateConfig:
     # per-real generation (method controlnet; EMIT-Diff): n versions of every real training pair
     per_real: int = 0                 # 0 = off (generate n pairs); > 0: this many per real training pair
     aug_prompts: Literal["random", "none"] = "random"  # append a random augmentation phrase per sample, or not
+    # text-guided generation (method prompt; EMIT-Diff sec. 3.3): the prompts, cycled over the seeds in order
+    # (empty: the run's distinct training prompts, sorted), and one augmentation phrase appended to each (or none)
+    prompts: tuple[str, ...] = ()
+    aug_prompt: str | None = None
 
     def __post_init__(self) -> None:
         if self.n < 1:
@@ -90,6 +94,11 @@ class GenerateConfig:
             raise fail(f"per_real={self.per_real}: must be >= 0 (versions per real training pair; 0 = off)")
         if self.aug_prompts not in ("random", "none"):
             raise fail(f"aug_prompts={self.aug_prompts!r}: choose random or none")
+        object.__setattr__(self, "prompts", tuple(str(p) for p in self.prompts))
+        if any(not p.strip() for p in self.prompts):
+            raise fail("--prompt: an empty prompt; give words, e.g. --prompt 'US, breast, malignant'")
+        if self.aug_prompt is not None and not self.aug_prompt.strip():
+            raise fail("--aug-prompt: empty; give a phrase, e.g. --aug-prompt 'low brightness', or drop it")
 
 
 PROGRESS = "progress.json"
@@ -239,8 +248,10 @@ def sample_batch(model_bundle: Any, seeds: list[int], *, sampler: str, steps: in
         reference=None if conds.references is None else torch.from_numpy(conds.references))
     images, masks = synthesize_batch(model_bundle, seeds, sampler=sampler, steps=steps, eta=eta,
                                      device=device, amp=amp, cond=cond, guidance=guidance)
-    return (np.asarray(images, dtype=np.float32), np.asarray(masks, dtype=np.int64), conds.records,
-            conds.extra_train_cases)
+    if isinstance(conds, PromptConditions):  # images only: the prompt model's zero masks are not pairs
+        masks = None
+    return (np.asarray(images, dtype=np.float32), None if masks is None else np.asarray(masks, dtype=np.int64),
+            conds.records, conds.extra_train_cases)
 
 
 def methods_with(**attrs: Any) -> str:
@@ -258,6 +269,14 @@ def _condition_source(bundle: Any, prov: dict[str, Any], cfg: GenerateConfig, fi
     from ..methods import get_method
 
     method = get_method(prov["method"])
+    if method.condition != "prompts" and (cfg.prompts or cfg.aug_prompt is not None):
+        raise fail(f"{prov['generator_run']}: --prompt/--aug-prompt apply to {methods_with(condition='prompts')!r} "
+                   f"generators; this one is {prov['method']!r}")
+    if method.condition == "prompts":
+        if cfg.masks != "real" or cfg.reference != "random" or cfg.per_real:
+            raise fail(f"{prov['generator_run']}: a {prov['method']!r} generator samples images for prompts; "
+                       f"--masks/--reference/--per-real do not apply (give --prompt TEXT)")
+        return PromptSource(bundle, prov, cfg, first_seed)
     if method.condition == "real_pairs" or cfg.per_real:
         if method.condition != "real_pairs" or not cfg.per_real:
             raise fail(f"{prov['generator_run']}: --per-real N applies to (and is needed by) "
@@ -379,6 +398,57 @@ class PerRealSource:
         return PerRealConditions(masks, cond, recs, self.extra_train_cases)
 
 
+@dataclass
+class PromptConditions:
+    """Conditions of one prompt batch: the network's ``cond`` (tokens) and per-pair records; no masks (a prompt
+    generator makes images only)."""
+
+    cond: Any
+    records: list[dict[str, Any]]
+    extra_train_cases: list[str]
+    masks: None = None
+    references: None = None
+
+
+class PromptSource:
+    """Prompts of a ``prompt`` generator (EMIT-Diff's text-guided synthesis): ``cfg.prompts`` cycled over the
+    attempts in seed order (attempt ``seed`` gets ``prompts[(seed - first_seed) mod len]``), or — when none are
+    given — the run's distinct training prompts (export ``training_prompts``, sorted); ``cfg.aug_prompt``, when
+    set, is appended to every prompt as its augmentation phrase (``"US, breast, malignant, low brightness"``).
+    Every prompt is encoded with the run's vocabulary up front, so an unknown word is refused before sampling.
+    Records: ``prompt`` (as sampled), ``prompt_base``, ``aug_phrase``, ``prompt_list`` and ``prompt_first_seed``
+    (what a replay needs to rebuild the batch)."""
+
+    def __init__(self, bundle: Any, prov: dict[str, Any], cfg: GenerateConfig, first_seed: int) -> None:
+        from ..methods import get_method
+
+        net, export_cfg = bundle
+        given = list(cfg.prompts)
+        self.prompts = given or sorted(export_cfg.get("training_prompts") or [])
+        if not self.prompts:
+            raise fail(f"{prov['generator_run']}: no --prompt given and the export records no training prompts; "
+                       f"pass --prompt TEXT (e.g. --prompt 'US, breast, malignant')")
+        self.aug = cfg.aug_prompt
+        self.first_seed = int(first_seed)
+        full = [self._full(p) for p in self.prompts]
+        self.tokens = get_method(prov["method"]).encode_prompts(net, full)  # refuses unknown words (one line)
+
+    def _full(self, prompt: str) -> str:
+        return prompt if self.aug is None else f"{prompt}, {self.aug}"
+
+    def index_for(self, seed: int) -> int:
+        return (int(seed) - self.first_seed) % len(self.prompts)
+
+    def batch(self, seeds: list[int], **_: Any) -> PromptConditions:
+        from ..diffusion.cond import Cond
+
+        rows = [self.index_for(s) for s in seeds]
+        recs = [{"prompt": self._full(self.prompts[k]), "prompt_base": self.prompts[k], "aug_phrase": self.aug,
+                 "prompt_list": list(self.prompts), "prompt_first_seed": self.first_seed, "mask_source": None}
+                for k in rows]
+        return PromptConditions(Cond(tokens=self.tokens[rows]), recs, [])
+
+
 def _scorer_plan(run: Path, prov: dict[str, Any], cfg: GenerateConfig, conditional: bool) -> tuple[Path | None, bool]:
     """Which faithfulness segmenter scores the pairs (see GenerateConfig.segmenter) → (SEG folder or None, whether
     it must be trained first). Only checks; writes nothing. ``auto`` is off for per-real generation unless
@@ -423,6 +493,8 @@ def chain_accounting(run: Path, prov: dict[str, Any], source: Any, scorer: Any) 
         sources.append(("base generator", str(base["run"]), run_accounting(base["run"])))
     if isinstance(source, PerRealSource):
         sources.append(("per-real pairs", str(source.ds.root), {"mask_items": source.ids, "image_items": source.ids}))
+    elif isinstance(source, PromptSource):
+        pass  # prompts are text: no item's mask or image enters the generation beyond the run's own
     elif source is not None:
         refs = list(source.ids) if source.needs_reference else []
         if source.joint is not None:
@@ -464,7 +536,7 @@ def check_generation(run: Path, out: Path, cfg: GenerateConfig, *, compute_devic
             cfg.min_faithfulness is not None or cfg.segmenter not in ("auto", "off")):
         raise fail(f"{run}: this {prov['method']!r} generator makes images without masks, so there is no mask "
                    f"faithfulness to score; drop --min-faithfulness / --segmenter")
-    seg, must_train = _scorer_plan(run, prov, cfg, source is not None)
+    seg, must_train = _scorer_plan(run, prov, cfg, source is not None and get_method(prov["method"]).uses_masks)
     scorer = None if must_train else _open_scorer(seg, prov, compute_device)
     state = _load_progress(out)
     if state is None:
@@ -687,6 +759,9 @@ def replay_sampled(rec: dict[str, Any]) -> tuple[np.ndarray, np.ndarray | None]:
     if rec.get("per_real"):
         cond_kw = {"per_real": int(rec["per_real"]), "aug_prompts": rec.get("aug_prompts", "random"),
                    "guidance": rec.get("guidance")}
+    elif rec.get("prompt_list") is not None:
+        cond_kw = {"prompts": tuple(rec["prompt_list"]), "aug_prompt": rec.get("aug_phrase"),
+                   "guidance": rec.get("guidance")}
     elif rec.get("mask_source") is not None:
         ref = rec.get("reference") or "random"
         cond_kw = {"masks": rec["mask_source"], "reference": ref, "guidance": rec.get("guidance")}
@@ -695,8 +770,9 @@ def replay_sampled(rec: dict[str, Any]) -> tuple[np.ndarray, np.ndarray | None]:
     source = None
     if cond_kw:
         prov = generator_provenance(run)
-        source = _condition_source(bundle, prov, cfg, int(rec["per_real_first_seed"] if rec.get("per_real")
-                                                          else rec["mask_order_seed"]))
+        first = (rec["per_real_first_seed"] if rec.get("per_real") else rec["prompt_first_seed"]
+                 if rec.get("prompt_list") is not None else rec["mask_order_seed"])
+        source = _condition_source(bundle, prov, cfg, int(first))
     labels = rec.get("batch_labels")
     images, masks, _, _ = _sample(bundle, list(rec["batch_seeds"]), cfg, rec["device"], rec["amp"], source,
                                   labels=None if labels is None else [int(v) for v in labels])
