@@ -149,3 +149,20 @@ def test_clean_mask_removes_small_components() -> None:
     out = clean_mask(m, min_component=3)
     assert out[0, 0] == 0 and out[4:7, 4:7].sum() == 9 and (out == 2).sum() == 0
     assert np.array_equal(clean_mask(m, 1), m)
+
+
+def test_steps_beyond_the_training_timesteps_are_refused_before_anything_is_written(tiny_run, tmp_path, capsys):
+    """Issue 15: the sampler's step count is checked with everything else — no progress.json, manifest or
+    generate_config.json left behind, and no reference segmenter trained for a generation that cannot run."""
+    from synthpair.cli.main import main
+
+    data, run = tiny_run
+    T = json.loads((run / "export" / "config.json").read_text())["diffusion"]["num_timesteps"]
+    out = tmp_path / "syn"
+    for extra in (["--steps", str(T + 1)], ["--sampler", "ddpm", "--steps", str(T + 5)],
+                  ["--steps", str(T + 1), "--min-faithfulness", "0.5"]):
+        assert main(["generate", str(run), "--out", str(out), "--n", "2", *extra]) == 2
+        err = capsys.readouterr().err
+        assert f"must be between 1 and the generator's {T} training timesteps" in err and err.count("\n") == 1
+        assert not out.exists()
+    assert not (run / "reference_segmenter").exists()

@@ -517,6 +517,20 @@ def devices(cfg: GenerateConfig, shards: Any) -> tuple[str, str]:
     return device, device
 
 
+def check_sampler(sampler: str, steps: int, export_cfg: dict[str, Any], where: str) -> None:
+    """The sampler name and its step count against the generator's training timesteps — checked with the rest,
+    before any output exists (the sampling loop would refuse them only after the folder was started)."""
+    from ..diffusion.sampling import SAMPLERS, respaced_timesteps
+
+    if sampler not in SAMPLERS:
+        raise fail(f"--sampler {sampler!r}: choose one of {', '.join(SAMPLERS)}")
+    T = int(export_cfg["diffusion"]["num_timesteps"])
+    if not 1 <= int(steps) <= T:
+        raise fail(f"{where}: --steps {steps}: must be between 1 and the generator's {T} training timesteps; "
+                   f"e.g. --steps {min(25, T)}")
+    respaced_timesteps(T, int(steps))
+
+
 def check_generation(run: Path, out: Path, cfg: GenerateConfig, *, compute_device: str, main: bool = True,
                      untrained_ok: bool = False) -> dict[str, Any]:
     """Every check :func:`generate` makes before writing (each rank makes them): the generator, its condition
@@ -531,6 +545,7 @@ def check_generation(run: Path, out: Path, cfg: GenerateConfig, *, compute_devic
         raise fail(f"{run}: generator run folder not found; pass the --out folder of 'synthpair train'")
     prov = generator_provenance(run)
     bundle = load_export(run / "export")
+    check_sampler(cfg.sampler, cfg.steps, prov["export_config"], where=str(run))
     source = _condition_source(bundle, prov, cfg, cfg.seed)
     if not get_method(prov["method"]).uses_masks and (
             cfg.min_faithfulness is not None or cfg.segmenter not in ("auto", "off")):
