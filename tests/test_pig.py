@@ -248,3 +248,40 @@ def test_bad_image_from_and_freeze_without_source_are_one_line_errors(tmp_path: 
     assert code == 2 and "pig.image_from must be" in capsys.readouterr().err
     with pytest.raises(SynthpairError, match="pig.freeze_image=true needs pig.image_from"):
         PigConfig(freeze_image=True)
+
+
+def test_paper_preset_trains_and_samples_with_the_paper_settings(tmp_path: Path, capsys) -> None:
+    """--preset pig-paper (issue 15): T = 1024 linear betas 1e-4..0.02, eps prediction, method pig for train;
+    DDIM (eta 0) 256 steps for generate; --set and explicit flags still win; an unknown preset is one line."""
+    from conftest import write_tiny_prepared
+
+    from synthpair.config import PRESETS
+    from synthpair.synthesis.manifest import read_manifest
+
+    data = write_tiny_prepared(tmp_path / "data", n=6)
+    run = tmp_path / "run"
+    assert main(["train", str(data), "--out", str(run), "--preset", "pig-paper", "--steps", "1", *TINY]) == 0
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["method"] == "pig"
+    assert cfg["diffusion"] == {**cfg["diffusion"], "schedule": "linear", "num_timesteps": 1024, "beta_start": 1e-4,
+                                "beta_end": 0.02, "prediction": "eps"}
+    syn = tmp_path / "syn"
+    assert main(["generate", str(run), "--out", str(syn), "--preset", "pig-paper", "--n", "1", "--batch", "1",
+                 "--keep-empty", "--segmenter", "off"]) == 0
+    rec = read_manifest(syn)[0]
+    assert (rec["sampler"], rec["steps"], rec["eta"]) == ("ddim", 256, 0.0)
+    assert PRESETS["pig-paper"]["generate"]["steps"] == 256
+    # flags and --set over the preset
+    assert main(["generate", str(run), "--out", str(tmp_path / "syn2"), "--preset", "pig-paper", "--n", "1",
+                 "--batch", "1", "--keep-empty", "--segmenter", "off", "--steps", "3"]) == 0
+    assert read_manifest(tmp_path / "syn2")[0]["steps"] == 3
+    run2 = tmp_path / "run2"
+    assert main(["train", str(data), "--out", str(run2), "--preset", "pig-paper", "--steps", "1", "--method",
+                 "joint", "--set", "diffusion.num_timesteps=100", *TINY]) == 0
+    cfg2 = json.loads((run2 / "config.json").read_text())
+    assert cfg2["method"] == "joint" and cfg2["diffusion"]["num_timesteps"] == 100
+    assert cfg2["diffusion"]["schedule"] == "linear"
+    capsys.readouterr()
+    assert main(["train", str(data), "--out", str(tmp_path / "run3"), "--preset", "pig", *TINY]) == 2
+    err = capsys.readouterr().err
+    assert "--preset 'pig': unknown; choose one of pig-paper" in err and not (tmp_path / "run3").exists()

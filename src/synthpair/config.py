@@ -186,3 +186,29 @@ def describe_changes(keys: list[str], old: dict[str, Any], new: dict[str, Any], 
     """``"k (old -> new), ..."`` for the first ``limit`` changed keys (one-line error messages)."""
     fo, fn = (flatten(old), flatten(new)) if nested else (old, new)
     return ", ".join(f"{k} ({fo.get(k)!r} -> {fn.get(k)!r})" for k in keys[:limit])
+
+
+# ------------------------------------------------------------------------------------------ named presets
+PRESETS: dict[str, dict[str, Any]] = {
+    "pig-paper": {
+        "about": "PIG (paper 004, sec. 3.1): T = 1024 timesteps, linear betas 1e-4 .. 0.02, eps prediction; "
+                 "sampling with DDIM (eta 0) in 256 steps",
+        "train": {"method": "pig", "diffusion.schedule": "linear", "diffusion.num_timesteps": 1024,
+                  "diffusion.beta_start": 1e-4, "diffusion.beta_end": 0.02, "diffusion.prediction": "eps"},
+        "generate": {"sampler": "ddim", "steps": 256, "eta": 0.0},
+    },
+}
+"""Named settings of a paper, per command section (``synthpair train|generate --preset NAME``): applied on top of
+the defaults, under a ``--config`` file, ``--set`` overrides and explicit flags (which therefore win)."""
+
+
+def preset_overrides(name: str | None, section: str) -> list[str]:
+    """``key=value`` overrides of preset ``name`` for ``section`` (``train`` / ``generate``); [] for None.
+    Unknown name → one-line error listing the presets."""
+    import json
+
+    if name is None:
+        return []
+    if name not in PRESETS:
+        raise fail(f"--preset {name!r}: unknown; choose one of {', '.join(sorted(PRESETS))}")
+    return [f"{k}={json.dumps(v)}" for k, v in PRESETS[name].get(section, {}).items()]

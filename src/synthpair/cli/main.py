@@ -20,12 +20,15 @@ EXIT_INTERRUPTED = 130
 
 
 def _config_from_args(cls: type, config_file: str | None, overrides: Sequence[str], section: str | None = None,
-                      base: Any = None) -> Any:
-    """defaults (or ``base``) ← JSON file (whole config or its ``section``) ← ``--set`` overrides."""
-    from ..config import apply_overrides, from_dict, to_dict
+                      base: Any = None, preset: str | None = None) -> Any:
+    """defaults (or ``base``) ← named preset (its ``section``) ← JSON file (whole config or its ``section``) ←
+    ``--set`` overrides."""
+    from ..config import apply_overrides, from_dict, preset_overrides, to_dict
     from ..io import read_json
 
     cfg = base if base is not None else cls()
+    if preset is not None:
+        cfg = apply_overrides(cfg, preset_overrides(preset, section or ""))
     if config_file:
         data = read_json(config_file, "config file")
         if section is not None and isinstance(data, dict) and section in data and isinstance(data[section], dict):
@@ -80,7 +83,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     saved = Path(args.out) / "config.json"
     # --resume starts from the run's own config, so overrides given at the start need not be repeated
     base = load_config(TrainConfig, saved) if args.resume and saved.is_file() else None
-    cfg = _config_from_args(TrainConfig, args.config, args.set, section="train", base=base)
+    cfg = _config_from_args(TrainConfig, args.config, args.set, section="train", base=base, preset=args.preset)
     cfg = _with(cfg, method=args.method, fold=args.fold, steps=args.steps)
     out = train_generator(args.data, args.out, cfg, resume=args.resume, progress=not args.no_progress,
                           tensorboard=args.tensorboard)
@@ -93,7 +96,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from ..segmentation.reference import generate_scored
     from ..synthesis.generate import GenerateConfig
 
-    cfg = _config_from_args(GenerateConfig, args.config, args.set, section="generate")
+    cfg = _config_from_args(GenerateConfig, args.config, args.set, section="generate", preset=args.preset)
     cfg = _with(cfg, n=args.n, sampler=args.sampler, steps=args.steps, seed=args.seed, batch_size=args.batch,
                 eta=args.eta, min_area=args.min_area, keep_empty=True if args.keep_empty else None,
                 masks=args.masks, reference=args.reference, guidance=args.guidance,
@@ -192,6 +195,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: $SYNTHPAIR_THREADS, else PyTorch's choice); use 1 or auto on a shared machine")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
+    def preset(sp: argparse.ArgumentParser) -> None:
+        from ..config import PRESETS
+
+        sp.add_argument("--preset", metavar="NAME", help="a paper's named settings, under --config/--set: "
+                        + "; ".join(f"{k}: {v['about']}" for k, v in sorted(PRESETS.items())))
+
     def common(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("--config", metavar="FILE", help="JSON config file (whole config or its section)")
         sp.add_argument("--set", metavar="KEY=VALUE", action="append", default=[],
@@ -242,6 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--resume", action="store_true",
                     help="continue exactly from out/checkpoints/state.pt (starts from out/config.json)")
     sp.add_argument("--no-progress", action="store_true", help="no progress bar (logs still go to log.txt)")
+    preset(sp)
     common(sp)
     sp.add_argument("--tensorboard", action="store_true",
                     help="also write the logged scalars and preview grids as TensorBoard events to OUT/tensorboard "
@@ -270,6 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--min-faithfulness", type=float, help="drop pairs whose mask faithfulness (Dice) is lower")
     sp.add_argument("--segmenter", help="reference segmenter for faithfulness: auto | off | SEG folder (real-only "
                                         "'synthpair segment' of the generator's fold)")
+    preset(sp)
     common(sp)
     sp.add_argument("--per-real", type=int, metavar="N",
                     help="controlnet generators: N synthetic versions of every real training pair (EMIT-Diff)")

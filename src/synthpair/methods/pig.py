@@ -41,9 +41,9 @@ x0_hat is clipped to [-1, 1] and eps_hat re-derived from the clipped x0_hat (wit
 
 Paper preset (sec. 3.1: T = 1024, linear betas 1e-4 .. 0.02, DDIM 256 steps, eps prediction)::
 
-    synthpair train DATA --method pig --out RUN --set diffusion.schedule=linear \\
-        --set diffusion.num_timesteps=1024 --set diffusion.prediction=eps
-    synthpair generate RUN --n 2048 --sampler ddim --steps 256 --out SYN
+    synthpair train DATA --preset pig-paper --out RUN     # = --method pig --set diffusion.schedule=linear
+                                                          #   --set diffusion.num_timesteps=1024 --set diffusion.prediction=eps
+    synthpair generate RUN --preset pig-paper --n 2048 --out SYN   # = --sampler ddim --steps 256
 
 Reusing a mask2image generator (same fold, same ``diffusion`` settings; its training cases must lie inside
 this run's training cases, so the leakage guard stays complete)::
