@@ -38,6 +38,7 @@ import numpy as np
 from ..errors import fail
 from ..io import read_json, write_json_atomic, write_text_atomic
 from ..metrics.agreement import cohen_kappa, fleiss_kappa, percent_agreement, rating_counts
+from ..metrics.statistics import mean_sd
 
 KEY_FORMAT = "synthpair-reader-key"
 ANSWERS_FORMAT = "synthpair-reader-answers"
@@ -125,13 +126,6 @@ def _nan_to_none(x: float | None) -> float | None:
     return None if x is None or not math.isfinite(x) else float(x)
 
 
-def _mean_sd(values: Sequence[float]) -> dict[str, Any]:
-    v = np.asarray(values, dtype=np.float64)
-    if v.size == 0:
-        return {"mean": None, "sd": None, "n": 0}
-    return {"mean": float(v.mean()), "sd": float(v.std(ddof=1)) if v.size > 1 else 0.0, "n": int(v.size)}
-
-
 def call_scores(truth: Sequence[str], call: Sequence[str], confidence: Sequence[int], *, test: bool = True
                 ) -> dict[str, Any]:
     """Real/synthetic calls against the truth: accuracy, sensitivity / specificity of "synthetic" calls, mean
@@ -145,7 +139,7 @@ def call_scores(truth: Sequence[str], call: Sequence[str], confidence: Sequence[
     correct = tp + tn
     out = {"n": int(t.size), "n_real": int(real.sum()), "n_synthetic": int(syn.sum()), "correct": correct,
            "accuracy": correct / t.size, "sensitivity": tp / int(syn.sum()), "specificity": tn / int(real.sum()),
-           "called_synthetic": int(np.sum(c == "synthetic")), "confidence": _mean_sd(confidence)["mean"],
+           "called_synthetic": int(np.sum(c == "synthetic")), "confidence": mean_sd(confidence)["mean"],
            "p_vs_chance": float(binomtest(correct, int(t.size), 0.5).pvalue) if test else None}
     return out
 
@@ -159,7 +153,7 @@ def quality_scores(truth: Sequence[str], scores: Sequence[int]) -> dict[str, Any
     s = np.asarray(scores, dtype=np.float64)
     real, syn = s[t == "real"], s[t == "synthetic"]
     res = mannwhitneyu(real, syn, alternative="two-sided")
-    return {"real": _mean_sd(real), "synthetic": _mean_sd(syn), "U": float(res.statistic),
+    return {"real": mean_sd(real), "synthetic": mean_sd(syn), "U": float(res.statistic),
             "p": _nan_to_none(float(res.pvalue))}
 
 
