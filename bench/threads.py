@@ -8,7 +8,9 @@ one competing CPU-bound process (a pure-Python busy loop, one core) started firs
 * ``default``   — PyTorch's defaults (threads = cores, libgomp's active spin-waiting);
 * ``passive``   — same threads, ``OMP_WAIT_POLICY=PASSIVE`` (threads sleep instead of spinning at barriers);
 * ``one``       — ``torch.set_num_threads(1)``;
-* ``auto``      — synthpair's default (:func:`synthpair.env.configure_threads` with no setting).
+* ``auto``      — ``--threads auto`` (:func:`synthpair.env.configure_threads`: the cores not busy at start);
+* ``synthpair`` — what a plain ``synthpair`` command does: the package imported before torch (its environment
+  defaults apply, e.g. the OpenMP wait policy), then :func:`synthpair.env.configure_threads` with no setting.
 
 Usage: ``python bench/threads.py [--seconds 20] [--out bench/results/threads]``. Ratios are measured side by
 side in one run on the same machine; the absolute speeds depend on it.
@@ -26,10 +28,15 @@ from pathlib import Path
 WORKER = r"""
 import os, sys, time, json
 policy, seconds = sys.argv[1], float(sys.argv[2])
+if policy == "synthpair":
+    import synthpair  # before torch, as the CLI does
 import torch
 if policy == "one":
     torch.set_num_threads(1)
 elif policy == "auto":
+    from synthpair.env import configure_threads
+    configure_threads("auto")
+elif policy == "synthpair":
     from synthpair.env import configure_threads
     configure_threads(None)
 from monai.networks.nets import DiffusionModelUNet
@@ -81,7 +88,7 @@ def measure(policy: str, seconds: float, loaded: bool) -> dict:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--seconds", type=float, default=20.0)
-    ap.add_argument("--policies", nargs="+", default=["default", "passive", "one", "auto"])
+    ap.add_argument("--policies", nargs="+", default=["default", "passive", "one", "auto", "synthpair"])
     ap.add_argument("--out", default="bench/results/threads")
     a = ap.parse_args()
     load1 = os.getloadavg()[0]
