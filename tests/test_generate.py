@@ -166,3 +166,31 @@ def test_steps_beyond_the_training_timesteps_are_refused_before_anything_is_writ
         assert f"must be between 1 and the generator's {T} training timesteps" in err and err.count("\n") == 1
         assert not out.exists()
     assert not (run / "reference_segmenter").exists()
+
+
+def test_generation_from_a_snapshot_records_it_and_replays(tmp_path, capsys):
+    """--snapshot STEP samples RUN/snapshots/step_STEP: its weights' sha256 and 'generator_export' in every
+    manifest line, replay exact, another step than the final export gives other images; a missing snapshot is
+    one line listing the ones there, with nothing written."""
+    from conftest import write_tiny_prepared
+
+    from synthpair.cli.main import main
+    from synthpair.networks.export import sha256_file
+
+    data = write_tiny_prepared(tmp_path / "data")
+    run = train_generator(data, tmp_path / "run", dataclasses.replace(TINY_TRAIN, steps=4, snapshot_every=2),
+                          progress=False)
+    snap = run / "snapshots" / "step_2"
+    a = generate(run, tmp_path / "a", _cfg(snapshot=2), progress=False)
+    final = generate(run, tmp_path / "final", _cfg(), progress=False)
+    lines = read_manifest(a)
+    assert all(r["generator_export"] == "snapshots/step_2" and r["model_sha256"] == sha256_file(
+        snap / "model.safetensors") for r in lines)
+    assert "generator_export" not in read_manifest(final)[0]
+    assert all(verify_pair(a, r["id"]) for r in lines)
+    assert _files(a / "images") != _files(final / "images")
+    assert main(["generate", str(run), "--out", str(tmp_path / "b"), "--n", "2", "--steps", "3",
+                 "--snapshot", "3"]) == 2
+    err = capsys.readouterr().err
+    assert "no snapshots/step_3/model.safetensors; snapshots of this run: 2, 4" in err and err.count("\n") == 1
+    assert not (tmp_path / "b").exists()

@@ -101,7 +101,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
                 eta=args.eta, min_area=args.min_area, keep_empty=True if args.keep_empty else None,
                 masks=args.masks, reference=args.reference, guidance=args.guidance,
                 min_faithfulness=args.min_faithfulness, segmenter=args.segmenter, per_real=args.per_real,
-                aug_prompts=args.aug_prompts, prompts=args.prompt, aug_prompt=args.aug_prompt)
+                aug_prompts=args.aug_prompts, prompts=args.prompt, aug_prompt=args.aug_prompt, snapshot=args.snapshot)
     out = generate_scored(args.run, args.out, cfg)  # trains the --segmenter auto reference segmenter first
     if int(os.environ.get("RANK", "0")) == 0:  # under torchrun every rank returns here; rank 0 reports
         print(f"synthetic pairs: {out}  (manifest: {Path(out) / 'manifest.jsonl'})")
@@ -289,6 +289,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--prompt", action="append", metavar="TEXT",
                     help="prompt generators: the prompt to sample for (repeat for several; cycled over the seeds); "
                          "default: the run's training prompts, e.g. --prompt 'US, breast, malignant'")
+    sp.add_argument("--snapshot", type=int, metavar="STEP",
+                    help="sample from RUN/snapshots/step_STEP (train --set snapshot_every=N) instead of RUN/export")
     sp.add_argument("--aug-prompt", metavar="PHRASE",
                     help="prompt generators: an augmentation phrase appended to every prompt, e.g. 'low brightness'")
     sp.set_defaults(func=cmd_generate)

@@ -78,6 +78,8 @@ class GenerateConfig:
     # (empty: the run's distinct training prompts, sorted), and one augmentation phrase appended to each (or none)
     prompts: tuple[str, ...] = ()
     aug_prompt: str | None = None
+    # sample from RUN/snapshots/step_<N> (train.snapshot_every) instead of RUN/export; None = the final export
+    snapshot: int | None = None
 
     def __post_init__(self) -> None:
         if self.n < 1:
@@ -97,6 +99,8 @@ class GenerateConfig:
         object.__setattr__(self, "prompts", tuple(str(p) for p in self.prompts))
         if any(not p.strip() for p in self.prompts):
             raise fail("--prompt: an empty prompt; give words, e.g. --prompt 'US, breast, malignant'")
+        if self.snapshot is not None and self.snapshot < 1:
+            raise fail(f"snapshot={self.snapshot}: a training step >= 1 (a RUN/snapshots/step_<N> folder)")
         if self.aug_prompt is not None and not self.aug_prompt.strip():
             raise fail("--aug-prompt: empty; give a phrase, e.g. --aug-prompt 'low brightness', or drop it")
 
@@ -128,11 +132,24 @@ def clean_mask(mask: np.ndarray, min_component: int) -> np.ndarray:
     return out
 
 
-def generator_provenance(run: Path) -> dict[str, Any]:
-    """What a synthetic pair must know about its generator: run, fold, training cases, weights hash."""
-    export = run / "export"
+def export_name(snapshot: int | None) -> str:
+    """The export folder of a run that generation samples from: ``export`` (the final EMA weights) or
+    ``snapshots/step_<N>`` (``train.snapshot_every``)."""
+    return "export" if snapshot is None else f"snapshots/step_{int(snapshot)}"
+
+
+def generator_provenance(run: Path, export_rel: str = "export") -> dict[str, Any]:
+    """What a synthetic pair must know about its generator: run, fold, training cases, weights hash (of the
+    export ``export_rel`` of the run: ``export`` or a snapshot, recorded as ``generator_export`` when not the
+    final one)."""
+    export = run / export_rel
     weights = export / "model.safetensors"
     if not weights.is_file():
+        if export_rel != "export":
+            have = sorted((run / "snapshots").glob("step_*"), key=lambda p: int(p.name.split("_")[1])) \
+                if (run / "snapshots").is_dir() else []
+            steps = ", ".join(p.name.split("_")[1] for p in have) or "none (train with --set snapshot_every=N)"
+            raise fail(f"{run}: no {export_rel}/model.safetensors; snapshots of this run: {steps}")
         raise fail(f"{run}: no export/model.safetensors; train the generator first ('synthpair train … --out {run}')")
     cases_file = run / "training_cases.json"
     cases = read_json(cases_file, "training_cases.json")
@@ -145,6 +162,7 @@ def generator_provenance(run: Path) -> dict[str, Any]:
         "data": cases.get("data"),
         "method": export_cfg.get("method", "joint"),
         "export_config": export_cfg,
+        **({"generator_export": export_rel} if export_rel != "export" else {}),
     }
 
 
@@ -210,7 +228,9 @@ def sample_record(pid: str, seed: int, batch_seeds: list[int], prov: dict[str, A
         model_sha256=prov["model_sha256"], fold=prov["fold"], train_cases=train_cases,
         source_case=fields.pop("source_case", None), mask_area=mask_area, faithfulness=faithfulness,
         fields={"batch_seeds": list(batch_seeds), "sampler": sampler, "steps": steps, "eta": eta, "device": device,
-                "amp": amp, "min_component": min_component, **fields})
+                "amp": amp, "min_component": min_component,
+                **({"generator_export": prov["generator_export"]} if prov.get("generator_export") else {}),
+                **fields})
 
 
 def _sample(model_bundle: Any, seeds: list[int], cfg: GenerateConfig, device: str, amp: str,
@@ -543,8 +563,8 @@ def check_generation(run: Path, out: Path, cfg: GenerateConfig, *, compute_devic
 
     if not run.is_dir():
         raise fail(f"{run}: generator run folder not found; pass the --out folder of 'synthpair train'")
-    prov = generator_provenance(run)
-    bundle = load_export(run / "export")
+    prov = generator_provenance(run, export_name(cfg.snapshot))
+    bundle = load_export(run / export_name(cfg.snapshot))
     check_sampler(cfg.sampler, cfg.steps, prov["export_config"], where=str(run))
     source = _condition_source(bundle, prov, cfg, cfg.seed)
     if not get_method(prov["method"]).uses_masks and (
@@ -764,12 +784,13 @@ def replay_sampled(rec: dict[str, Any]) -> tuple[np.ndarray, np.ndarray | None]:
     from ..methods.export import load_export
 
     run = Path(rec["generator_run"])
-    if sha256_file(run / "export" / "model.safetensors") != rec["model_sha256"]:
+    export_rel = rec.get("generator_export", "export")
+    if sha256_file(run / export_rel / "model.safetensors") != rec["model_sha256"]:
         raise fail(f"{run}: weights changed since {rec['id']} was generated (sha256 differs); cannot replay it")
     if "batch_seeds" not in rec:
         raise fail(f"pair {rec['id']}: its manifest line has no batch_seeds (written before replay was recorded); "
                    f"regenerate the folder to make it replayable")
-    bundle = load_export(run / "export")
+    bundle = load_export(run / export_rel)
     cond_kw: dict[str, Any] = {}
     if rec.get("per_real"):
         cond_kw = {"per_real": int(rec["per_real"]), "aug_prompts": rec.get("aug_prompts", "random"),
@@ -784,7 +805,7 @@ def replay_sampled(rec: dict[str, Any]) -> tuple[np.ndarray, np.ndarray | None]:
                          batch_size=len(rec["batch_seeds"]), min_component=rec.get("min_component", 1), **cond_kw)
     source = None
     if cond_kw:
-        prov = generator_provenance(run)
+        prov = generator_provenance(run, export_rel)
         first = (rec["per_real_first_seed"] if rec.get("per_real") else rec["prompt_first_seed"]
                  if rec.get("prompt_list") is not None else rec["mask_order_seed"])
         source = _condition_source(bundle, prov, cfg, int(first))
