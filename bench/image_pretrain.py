@@ -34,27 +34,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import shutil
 import sys
 import time
 from pathlib import Path
 from typing import Any
-
-
-def snapshot_run(run: Path, step: int, dst: Path) -> Path:
-    """A generator-run folder for snapshot ``step`` of ``run`` (its training_cases.json + ``export`` → the
-    snapshot), so that ``generate`` can sample from a snapshot of a run that has not finished."""
-    from synthpair.errors import fail
-
-    snap = run / "snapshots" / f"step_{step}"
-    if not (snap / "model.safetensors").is_file():
-        raise fail(f"{snap}: no such snapshot; pick a step from {run / 'snapshots'}")
-    dst.mkdir(parents=True, exist_ok=True)
-    for name in ("training_cases.json", "config.json"):
-        shutil.copyfile(run / name, dst / name)
-    if not (dst / "export").exists():
-        (dst / "export").symlink_to(snap.resolve(), target_is_directory=True)
-    return dst
 
 
 def cpu_seconds(fn, *args: Any, **kw: Any) -> tuple[Any, float, float]:
@@ -108,14 +91,14 @@ def main() -> None:
         costs[key] = {"cpu_min": round(cpu / 60, 2), "wall_min": round(wall / 60, 2)}
         write_json_atomic(costs_file, costs)
 
-    # 1. image-only samples
-    img_run = snapshot_run(args.image_run, args.image_step, args.out / f"image_step{args.image_step}")
+    # 1. image-only samples (generate --snapshot: the run need not be finished)
     img_syn = args.out / "image_samples"
     gcfg = load_config(GenerateConfig, args.finetuned / "syn" / "generate_config.json")
     if not (img_syn / "dataset.json").is_file():
-        stage("image-only: generate", generate, img_run, img_syn,
+        stage("image-only: generate", generate, args.image_run, img_syn,
               GenerateConfig(n=args.image_n, steps=gcfg.steps, seed=gcfg.seed, segmenter="off", amp=gcfg.amp,
-                             keep_empty=True, min_area=0, min_component=1), progress=False)
+                             keep_empty=True, min_area=0, min_component=1, snapshot=args.image_step),
+              progress=False)
     # 2. fine-tuned (the study's)
     ft_run, ft_syn = args.finetuned / "m2i", args.finetuned / "syn"
     ft_cfg = load_config(TrainConfig, ft_run / "config.json")
@@ -136,7 +119,7 @@ def main() -> None:
         f"mask2image fine-tuned from it on the view's labelled pairs": {"syn": ft_syn, "train_cpu_min": train_cpu(ft_run)},
         f"mask2image from scratch, same config": {"syn": sc_syn, "train_cpu_min": train_cpu(sc_run)},
     }
-    img_cfg = json.loads((img_run / "export" / "config.json").read_text())
+    img_cfg = json.loads((args.image_run / "snapshots" / f"step_{args.image_step}" / "config.json").read_text())
     arms["image-only (pool images, no masks)"]["train_cpu_min"] = (
         round(img_cfg["cpu_seconds"] / 60, 1) if img_cfg.get("cpu_seconds") is not None else None)
     results = []
