@@ -35,16 +35,10 @@ import argparse
 import dataclasses
 import json
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
-
-def cpu_seconds(fn, *args: Any, **kw: Any) -> tuple[Any, float, float]:
-    """(result, process CPU seconds, wall seconds) of one call."""
-    c0, w0 = time.process_time(), time.perf_counter()
-    out = fn(*args, **kw)
-    return out, time.process_time() - c0, time.perf_counter() - w0
+from task_bench import StageCosts
 
 
 def arm_metrics(data: Path, syn: Path) -> dict[str, Any]:
@@ -82,14 +76,8 @@ def main() -> None:
     from synthpair.training.trainer import TrainConfig, train_or_resume
 
     args.out.mkdir(parents=True, exist_ok=True)
-    costs_file = args.out / "costs.json"
-    costs: dict[str, Any] = json.loads(costs_file.read_text()) if costs_file.is_file() else {}
-
-    def stage(key: str, fn, *a: Any, **kw: Any) -> None:
-        print(f"image_pretrain: {key}", file=sys.stderr, flush=True)
-        _, cpu, wall = cpu_seconds(fn, *a, **kw)
-        costs[key] = {"cpu_min": round(cpu / 60, 2), "wall_min": round(wall / 60, 2)}
-        write_json_atomic(costs_file, costs)
+    stages = StageCosts(args.out, "image_pretrain")
+    stage, costs = stages.run, stages.costs
 
     # 1. image-only samples (generate --snapshot: the run need not be finished)
     img_syn = args.out / "image_samples"

@@ -21,9 +21,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 from typing import Any
+
+from task_bench import StageCosts
 
 
 def main() -> None:
@@ -46,16 +47,8 @@ def main() -> None:
     from synthpair.training.trainer import TrainConfig, train_or_resume
 
     args.out.mkdir(parents=True, exist_ok=True)
-    costs_file = args.out / "costs.json"
-    costs: dict[str, Any] = json.loads(costs_file.read_text()) if costs_file.is_file() else {}
-
-    def stage(key: str, fn, *a: Any, **kw: Any) -> None:
-        print(f"pig_preset: {key}", file=sys.stderr, flush=True)
-        c0, w0 = time.process_time(), time.perf_counter()
-        fn(*a, **kw)
-        costs[key] = {"cpu_min": round((time.process_time() - c0) / 60, 2),
-                      "wall_min": round((time.perf_counter() - w0) / 60, 2)}
-        write_json_atomic(costs_file, costs)
+    stages = StageCosts(args.out, "pig_preset")
+    stage, costs = stages.run, stages.costs
 
     tcfg = apply_overrides(TrainConfig(), preset_overrides("pig-paper", "train")
                            + [f"steps={args.steps}", f"batch_size={args.batch}", "preview_every=0",

@@ -122,3 +122,24 @@ def write_bench(results_dir: Path, tag: str, parts: list[tuple[str, dict[str, An
 def smoke_overrides(cfg: Any, **fields: Any) -> Any:
     """``cfg`` with the tiny settings of --smoke (only the fields it has)."""
     return replace(cfg, **{k: v for k, v in fields.items() if hasattr(cfg, k)})
+
+
+class StageCosts:
+    """The stages of a resumable bench script and what each cost: ``work/costs.json`` maps a stage key to
+    ``{"cpu_min", "wall_min"}`` (process CPU time and wall time of the call), kept across reruns."""
+
+    def __init__(self, work: Path, tag: str) -> None:
+        import json
+
+        self.file, self.tag = Path(work) / "costs.json", tag
+        self.costs: dict[str, Any] = json.loads(self.file.read_text()) if self.file.is_file() else {}
+
+    def run(self, key: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        """Call ``fn(*args, **kwargs)`` as stage ``key`` and record its cost; returns its result."""
+        print(f"{self.tag}: {key}", file=sys.stderr, flush=True)
+        c0, w0 = time.process_time(), time.perf_counter()
+        out = fn(*args, **kwargs)
+        self.costs[key] = {"cpu_min": round((time.process_time() - c0) / 60, 2),
+                           "wall_min": round((time.perf_counter() - w0) / 60, 2)}
+        write_json_atomic(self.file, self.costs)
+        return out
