@@ -347,19 +347,27 @@ def _match(images: dict[str, Path], masks: dict[str, Path], img_dir: Path, mask_
             raise fail(f"{p}: mask without image (no {img_dir}/{stem}.*); add the image or remove the mask")
 
 
-def read_case_map(root: Path) -> dict[str, str]:
-    """``metadata.csv`` with a case column (case/case_id/patient/patient_id) → {stem: case}; {} if none."""
-    path = root / "metadata.csv"
+def _read_metadata(path: Path) -> tuple[list[dict[str, str]], dict[str, str]]:
+    """``metadata.csv`` → (rows, {lower-cased stripped column name: column}); ([], {}) when absent or empty.
+    An unreadable file is a one-line error."""
     if not path.is_file():
-        return {}
+        return [], {}
     try:
         with path.open(newline="", encoding="utf-8-sig") as fh:
             rows = list(csv.DictReader(fh))
     except (OSError, UnicodeDecodeError, csv.Error) as err:
         raise fail(f"{path}: unreadable CSV ({err}); fix it or remove it") from None
     if not rows:
+        return [], {}
+    return rows, {c.strip().lower(): c for c in rows[0].keys() if c}
+
+
+def read_case_map(root: Path) -> dict[str, str]:
+    """``metadata.csv`` with a case column (case/case_id/patient/patient_id) → {stem: case}; {} if none."""
+    path = root / "metadata.csv"
+    rows, cols = _read_metadata(path)
+    if not rows:
         return {}
-    cols = {c.strip().lower(): c for c in rows[0].keys() if c}
     case_col = next((cols[c] for c in CASE_COLUMNS if c in cols), None)
     if case_col is None:
         return {}
@@ -511,16 +519,9 @@ def nnunet_case_map(root: Path, cases: list[str]) -> dict[str, str]:
     (``case``/``case_id``/``identifier``/stem…) and a group column (``patient``/``patient_id``/``subject``/
     ``subject_id``); {} when there is no metadata.csv or no group column. Every case must have a row."""
     path = root / "metadata.csv"
-    if not path.is_file():
-        return {}
-    try:
-        with path.open(newline="", encoding="utf-8-sig") as fh:
-            rows = list(csv.DictReader(fh))
-    except (OSError, UnicodeDecodeError, csv.Error) as err:
-        raise fail(f"{path}: unreadable CSV ({err}); fix it or remove it") from None
+    rows, cols = _read_metadata(path)
     if not rows:
         return {}
-    cols = {c.strip().lower(): c for c in rows[0].keys() if c}
     group = next((cols[c] for c in GROUP_COLUMNS if c in cols), None)
     if group is None:
         return {}
