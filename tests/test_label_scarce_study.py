@@ -358,6 +358,8 @@ def test_study_results_rows_seeds_and_paired_comparisons(study):
         r = json.loads((out / "tiny" / "curve" / p["snapshot"] / "seed0_N4" / "ddpm-unet" / "results.json").read_text())
         assert r["folds"][0]["features"]["generator"] == str((study["gen"] / "snapshots" / p["snapshot"]).resolve())
         assert p["dice"]["mean"] == pytest.approx(r["summary"]["dice"]["mean"])
+        assert p["seeds"] == [0] and p["per_seed_dice"]["0"] == pytest.approx(r["summary"]["dice"]["mean"])
+    assert dsec["curve"]["common_seeds"] == [0]
     cost = json.loads((out / "tiny" / "cost.json").read_text())
     for key in ["tiny/views/seed0_N4", "tiny/synth/seed1_N8/m2i", "tiny/synth/seed1_N8/syn",
                 "tiny/seg/seed1_N8/ddpm-pixel", "tiny/curve/step_2/seed0_N4/ddpm-unet"]:
@@ -365,6 +367,7 @@ def test_study_results_rows_seeds_and_paired_comparisons(study):
     assert len([k for k in cost if "/seg/" in k]) == 2 * 2 * len(ROWS)
     md = (out / "results.md").read_text()
     assert "### N = 4" in md and "### N = 8" in md and "(baseline)" in md and "step_4" in md
+    assert "(1 seed)" in md and "± 0.000" not in md.split("against the image-only generator")[1]
     assert {p.name for p in (out / "figures").iterdir()} == {"dice_vs_n_tiny.png", "curve_tiny.png",
                                                              "feature_analysis_tiny.png"}
     assert (out / "report.html").read_text().count("<img") == 3
@@ -427,3 +430,22 @@ def test_study_refusals_and_dry_run(study, capsys):
     printed = capsys.readouterr().out
     assert sum(line.startswith("done ") for line in printed.splitlines()) == 2 * 2 * len(ROWS)
     assert _tree(out) == before
+
+
+def test_curve_table_never_mixes_seed_counts_unmarked():
+    """The main snapshot has every study seed, the others one: each point shows its seeds, one seed prints
+    "(1 seed)" instead of a ± 0.000 spread, and a like-for-like column averages only the seeds every point has."""
+    from synthpair.experiments.label_scarce_table import markdown
+    from synthpair.metrics.statistics import mean_sd
+
+    pts = [{"snapshot": "step_1000", "generator_cpu_minutes": 8.2, "seeds": [0], "per_seed_dice": {"0": 0.578},
+            "dice": mean_sd([0.578]), "dice_common_seeds": mean_sd([0.578])},
+           {"snapshot": "step_6000", "generator_cpu_minutes": 52.1, "seeds": [0, 1, 2],
+            "per_seed_dice": {"0": 0.585, "1": 0.62, "2": 0.655}, "dice": mean_sd([0.585, 0.62, 0.655]),
+            "dice_common_seeds": mean_sd([0.585])}]
+    res = {"config": {"seg_steps": 10, "seg_batch": 2, "seeds": [0, 1, 2]},
+           "datasets": {"busi": {"n": {}, "curve": {"row": "ddpm-unet", "n": 16, "common_seeds": [0], "points": pts}}}}
+    md = markdown(res)
+    assert "| step_1000 | 8.2 | 1 | 0.578 (1 seed) | 0.578 (1 seed) | 0: 0.578 |" in md
+    assert "| step_6000 | 52.1 | 3 | 0.620 ± 0.035 | 0.585 (1 seed) | 0: 0.585, 1: 0.620, 2: 0.655 |" in md
+    assert "every point has (0)" in md

@@ -92,14 +92,20 @@ def collect(study: Any) -> dict[str, Any]:
         curve = []
         if ds in cfg.generator:
             for snap in study.snapshots(ds):
-                vals = [_load(study.seg(ds, cfg.curve_n, s, cfg.curve_row, snap.name)) for s in cfg.curve_seeds]
-                vals = [v for v in vals if v is not None]
-                if vals:
+                per_seed = {s: _load(study.seg(ds, cfg.curve_n, s, cfg.curve_row, snap.name)) for s in cfg.curve_seeds}
+                per_seed = {s: v["summary"]["dice"]["mean"] for s, v in per_seed.items() if v is not None}
+                if per_seed:
                     gcfg = json.loads((snap / "config.json").read_text())
                     curve.append({"snapshot": snap.name, "step": gcfg.get("step"),
                                   "generator_cpu_minutes": round(gcfg.get("cpu_seconds", 0) / 60, 1),
-                                  "dice": mean_sd([v["summary"]["dice"]["mean"] for v in vals]), "seeds": len(vals)})
-        dsec["curve"] = {"row": cfg.curve_row, "n": cfg.curve_n, "points": curve}
+                                  "dice": mean_sd(list(per_seed.values())), "seeds": sorted(per_seed),
+                                  "per_seed_dice": {str(s): d for s, d in sorted(per_seed.items())}})
+        # points may have different seeds (the main snapshot has every study seed); a like-for-like mean over the
+        # seeds every point has, so that the curve never compares a 3-seed mean with one seed's value
+        common = sorted(set.intersection(*(set(p["seeds"]) for p in curve))) if curve else []
+        for p in curve:
+            p["dice_common_seeds"] = mean_sd([p["per_seed_dice"][str(s)] for s in common])
+        dsec["curve"] = {"row": cfg.curve_row, "n": cfg.curve_n, "common_seeds": common, "points": curve}
         out["datasets"][ds] = dsec
     return out
 
@@ -147,13 +153,25 @@ def markdown(res: dict[str, Any]) -> str:
             lines.append("")
         pts = dsec.get("curve", {}).get("points", [])
         if pts:
+            common = dsec["curve"].get("common_seeds", [])
             lines += [f"Dice of `{dsec['curve']['row']}` at N = {dsec['curve']['n']} against the image-only generator's "
-                      f"training CPU-minutes:", "", "| snapshot | generator CPU-min | Dice (mean ± sd over seeds) |",
-                      "|---|---|---|"]
-            lines += [f"| {p['snapshot']} | {p['generator_cpu_minutes']} | {_fmt(p['dice'])} |" for p in pts]
+                      f"training CPU-minutes:", "",
+                      f"| snapshot | generator CPU-min | seeds | Dice (mean ± sd over its seeds) | "
+                      f"Dice on the seeds every point has ({', '.join(map(str, common)) or 'none'}) | per-seed Dice |",
+                      "|---|---|---|---|---|---|"]
+            lines += [f"| {p['snapshot']} | {p['generator_cpu_minutes']} | {len(p['seeds'])} | {_fmt_seeds(p['dice'])} | "
+                      f"{_fmt_seeds(p.get('dice_common_seeds'))} | "
+                      f"{', '.join(f'{s}: {d:.3f}' for s, d in p['per_seed_dice'].items())} |" for p in pts]
             lines.append("")
     lines.append("† generator saw more labels than the segmenter (paper-replication setting).")
     return "\n".join(lines) + "\n"
+
+
+def _fmt_seeds(s: dict[str, Any] | None) -> str:
+    """A mean over seeds; one seed prints its value and "(1 seed)", never a spread of ± 0.000."""
+    if s and s.get("n") == 1 and s.get("mean") is not None:
+        return f"{s['mean']:.3f} (1 seed)"
+    return _fmt(s)
 
 
 def dice_vs_n_png(dsec: dict[str, Any], title: str) -> bytes | None:
