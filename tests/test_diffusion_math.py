@@ -127,3 +127,68 @@ def test_ddim_eta0_deterministic_and_ddpm_per_sample_seeds():
     assert not torch.allclose(p[1], r[1], atol=1e-3)
     with pytest.raises(SynthpairError):
         sample(net, s, xT, sampler="ddpm", steps=10, generators=gens([1]))
+
+
+# ------------------------------------------------------------------ min-SNR-gamma weighting, lognormal timesteps
+@pytest.mark.parametrize("prediction", ["eps", "v", "x0"])
+def test_min_snr_weighting_is_clipped_snr_times_the_x0_error(prediction):
+    """Hang et al. 2023: whatever the network predicts, the weighted loss equals min(SNR, gamma) times the squared
+    error of the implied x0 — the identity the per-prediction weights are derived from."""
+    cfg = DiffusionConfig(num_timesteps=100, prediction=prediction, loss_weighting="min_snr", min_snr_gamma=5.0)
+    s = NoiseSchedule(cfg)
+    g = torch.Generator().manual_seed(0)
+    x0, noise = torch.rand(4, 1, 3, 3, generator=g) * 2 - 1, torch.randn(4, 1, 3, 3, generator=g)
+    t = torch.tensor([2, 20, 60, 95])  # SNR from >> 5 to << 1
+    x_t = s.q_sample(x0, t, noise)
+    out = s.target(x0, t, noise) + 0.1 * torch.randn(4, 1, 3, 3, generator=g)  # an imperfect network output
+    x0_hat, _ = s.to_x0_eps(out, x_t, t)
+    snr = (s.alphas_cumprod64 / (1 - s.alphas_cumprod64))[t]
+    x0_err = (x0_hat - x0).pow(2).flatten(1).mean(1).double()
+    expected = (torch.clamp(snr, max=5.0) * x0_err).mean()
+    loss = diffusion_loss(lambda x, tt, c=None: out, s, x0, t, noise)
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-4)
+    assert snr[0] > 5 > snr[-1]  # both sides of the clip are exercised
+
+
+@pytest.mark.parametrize("prediction", ["eps", "v"])
+def test_min_snr_weights_match_diffusers_reference(prediction):
+    """The weights of diffusers' text-to-image training script: ``min(snr, gamma) / snr`` (epsilon) and
+    ``/ (snr + 1)`` (v_prediction), on diffusers' own SNR of the same alphas_cumprod."""
+    from diffusers import DDPMScheduler
+    from diffusers.training_utils import compute_snr
+
+    s = NoiseSchedule(DiffusionConfig(num_timesteps=1000, schedule="linear", prediction=prediction,
+                                      loss_weighting="min_snr", min_snr_gamma=5.0))
+    ref = DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear", beta_start=1e-4, beta_end=0.02)
+    t = torch.arange(0, 1000, 37)
+    snr = compute_snr(ref, t)
+    clipped = torch.stack([snr, 5.0 * torch.ones_like(snr)], dim=1).min(dim=1)[0]
+    expected = clipped / snr if prediction == "eps" else clipped / (snr + 1)
+    assert torch.allclose(s.loss_weights(t), expected.float(), rtol=1e-3)  # diffusers computes SNR in float32
+
+
+def test_uniform_weighting_and_sampling_are_the_old_draws_and_loss():
+    """The defaults leave runs bit-identical to before the options: t from torch.randint, the plain MSE."""
+    s = NoiseSchedule(DiffusionConfig(num_timesteps=50))
+    assert s.loss_weights(torch.tensor([1, 2])) is None
+    a, b = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    assert torch.equal(s.sample_timesteps(64, a), torch.randint(0, 50, (64,), generator=b))
+
+
+def test_lognormal_timesteps_follow_edm_sigma_distribution():
+    """ln sigma_t of the drawn timesteps ~ N(-1.2, 1.2^2) where the schedule covers it (EDM Table 1), and each
+    draw lands on the timestep nearest in ln sigma."""
+    s = NoiseSchedule(DiffusionConfig(num_timesteps=1000, timestep_sampling="lognormal"))
+    t = s.sample_timesteps(20000, torch.Generator().manual_seed(0))
+    assert t.dtype == torch.int64 and int(t.min()) >= 0 and int(t.max()) <= 999
+    log_sigma_t = 0.5 * torch.log((1 - s.alphas_cumprod64) / s.alphas_cumprod64)
+    ls = log_sigma_t[t]
+    assert float(ls.mean()) == pytest.approx(-1.2, abs=0.05) and float(ls.std()) == pytest.approx(1.2, abs=0.05)
+    # nearest in log: re-drawing the same normals and rounding by brute force gives the same timesteps
+    z = -1.2 + 1.2 * torch.randn(20000, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    brute = (log_sigma_t[None, :] - z[:, None]).abs().argmin(dim=1)
+    assert torch.equal(t, brute)
+    with pytest.raises(SynthpairError, match="lognormal_std"):
+        DiffusionConfig(lognormal_std=0.0)
+    with pytest.raises(SynthpairError, match="min_snr_gamma"):
+        DiffusionConfig(min_snr_gamma=-1.0)

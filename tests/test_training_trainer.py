@@ -247,3 +247,18 @@ def test_resume_accepts_checkpoint_written_before_a_config_field_existed(straigh
     changed = dataclasses.replace(TINY, steps=TINY.steps + 1, pig=dataclasses.replace(TINY.pig, image_from="m2i"))
     with pytest.raises(SynthpairError, match=r"pig\.image_from"):
         train_generator(data, run, changed, resume=True, progress=False)
+
+
+def test_min_snr_and_lognormal_timesteps_train_and_resume_exactly(straight_run, data, tmp_path):
+    """The convergence options (diffusion.loss_weighting=min_snr, diffusion.timestep_sampling=lognormal) change
+    the objective — other losses than the default run from the same seed — and resume bit-exactly."""
+    cfg = dataclasses.replace(TINY, diffusion=DiffusionConfig(num_timesteps=50, loss_weighting="min_snr",
+                                                              timestep_sampling="lognormal"))
+    whole = train_generator(data, tmp_path / "whole", cfg, progress=False)
+    halves = tmp_path / "halves"
+    train_generator(data, halves, dataclasses.replace(cfg, steps=3), progress=False)
+    train_generator(data, halves, cfg, resume=True, progress=False)
+    assert _losses(halves) == _losses(whole)
+    assert [l for _, l in _losses(whole)] != [l for _, l in _losses(straight_run)]
+    saved = json.loads((whole / "export" / "config.json").read_text())["diffusion"]
+    assert saved["loss_weighting"] == "min_snr" and saved["timestep_sampling"] == "lognormal"

@@ -27,13 +27,24 @@ def prediction_target(schedule: NoiseSchedule, x0: torch.Tensor, t: torch.Tensor
 
 def diffusion_loss(model: Callable[..., torch.Tensor], schedule: NoiseSchedule, x0: torch.Tensor,
                    t: torch.Tensor, noise: torch.Tensor, cond: Any = None) -> torch.Tensor:
-    """Mean-squared error between ``model(x_t, t, cond)`` and the prediction target (DDPM ``L_simple``).
+    """Mean-squared error between ``model(x_t, t, cond)`` and the prediction target (DDPM ``L_simple``),
+    weighted per sample by the schedule's loss weighting (:meth:`NoiseSchedule.loss_weights`: uniform, or
+    min-SNR-gamma of Hang et al. 2023: ``mean_b w(t_b) mean_pixels (out - target)^2``).
 
     x0, noise: float (B, C, H, W), x0 in [-1, 1]; t: int64 (B,) in [0, T-1]. Returns a float32 scalar.
     """
     x_t, target = prediction_target(schedule, x0, t, noise)
     out = model(x_t, t, cond)
-    return F.mse_loss(out.float(), target.float())
+    return weighted_mse(out, target, schedule.loss_weights(t))
+
+
+def weighted_mse(out: torch.Tensor, target: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
+    """``mean_b w_b mean_pixels (out_b - target_b)^2`` in float32 (out, target: (B, ...); weights: (B,) or None
+    for the plain mean, computed as ``F.mse_loss`` so that uniform weighting stays bit-identical)."""
+    if weights is None:
+        return F.mse_loss(out.float(), target.float())
+    per_sample = (out.float() - target.float()).pow(2).flatten(1).mean(1)
+    return (weights * per_sample).mean()
 
 
 # --------------------------------------------------------------------------- hybrid loss (learned variance)
@@ -117,6 +128,8 @@ def hybrid_loss(model: Callable[..., torch.Tensor], schedule: NoiseSchedule, x0:
     variance interpolation ``v`` in [-1, 1] (last C). ``L_simple`` trains the mean; ``L_vlb`` trains only the
     variance (stop-gradient on the mean, as in Improved DDPM) and is estimated as ``T · L_t`` for the drawn t
     (``L_vlb = sum_t L_t``), in bits/dim. x0, noise: (B, C, H, W); t: int64 (B,). Returns a float32 scalar.
+    ``L_simple`` takes the schedule's loss weighting (min-SNR); the ``T · L_t`` estimate of ``L_vlb`` is unbiased
+    for uniform timestep sampling only (with ``lognormal`` it weights the timesteps that distribution favours).
     """
     x_t, target = prediction_target(schedule, x0, t, noise)
     out = model(x_t, t, cond).float()
@@ -124,6 +137,6 @@ def hybrid_loss(model: Callable[..., torch.Tensor], schedule: NoiseSchedule, x0:
     if out.shape[1] != 2 * c:
         raise ValueError(f"hybrid loss needs 2*{c} output channels (mean, variance), got {out.shape[1]}")
     mean_out, var_out = out[:, :c], out[:, c:]
-    simple = F.mse_loss(mean_out, target.float())
+    simple = weighted_mse(mean_out, target, schedule.loss_weights(t))
     vb = vlb_terms(schedule, x0, x_t.float(), t, mean_out.detach(), var_out)
     return simple + vlb_weight * schedule.T * vb.mean()

@@ -7,6 +7,16 @@ Notation (Ho et al. 2020, "DDPM"): ``beta_t`` the variance added at step t, ``al
 - cosine schedule: ``alphabar(t) = f(t)/f(0)``, ``f(t) = cos^2(((t/T + s)/(1 + s)) * pi/2)``, ``s = 0.008``,
   ``beta_t = min(1 - alphabar(t+1)/alphabar(t), 0.999)`` (Nichol & Dhariwal 2021, "Improved DDPM", eq. 17).
 
+Training-time options (they change the objective, never the sampler):
+
+- loss weighting ``min_snr`` (Hang et al. 2023, "Efficient Diffusion Training via Min-SNR Weighting Strategy",
+  eq. 7 and sec. 3.4): with ``SNR(t) = abar_t / (1 - abar_t)`` every prediction type is weighted so that the
+  implied x0-space loss gets ``min(SNR, gamma)``: ``w = min(SNR, gamma) / SNR`` (eps), ``min(SNR, gamma) /
+  (SNR + 1)`` (v), ``min(SNR, gamma)`` (x0); ``uniform`` is DDPM's ``L_simple`` (w = 1);
+- timestep sampling ``lognormal`` (Karras et al. 2022, "EDM", Table 1: ``ln sigma ~ N(P_mean, P_std^2)`` with
+  P_mean = -1.2, P_std = 1.2), mapped onto this discrete schedule as the timestep whose
+  ``sigma_t = sqrt((1 - abar_t) / abar_t)`` is nearest in log; ``uniform`` draws ``t ~ U{0..T-1}`` (DDPM).
+
 Schedules are computed in float64 (numerically exact enough for T=1000) and stored as float32 tensors.
 Prediction types (what the network outputs): ``eps`` (DDPM), ``x0`` (the clean sample) and ``v``
 (Salimans & Ho 2022, "Progressive distillation", sec. 4: ``v = sqrt(abar) eps - sqrt(1 - abar) x0``).
@@ -33,10 +43,19 @@ class DiffusionConfig:
     beta_start: float = 1e-4
     beta_end: float = 0.02
     prediction: Prediction = "v"
+    loss_weighting: Literal["uniform", "min_snr"] = "uniform"   # min_snr: Hang et al. 2023 (module docstring)
+    min_snr_gamma: float = 5.0
+    timestep_sampling: Literal["uniform", "lognormal"] = "uniform"  # lognormal: EDM's p(sigma) on this schedule
+    lognormal_mean: float = -1.2
+    lognormal_std: float = 1.2
 
     def __post_init__(self) -> None:
         if self.num_timesteps < 1:
             raise fail(f"diffusion.num_timesteps={self.num_timesteps}: must be >= 1")
+        if not self.min_snr_gamma > 0:
+            raise fail(f"diffusion.min_snr_gamma={self.min_snr_gamma}: must be > 0 (the paper uses 5)")
+        if not self.lognormal_std > 0:
+            raise fail(f"diffusion.lognormal_std={self.lognormal_std}: must be > 0 (EDM uses 1.2)")
         if not 0 < self.beta_start <= self.beta_end < 1:
             raise fail(f"diffusion.beta_start/beta_end={self.beta_start}/{self.beta_end}: "
                        "need 0 < beta_start <= beta_end < 1")
@@ -81,6 +100,35 @@ class NoiseSchedule:
         self.alphas_cumprod = ab64.float().to(self.device)
         self.sqrt_ab = ab64.sqrt().float().to(self.device)
         self.sqrt_1mab = (1.0 - ab64).sqrt().float().to(self.device)
+
+    def snr64(self) -> torch.Tensor:
+        """``SNR(t) = abar_t / (1 - abar_t)``, float64 (T,)."""
+        return self.alphas_cumprod64 / (1.0 - self.alphas_cumprod64)
+
+    def loss_weights(self, t: torch.Tensor) -> torch.Tensor | None:
+        """Per-sample weights float32 (B,) of the configured loss weighting at timesteps ``t`` (int64 (B,)), on
+        ``t``'s device; None for ``uniform`` (the plain mean, bit-identical to DDPM's ``L_simple``).
+
+        min-SNR-gamma (Hang et al. 2023): ``min(SNR, gamma) / SNR`` (eps), ``/ (SNR + 1)`` (v), ``/ 1`` (x0)."""
+        if self.cfg.loss_weighting == "uniform":
+            return None
+        snr = self.snr64()
+        clipped = torch.clamp(snr, max=self.cfg.min_snr_gamma)
+        w = clipped / {"eps": snr, "v": snr + 1.0, "x0": torch.ones_like(snr)}[self.prediction]
+        return w.float().to(t.device)[t]
+
+    def sample_timesteps(self, b: int, generator: torch.Generator) -> torch.Tensor:
+        """Training timesteps int64 (b,) drawn from ``generator`` (CPU): ``uniform`` is ``torch.randint(0, T)``
+        (the draw every run before these options made, so old runs resume bit-exactly); ``lognormal`` draws
+        ``ln sigma ~ N(P_mean, P_std^2)`` (EDM) and takes the timestep whose ``ln sigma_t`` is nearest."""
+        if self.cfg.timestep_sampling == "uniform":
+            return torch.randint(0, self.T, (b,), generator=generator)
+        log_sigma = self.cfg.lognormal_mean + self.cfg.lognormal_std * torch.randn(b, generator=generator,
+                                                                                    dtype=torch.float64)
+        log_sigma_t = 0.5 * torch.log((1.0 - self.alphas_cumprod64) / self.alphas_cumprod64)  # increasing in t
+        idx = torch.searchsorted(log_sigma_t, log_sigma).clamp(1, self.T - 1)
+        nearer_left = (log_sigma - log_sigma_t[idx - 1]) < (log_sigma_t[idx] - log_sigma)
+        return torch.where(nearer_left, idx - 1, idx).to(torch.int64)
 
     def to(self, device: torch.device | str) -> "NoiseSchedule":
         """This schedule with its tensors on ``device`` (a new object; self unchanged)."""

@@ -41,7 +41,7 @@ class Draws:
     """The random draws of one GLOBAL training batch, made by :meth:`Method.training_loss` from the trainer's CPU
     generator in this order (every DDP rank draws the same numbers; the trainer checkpoints the generator):
 
-    ``t`` int64 (B,) ~ U{0..T-1}; ``noise`` float (B, sum(noise_channels), H, W) ~ N(0, I), one ``randn`` per block
+    ``t`` int64 (B,) from :meth:`NoiseSchedule.sample_timesteps` (U{0..T-1} by default); ``noise`` float (B, sum(noise_channels), H, W) ~ N(0, I), one ``randn`` per block
     of :meth:`Method.noise_channels`, concatenated on dim 1; ``drop`` bool (B,) classifier-free null-condition
     flags (:func:`synthpair.diffusion.cond.null_cond_flags`) when :meth:`Method.drop_prob` is not None, else None.
     A method's own further draws (augmentation phrases, ...) follow, in :meth:`Method.loss`."""
@@ -166,7 +166,7 @@ class Method:
 
         net = unwrap(model)
         b, _, h, w = images.shape
-        t = torch.randint(0, schedule.T, (b,), generator=generator)
+        t = schedule.sample_timesteps(b, generator)
         blocks = [torch.randn((b, c, h, w), generator=generator) for c in self.noise_channels(data)]
         p = self.drop_prob(net)
         drop = null_cond_flags(b, p, generator) if p is not None else None

@@ -283,7 +283,7 @@ def fit_diffusion(net: nn.Module, x0: torch.Tensor, fit: DiffusionFit, *, seed: 
             xb = _flip_rows(_flip_rows(xb, fl[:, 0], -1), fl[:, 1], -2)
             if cb is not None:
                 cb = _flip_rows(_flip_rows(cb, fl[:, 0], -1), fl[:, 1], -2)
-        t = torch.randint(0, sched.T, (fit.batch_size,), generator=gen)
+        t = sched.sample_timesteps(fit.batch_size, gen)
         eps = draw_noise(noise, xb.shape, gen, simplex)
         drop = (torch.rand((fit.batch_size,), generator=gen) < drop_prob) if drop_prob > 0 else None
         if cond_fn is not None:
