@@ -68,23 +68,28 @@ def counting_evaluations() -> Iterator[dict[str, int]]:
         sampling.make_predictor = original
 
 
-def parse_arms(spec: str) -> list[tuple[str, int]]:
-    """``"ddim:50,dpm++2m:10"`` → [("ddim", 50), ("dpm++2m", 10)]."""
+def parse_arms(spec: str) -> list[tuple[str, int, str]]:
+    """``"ddim:50,dpm++2m:10:logsnr"`` → [("ddim", 50, "uniform"), ("dpm++2m", 10, "logsnr")] (SAMPLER:STEPS[:SPACING])."""
     arms = []
     for part in spec.split(","):
-        sampler, _, steps = part.strip().partition(":")
-        if sampler not in ("ddpm", "ddim", "dpm++2m") or not steps.isdigit() or int(steps) < 1:
-            raise SystemExit(f"--arms: {part!r} is not SAMPLER:STEPS with SAMPLER ddpm|ddim|dpm++2m, e.g. dpm++2m:15")
-        arms.append((sampler, int(steps)))
+        sampler, steps, *rest = part.strip().split(":")
+        spacing = rest[0] if rest else "uniform"
+        if (sampler not in ("ddpm", "ddim", "dpm++2m") or not steps.isdigit() or int(steps) < 1 or len(rest) > 1
+                or spacing not in ("uniform", "logsnr", "karras")):
+            raise SystemExit(f"--arms: {part!r} is not SAMPLER:STEPS[:SPACING] with SAMPLER ddpm|ddim|dpm++2m and "
+                             f"SPACING uniform|logsnr|karras, e.g. dpm++2m:15:logsnr")
+        arms.append((sampler, int(steps), spacing))
     return arms
 
 
-def run_arm(run: Path, out: Path, sampler: str, steps: int, args: argparse.Namespace) -> dict[str, Any]:
+def run_arm(run: Path, out: Path, sampler: str, steps: int, args: argparse.Namespace, spacing: str = "uniform"
+            ) -> dict[str, Any]:
     """One ``generate`` call → cost numbers and the images (N, C, H, W) in [-1, 1]."""
     from synthpair.data.dataset import PreparedDataset
     from synthpair.synthesis.generate import GenerateConfig, generate, read_manifest
 
     cfg = GenerateConfig(n=args.n, sampler=sampler, steps=steps, eta=0.0, seed=args.seed,  # type: ignore[arg-type]
+                         spacing=spacing,  # type: ignore[arg-type]
                          batch_size=min(args.batch, args.n), min_area=0, min_component=1, keep_empty=True,
                          max_attempts_factor=1.0, device=args.device, amp=args.amp, segmenter="off")
     with counting_evaluations() as counts:
@@ -95,7 +100,7 @@ def run_arm(run: Path, out: Path, sampler: str, steps: int, args: argparse.Names
     ds = PreparedDataset.open(out, require_splits=False)
     images = ds.load_images([ln["id"] for ln in lines])
     guidance = lines[0].get("guidance") if lines else None
-    return {"sampler": sampler, "steps": steps, "n": len(lines), "wall_s": wall, "cpu_s": cpu,
+    return {"sampler": sampler, "steps": steps, "spacing": spacing, "n": len(lines), "wall_s": wall, "cpu_s": cpu,
             "images_per_s": len(lines) / wall if wall > 0 else None,
             "nfe_per_image": counts["calls"] / max(counts["runs"], 1), "loop_calls": counts["calls"],
             "images_sampled": counts["rows"] / max(counts["calls"] / max(counts["runs"], 1), 1),
@@ -144,15 +149,15 @@ def main() -> None:
         work = Path(args.work) if args.work else Path(stack.enter_context(tempfile.TemporaryDirectory()))
         warm = argparse.Namespace(**{**vars(args), "n": min(args.n, args.batch)})
         run_arm(run, work / "warm-up", arms[0][0], 2, warm)  # untimed: imports, first kernels, file cache
-        for sampler, steps in arms:
-            arm = run_arm(run, work / f"{sampler}_{steps}", sampler, steps, args)
+        for sampler, steps, spacing in arms:
+            arm = run_arm(run, work / f"{sampler}_{steps}_{spacing}", sampler, steps, args, spacing)
             fr, fs = standardize(fr_raw, extract(extractor, arm["images"]))
             caught: list[str] = []
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 arm["distribution"] = _distribution(fr, fs, eval_cfg, caught)
             results.append(arm)
-            print(f"{sampler}-{steps}: {arm['n']} images in {arm['wall_s']:.1f} s "
+            print(f"{sampler}-{steps} ({spacing}): {arm['n']} images in {arm['wall_s']:.1f} s "
                   f"(NFE/image {arm['nfe_per_image']:g}), FD {arm['distribution']['synthetic_vs_real']['fd']}",
                   flush=True)
     ref = results[0]
@@ -178,6 +183,12 @@ def main() -> None:
     print(f"wrote {out_dir / f'sampler_fast_{name}.json'} and .md")
 
 
+def arm_name(r: dict[str, Any]) -> str:
+    """``ddim-50`` (uniform spacing, the old arms' names) or ``dpm++2m-15 logsnr``."""
+    sp = r.get("spacing", "uniform")
+    return f"{r['sampler']}-{r['steps']}" + ("" if sp == "uniform" else f" {sp}")
+
+
 def _num(v: Any, digits: int = 3) -> str:
     return "—" if v is None else f"{v:.{digits}f}"
 
@@ -185,7 +196,7 @@ def _num(v: Any, digits: int = 3) -> str:
 def table(meta: dict[str, Any], results: list[dict[str, Any]]) -> str:
     """The markdown report: one row per arm, the real-vs-real baseline, and which arms reach the first arm's KID."""
     ref = results[0]
-    lines = [f"# Fast sampler vs {ref['sampler']}-{ref['steps']}: cost and FD/KID ({Path(meta['run']).name})", "",
+    lines = [f"# Fast sampler vs {arm_name(ref)}: cost and FD/KID ({Path(meta['run']).name})", "",
              f"Run `{meta['run']}`, fold {meta['fold']}; real = the fold's {meta['n_real']} labelled training "
              f"images of `{meta['data']}`; {meta['n_per_arm']} images per arm (seeds {meta['seed']}..), "
              f"batch {meta['batch']}, "
@@ -199,7 +210,7 @@ def table(meta: dict[str, Any], results: list[dict[str, Any]]) -> str:
         full, half = d["synthetic_vs_real"], d["synthetic_vs_real_half"]
         kid_full = full["kid"] or {}
         lines.append(
-            f"| {r['sampler']}-{r['steps']} | {r['nfe_per_image']:g} | {'yes' if r['cfg'] else 'no'} | "
+            f"| {arm_name(r)} | {r['nfe_per_image']:g} | {'yes' if r['cfg'] else 'no'} | "
             f"{r['wall_s']:.1f} | {r['cpu_s']:.1f} | {_num(r['images_per_s'], 2)} | "
             f"{_num(r['nfe_ratio_vs_first_arm'], 2)}x | "
             f"{_num(r['speedup_wall_vs_first_arm'], 2)}x | {_num(full['fd'])} | "
@@ -214,9 +225,9 @@ def table(meta: dict[str, Any], results: list[dict[str, Any]]) -> str:
     k_ref = (ref["distribution"]["synthetic_vs_real"]["kid"] or {})
     if k_ref.get("mean") is not None:
         bound = k_ref["mean"] + (k_ref.get("sd") or 0.0)
-        ok = [f"{r['sampler']}-{r['steps']} ({_num(r['nfe_ratio_vs_first_arm'], 2)}x fewer NFE)" for r in results[1:]
+        ok = [f"{arm_name(r)} ({_num(r['nfe_ratio_vs_first_arm'], 2)}x fewer NFE)" for r in results[1:]
               if (r["distribution"]["synthetic_vs_real"]["kid"] or {}).get("mean", float("inf")) <= bound]
-        lines += ["", f"Arms whose KID (syn-real) is at most {ref['sampler']}-{ref['steps']}'s mean + 1 sd "
+        lines += ["", f"Arms whose KID (syn-real) is at most {arm_name(ref)}'s mean + 1 sd "
                       f"({bound:.4f}): {', '.join(ok) if ok else 'none'}."]
     return "\n".join(lines) + "\n"
 

@@ -194,3 +194,35 @@ def test_generation_from_a_snapshot_records_it_and_replays(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "no snapshots/step_3/model.safetensors; snapshots of this run: 2, 4" in err and err.count("\n") == 1
     assert not (tmp_path / "b").exists()
+
+
+@pytest.mark.parametrize("spacing", ["logsnr", "karras"])
+def test_spacing_is_recorded_replays_and_changes_the_samples(tiny_run: tuple[Path, Path], tmp_path: Path,
+                                                            spacing: str) -> None:
+    """``--spacing`` reaches the sampling loop (other images than uniform from the same seeds), is written into
+    every manifest line and replays bit for bit; a line written before spacing existed replays as uniform."""
+    _, run = tiny_run
+    uni = generate(run, tmp_path / "uni", _cfg(sampler="dpm++2m", steps=6), progress=False)
+    spaced = generate(run, tmp_path / "spaced", _cfg(sampler="dpm++2m", steps=6, spacing=spacing), progress=False)
+    assert {r["spacing"] for r in read_manifest(uni)} == {"uniform"}
+    assert {r["spacing"] for r in read_manifest(spaced)} == {spacing}
+    assert _files(uni) != _files(spaced)
+    assert verify_pair(spaced, "seed0000003")
+    # an old line (no "spacing" key) is replayed with the uniform grid it was made with
+    man = uni / "manifest.jsonl"
+    lines = [json.loads(x) for x in man.read_text().splitlines()]
+    for rec in lines:
+        del rec["spacing"]
+    man.write_text("".join(json.dumps(r) + "\n" for r in lines))
+    assert verify_pair(uni, "seed0000002")
+
+
+def test_unknown_spacing_is_refused_before_anything_is_written(tiny_run, tmp_path, capsys):
+    from synthpair.cli.main import main
+
+    _, run = tiny_run
+    out = tmp_path / "syn"
+    with pytest.raises(SystemExit):  # argparse choices
+        main(["generate", str(run), "--out", str(out), "--n", "2", "--spacing", "cubic"])
+    assert main(["generate", str(run), "--out", str(out), "--n", "2", "--set", "spacing=cubic"]) == 2
+    assert "spacing" in capsys.readouterr().err and not out.exists()

@@ -14,6 +14,7 @@ import torch
 from synthpair.diffusion.repaint import jump_schedule, repaint, schedule_nfe
 from synthpair.diffusion.sampling import respaced_timesteps, sample, step_coefficients
 from synthpair.diffusion.schedule import DiffusionConfig, NoiseSchedule
+from synthpair.errors import SynthpairError
 from synthpair.networks import UNetConfig, build_unet
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -280,3 +281,33 @@ def test_generate_cli_with_dpmpp2m(method: str, tmp_path: Path) -> None:
     if method == "dsdm":
         assert lines[0]["guidance"] == 2.0
     assert verify_pair(syn, lines[1]["id"])  # replayed from the manifest bit for bit
+
+
+@pytest.mark.parametrize("schedule", ["linear", "cosine"])
+@pytest.mark.parametrize("steps", [2, 5, 10, 20, 50, 200])
+def test_timestep_grids(schedule: str, steps: int) -> None:
+    """Every spacing gives exactly ``steps`` distinct timesteps from T-1 down to 0; logsnr's inner points are
+    evenly spaced in log sigma (up to the rounding to integer timesteps), karras' follow EDM's eq. 5."""
+    import math
+
+    from synthpair.diffusion.sampling import SIGMA_MAX, timestep_grid
+
+    s = NoiseSchedule(DiffusionConfig(num_timesteps=1000, schedule=schedule))
+    ab = s.alphas_cumprod64
+    log_sigma = 0.5 * torch.log((1 - ab) / ab)
+    for spacing in ("uniform", "logsnr", "karras"):
+        ts = timestep_grid(s, steps, spacing)
+        assert len(ts) == steps == len(set(ts)) and ts[0] == 999 and ts[-1] == 0
+        assert all(a > b for a, b in zip(ts, ts[1:]))
+    if 5 <= steps <= 20:  # no collisions at these counts: every inner point is the timestep nearest its target
+        hi, lo = min(float(log_sigma[-1]), math.log(SIGMA_MAX)), float(log_sigma[0])
+        targets = {"logsnr": [hi + k / (steps - 1) * (lo - hi) for k in range(steps)],
+                   "karras": [7 * math.log(math.exp(hi / 7) + k / (steps - 1) * (math.exp(lo / 7) - math.exp(hi / 7)))
+                              for k in range(steps)]}
+        for spacing, tg in targets.items():
+            ts = timestep_grid(s, steps, spacing)
+            for k in range(1, steps):
+                assert ts[k] == int((log_sigma - tg[k]).abs().argmin()), (spacing, k)
+    assert timestep_grid(s, steps, "uniform") == respaced_timesteps(1000, steps)
+    with pytest.raises(SynthpairError, match="spacing"):
+        timestep_grid(s, steps, "cubic")  # type: ignore[arg-type]

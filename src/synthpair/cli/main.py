@@ -97,8 +97,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from ..synthesis.generate import GenerateConfig
 
     cfg = _config_from_args(GenerateConfig, args.config, args.set, section="generate", preset=args.preset)
-    cfg = _with(cfg, n=args.n, sampler=args.sampler, steps=args.steps, seed=args.seed, batch_size=args.batch,
-                eta=args.eta, min_area=args.min_area, keep_empty=True if args.keep_empty else None,
+    cfg = _with(cfg, n=args.n, sampler=args.sampler, steps=args.steps, spacing=args.spacing, seed=args.seed,
+                batch_size=args.batch, eta=args.eta, min_area=args.min_area, keep_empty=True if args.keep_empty else None,
                 masks=args.masks, reference=args.reference, guidance=args.guidance,
                 min_faithfulness=args.min_faithfulness, segmenter=args.segmenter, per_real=args.per_real,
                 aug_prompts=args.aug_prompts, prompts=args.prompt, aug_prompt=args.aug_prompt, snapshot=args.snapshot)
@@ -267,6 +267,10 @@ def build_parser() -> argparse.ArgumentParser:
                          "(DPM-Solver++(2M): deterministic second-order multistep ODE solver meant for few steps, "
                          "10-25; ignores --eta). One network evaluation per step for all three")
     sp.add_argument("--steps", type=int)
+    sp.add_argument("--spacing", choices=["uniform", "logsnr", "karras"],
+                    help="which --steps timesteps are sampled: uniform (evenly in t), logsnr (evenly in log-SNR, "
+                         "DPM-Solver's choice for small images) or karras (EDM, rho 7); see "
+                         "bench/results/sampler_spacing_*.md for what each buys")
     sp.add_argument("--eta", type=float)
     sp.add_argument("--seed", type=int, help="seed of the first pair; pair i uses seed+i")
     sp.add_argument("--batch", type=int)

@@ -47,8 +47,21 @@ step of every sampler).
   euler_at_final=True)`` on our timesteps without t = 0, followed by one x0 prediction at t = 0, is the same
   sampler (checked to float32 rounding in the tests).
 
-Respacing (Nichol & Dhariwal 2021, sec. 4): ``steps`` timesteps evenly spaced over ``[0, T-1]`` (rounded),
-and the respaced chain uses ``abar`` of the kept steps only.
+Respacing (Nichol & Dhariwal 2021, sec. 4): the respaced chain uses ``abar`` of the kept timesteps only. Which
+``steps`` timesteps are kept is the ``spacing`` (:func:`timestep_grid`); every grid starts at ``T-1`` (x_T is
+pure noise) and ends at 0:
+
+- ``uniform``: evenly spaced over ``[0, T-1]`` (rounded; DDIM's "linear" skip, Nichol & Dhariwal's respacing);
+- ``logsnr``: evenly spaced in ``log sigma_t = -lambda_t`` (``sigma_t = sqrt((1 - abar_t)/abar_t)``), the
+  "logSNR" time steps DPM-Solver recommends for low-resolution pixel models (Lu et al. 2022, "DPM-Solver",
+  sec. 3.3 / Appendix D.1; diffusers' ``use_lu_lambdas``), between ``sigma_max = min(sigma_{T-1}, 80)``
+  (EDM's sigma_max, Karras et al. 2022: the cosine schedule's last timesteps reach sigma ~ 1e4 and would take the
+  steps) and ``sigma_0``;
+- ``karras``: EDM's (eq. 5) ``sigma_i = (sigma_max^(1/rho) + i/(n-1) (sigma_min^(1/rho) - sigma_max^(1/rho)))^rho``,
+  ``rho = 7``, same ``sigma_max``/``sigma_min = sigma_0``.
+
+Non-uniform targets are mapped to the timestep nearest in ``log sigma``; the first is replaced by ``T-1``, and
+collisions are pushed apart so that the grid has exactly ``steps`` distinct timesteps.
 
 Extension points (so guidance, RePaint and paired generation do not fork the loop):
 - ``model`` can be any callable with the network signature — classifier-free guidance is a wrapper that
@@ -70,6 +83,10 @@ from .schedule import NoiseSchedule
 
 Sampler = Literal["ddpm", "ddim", "dpm++2m"]
 SAMPLERS: tuple[str, ...] = get_args(Sampler)   # for CLI choices and error messages
+Spacing = Literal["uniform", "logsnr", "karras"]
+SPACINGS: tuple[str, ...] = get_args(Spacing)
+SIGMA_MAX = 80.0      # EDM's sigma_max: the top of the logsnr / karras grids
+KARRAS_RHO = 7.0
 Model = Callable[..., torch.Tensor]
 Hook = Callable[[torch.Tensor, int, int], torch.Tensor]
 
@@ -82,6 +99,35 @@ def respaced_timesteps(T: int, steps: int) -> list[int]:
         return [T - 1]
     ts = torch.linspace(0, T - 1, steps, dtype=torch.float64).round().long().tolist()
     return sorted(set(ts), reverse=True)
+
+
+def timestep_grid(schedule: NoiseSchedule, steps: int, spacing: Spacing = "uniform") -> list[int]:
+    """The ``steps`` distinct timesteps of a sampling run, descending from ``T-1`` to 0, for ``spacing`` (module
+    docstring: ``uniform`` = :func:`respaced_timesteps`, ``logsnr``, ``karras``)."""
+    T = schedule.T
+    if spacing not in SPACINGS:
+        raise fail(f"spacing={spacing!r}: choose one of {', '.join(SPACINGS)}")
+    if spacing == "uniform" or steps == 1:
+        return respaced_timesteps(T, steps)
+    if not 1 <= steps <= T:
+        raise fail(f"steps={steps}: must be between 1 and the {T} training timesteps")
+    ab = schedule.alphas_cumprod64
+    log_sigma = 0.5 * torch.log((1.0 - ab) / ab)          # increasing in t
+    lo, hi = float(log_sigma[0]), min(float(log_sigma[-1]), math.log(SIGMA_MAX))
+    if spacing == "logsnr":
+        targets = torch.linspace(hi, lo, steps, dtype=torch.float64)
+    else:
+        r = 1.0 / KARRAS_RHO
+        i = torch.arange(steps, dtype=torch.float64) / (steps - 1)
+        targets = KARRAS_RHO * torch.log(math.exp(hi * r) + i * (math.exp(lo * r) - math.exp(hi * r)))
+    idx = (log_sigma[None, :] - targets[:, None]).abs().argmin(dim=1).tolist()
+    idx[0], idx[-1] = T - 1, 0
+    for k in range(1, steps):                  # strictly decreasing ...
+        idx[k] = min(idx[k], idx[k - 1] - 1)
+    idx[-1] = 0
+    for k in range(steps - 2, -1, -1):         # ... and ending at 0
+        idx[k] = max(idx[k], idx[k + 1] + 1)
+    return [int(v) for v in idx]
 
 
 class StepCoef(NamedTuple):
@@ -189,14 +235,15 @@ def _noise(generators: Sequence[torch.Generator] | None, shape: torch.Size, devi
 
 @torch.inference_mode()
 def sample(model: Model, schedule: NoiseSchedule, x_T: torch.Tensor, *, sampler: Sampler = "ddim",
-           steps: int = 50, eta: float = 0.0, cond: Any = None,
+           steps: int = 50, eta: float = 0.0, spacing: Spacing = "uniform", cond: Any = None,
            generators: list[torch.Generator] | None = None, progress: bool = False,
            autocast_dtype: torch.dtype | None = None, hook: Hook | None = None,
            variance_channels: int | None = None, clip: bool = True) -> torch.Tensor:
     """Run the reverse process from ``x_T`` to ``x0``.
 
     ``sampler``: "ddpm", "ddim" (``eta``) or "dpm++2m" (DPM-Solver++(2M), deterministic; one network
-    evaluation per step like the others, good samples at 10-25 steps). ``cond`` is passed to every network
+    evaluation per step like the others, good samples at 10-25 steps); ``spacing``: which ``steps`` timesteps
+    (:func:`timestep_grid`). ``cond`` is passed to every network
     call (a :class:`~synthpair.diffusion.cond.Cond`, or None); ``model`` may be a guidance combiner
     (:mod:`.guidance`). ``variance_channels = C`` for networks with a learned variance (2·C outputs): DDPM then
     draws its noise with the learned per-pixel ``sigma = exp(0.5 (f log beta_t + (1 - f) log beta~_t))``,
@@ -210,7 +257,7 @@ def sample(model: Model, schedule: NoiseSchedule, x_T: torch.Tensor, *, sampler:
     """
     if generators is not None and len(generators) != x_T.shape[0]:
         raise fail(f"generators: got {len(generators)} for a batch of {x_T.shape[0]}; pass one per sample")
-    timesteps = respaced_timesteps(schedule.T, steps)
+    timesteps = timestep_grid(schedule, steps, spacing)
     coefs = step_coefficients(schedule, timesteps, sampler, eta)
     predict = make_predictor(model, schedule, cond, autocast_dtype, clip=clip, variance_channels=variance_channels)
     learned = variance_channels is not None and sampler == "ddpm"

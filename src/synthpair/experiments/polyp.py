@@ -177,7 +177,7 @@ def sample_for_items(runs: dict[int, Path] | Path, data: Path, fold: int, items:
     for g, r in group_run.items():
         provs[g] = generator_provenance(r)
         bundles[g] = load_export(r / "export")
-    recipe = dict(sampler="ddim", steps=steps, eta=0.0, device="cpu", amp="auto")
+    recipe = dict(sampler="ddim", steps=steps, eta=0.0, spacing="uniform", device="cpu", amp="auto")
     kept: dict[int, tuple[np.ndarray, np.ndarray, int, list[int], list[int] | None]] = {}
     pending = list(range(len(slots)))
     attempts = 0

@@ -207,7 +207,8 @@ class Method:
         return 1.0
 
     def sample(self, model: Callable[..., torch.Tensor], schedule: Any, seeds: Sequence[int], *, data: DataInfo,
-               sampler: str = "ddim", steps: int = 25, eta: float = 0.0, device: torch.device | str = "cpu",
+               sampler: str = "ddim", steps: int = 25, eta: float = 0.0, spacing: str = "uniform",
+               device: torch.device | str = "cpu",
                autocast_dtype: torch.dtype | None = None, progress: bool = False, **conditions: Any
                ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Pairs from seeds → (images float32 (B, C, H, W) in [-1, 1], masks int64 (B, H, W) or None), on CPU.

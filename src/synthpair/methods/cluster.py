@@ -151,7 +151,8 @@ class JointClusterMethod(Method):
         return k
 
     def sample(self, model: Callable[..., torch.Tensor], schedule: Any, seeds: Sequence[int], *, data: DataInfo,
-               sampler: str = "ddim", steps: int = 25, eta: float = 0.0, device: torch.device | str = "cpu",
+               sampler: str = "ddim", steps: int = 25, eta: float = 0.0, spacing: str = "uniform",
+               device: torch.device | str = "cpu",
                autocast_dtype: torch.dtype | None = None, progress: bool = False, cond: Cond | None = None,
                labels: Sequence[int] | None = None, prior: Sequence[float] | None = None
                ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -173,7 +174,7 @@ class JointClusterMethod(Method):
         x_T = torch.stack([torch.randn((c, *data.size), generator=g) for g in gens]).to(device)
         lab = Cond(label=torch.tensor([int(v) for v in labels], dtype=torch.long, device=device))
         x0 = run_sampler(model, schedule, x_T, sampler=sampler, steps=steps, eta=eta, cond=lab, generators=gens,
-                         progress=progress, autocast_dtype=autocast_dtype)
+                         spacing=spacing, progress=progress, autocast_dtype=autocast_dtype)
         images, masks = unpack_joint(x0, data.channels, data.num_classes)
         return images.cpu(), masks.cpu()
 

@@ -80,7 +80,8 @@ class DSDMMethod(Method):
         return 3.0 if unwrap(model).cond_cfg.drop_prob > 0 else 1.0
 
     def sample(self, model: Callable[..., torch.Tensor], schedule: Any, seeds: Sequence[int], *, data: DataInfo,
-               sampler: str = "ddim", steps: int = 25, eta: float = 0.0, device: torch.device | str = "cpu",
+               sampler: str = "ddim", steps: int = 25, eta: float = 0.0, spacing: str = "uniform",
+               device: torch.device | str = "cpu",
                autocast_dtype: torch.dtype | None = None, progress: bool = False, cond: Cond | None = None,
                guidance: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Images for the masks of ``cond`` → (images float32 (B, C, H, W) in [-1, 1], masks int64 (B, H, W)) on CPU.
@@ -117,7 +118,7 @@ class DSDMMethod(Method):
         x_T = torch.stack([torch.randn((data.channels, *data.size), generator=g) for g in gens]).to(dev)
         c = data.channels
         guided = classifier_free(model, guidance, mean_channels=c)
-        x0 = run_sampler(guided, schedule, x_T, sampler=sampler, steps=steps, eta=eta, cond=run_cond,
+        x0 = run_sampler(guided, schedule, x_T, sampler=sampler, steps=steps, eta=eta, spacing=spacing, cond=run_cond,
                          generators=gens, progress=progress, autocast_dtype=autocast_dtype,
                          variance_channels=c if cc.learn_sigma else None)
         return x0[:, :c].float().clamp(-1, 1).cpu(), masks.cpu()

@@ -244,7 +244,8 @@ class ControlNetMethod(Method):
         return 1.0
 
     def sample(self, model: Callable[..., torch.Tensor], schedule: Any, seeds: Sequence[int], *, data: DataInfo,
-               sampler: str = "ddim", steps: int = 25, eta: float = 0.0, device: torch.device | str = "cpu",
+               sampler: str = "ddim", steps: int = 25, eta: float = 0.0, spacing: str = "uniform",
+               device: torch.device | str = "cpu",
                autocast_dtype: torch.dtype | None = None, progress: bool = False, cond: Cond | None = None,
                guidance: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Images for the edge maps and prompts of ``cond`` → (images float32 (B, C, H, W) in [-1, 1], the given
@@ -278,7 +279,7 @@ class ControlNetMethod(Method):
         gens = seed_generators(seeds)
         x_T = torch.stack([torch.randn((data.channels, *data.size), generator=g) for g in gens]).to(dev)
         x0 = run_sampler(classifier_free(model, s), schedule, x_T, sampler=sampler, steps=steps, eta=eta, cond=run_cond,
-                         generators=gens, progress=progress, autocast_dtype=autocast_dtype)
+                         spacing=spacing, generators=gens, progress=progress, autocast_dtype=autocast_dtype)
         return x0[:, :data.channels].float().clamp(-1, 1).cpu(), masks.cpu()
 
 

@@ -15,9 +15,9 @@ Amp = Literal["auto", "bf16", "off"]
 
 
 def synthesize_batch(generator: Path | str | tuple[nn.Module, dict[str, Any]], seeds: Sequence[int], *,
-                     sampler: str = "ddim", steps: int = 25, eta: float = 0.0, device: torch.device | str = "cpu",
-                     amp: Amp = "auto", progress: bool = False, cond: Any = None, guidance: float | None = None,
-                     labels: Sequence[int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                     sampler: str = "ddim", steps: int = 25, eta: float = 0.0, spacing: str = "uniform",
+                     device: torch.device | str = "cpu", amp: Amp = "auto", progress: bool = False,
+                     cond: Any = None, guidance: float | None = None, labels: Sequence[int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Generate one pair per seed with an exported generator.
 
     ``generator``: an export folder (RUN/export) or the ``(model, export_config)`` pair of
@@ -57,5 +57,5 @@ def synthesize_batch(generator: Path | str | tuple[nn.Module, dict[str, Any]], s
                        f"generators (joint_cluster)")
         extra["labels"] = [int(v) for v in labels]
     return method.sample(model, schedule, list(seeds), data=DataInfo.from_dict(cfg["data"]), sampler=sampler,
-                         steps=steps, eta=eta, device=device, autocast_dtype=resolve_autocast(amp, device),
-                         progress=progress, **extra)
+                         steps=steps, eta=eta, spacing=spacing, device=device,
+                         autocast_dtype=resolve_autocast(amp, device), progress=progress, **extra)

@@ -47,14 +47,15 @@ class ImageMethod(Method):
                               shard.take(draws.noise, dev))
 
     def sample(self, model: Callable[..., torch.Tensor], schedule: Any, seeds: Sequence[int], *, data: DataInfo,
-               sampler: str = "ddim", steps: int = 25, eta: float = 0.0, device: torch.device | str = "cpu",
+               sampler: str = "ddim", steps: int = 25, eta: float = 0.0, spacing: str = "uniform",
+               device: torch.device | str = "cpu",
                autocast_dtype: torch.dtype | None = None, progress: bool = False
                ) -> tuple[torch.Tensor, None]:
         """Images from seeds → (images float32 (B, C, H, W) in [-1, 1] on CPU, None). Image i depends only on
         ``seeds[i]`` (x_T and sampler noise from ``torch.Generator().manual_seed(seeds[i])``)."""
         gens = seed_generators(seeds)
         x_T = torch.stack([torch.randn((data.channels, *data.size), generator=g) for g in gens]).to(device)
-        x0 = run_sampler(model, schedule, x_T, sampler=sampler, steps=steps, eta=eta, generators=gens,
+        x0 = run_sampler(model, schedule, x_T, sampler=sampler, steps=steps, eta=eta, spacing=spacing, generators=gens,
                          progress=progress, autocast_dtype=autocast_dtype)
         return x0.float().clamp(-1.0, 1.0).cpu(), None
 

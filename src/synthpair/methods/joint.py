@@ -79,7 +79,8 @@ class JointMethod(Method):
         return joint_loss(model, schedule, images, masks, draws, shard, data=data)
 
     def sample(self, model: Callable[..., torch.Tensor], schedule: Any, seeds: Sequence[int], *, data: DataInfo,
-               sampler: str = "ddim", steps: int = 25, eta: float = 0.0, device: torch.device | str = "cpu",
+               sampler: str = "ddim", steps: int = 25, eta: float = 0.0, spacing: str = "uniform",
+               device: torch.device | str = "cpu",
                autocast_dtype: torch.dtype | None = None, progress: bool = False
                ) -> tuple[torch.Tensor, torch.Tensor]:
         """Pairs from seeds (pair i depends only on ``seeds[i]``: x_T and the sampler noise come from
@@ -87,7 +88,7 @@ class JointMethod(Method):
         c = data.channels + data.num_classes - 1
         gens = seed_generators(seeds)
         x_T = torch.stack([torch.randn((c, *data.size), generator=g) for g in gens]).to(device)
-        x0 = run_sampler(model, schedule, x_T, sampler=sampler, steps=steps, eta=eta, generators=gens,
+        x0 = run_sampler(model, schedule, x_T, sampler=sampler, steps=steps, eta=eta, spacing=spacing, generators=gens,
                          progress=progress, autocast_dtype=autocast_dtype)
         images, masks = unpack_joint(x0, data.channels, data.num_classes)
         return images.cpu(), masks.cpu()

@@ -281,7 +281,8 @@ class PigMethod(Method):
 
     # ------------------------------------------------------------------------------------- sampling
     def sample(self, model: Callable[..., torch.Tensor], schedule: Any, seeds: Sequence[int], *, data: DataInfo,
-               sampler: str = "ddim", steps: int = 25, eta: float = 0.0, device: torch.device | str = "cpu",
+               sampler: str = "ddim", steps: int = 25, eta: float = 0.0, spacing: str = "uniform",
+               device: torch.device | str = "cpu",
                autocast_dtype: torch.dtype | None = None, progress: bool = False
                ) -> tuple[torch.Tensor, torch.Tensor]:
         """Pairs from seeds by Algorithm 2 (module docstring) → (images float32 (B, C, H, W) in [-1, 1], masks
@@ -292,7 +293,7 @@ class PigMethod(Method):
         gens = seed_generators(seeds)
         z_T = torch.stack([torch.randn((c, *data.size), generator=g) for g in gens]).to(device)
         z0 = run_sampler(paired_denoiser(net, schedule), schedule, z_T, sampler=sampler, steps=steps, eta=eta,
-                         generators=gens, progress=progress, autocast_dtype=autocast_dtype)
+                         spacing=spacing, generators=gens, progress=progress, autocast_dtype=autocast_dtype)
         images, masks = unpack_joint(z0, data.channels, data.num_classes)
         return images.cpu(), masks.cpu()
 

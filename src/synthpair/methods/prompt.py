@@ -297,7 +297,8 @@ class PromptMethod(Method):
         return 2.0 if unwrap(model).prompt_cfg.drop_prob > 0 else 1.0
 
     def sample(self, model: Callable[..., torch.Tensor], schedule: Any, seeds: Sequence[int], *, data: DataInfo,
-               sampler: str = "ddim", steps: int = 25, eta: float = 0.0, device: torch.device | str = "cpu",
+               sampler: str = "ddim", steps: int = 25, eta: float = 0.0, spacing: str = "uniform",
+               device: torch.device | str = "cpu",
                autocast_dtype: torch.dtype | None = None, progress: bool = False, cond: Cond | None = None,
                guidance: float | None = None, prompts: Sequence[str] | None = None
                ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -330,7 +331,7 @@ class PromptMethod(Method):
         gens = seed_generators(seeds)
         x_T = torch.stack([torch.randn((data.channels, *data.size), generator=g) for g in gens]).to(dev)
         guided = classifier_free(model, guidance)  # the combiner doubles every Cond field, tokens included
-        x0 = run_sampler(guided, schedule, x_T, sampler=sampler, steps=steps, eta=eta,
+        x0 = run_sampler(guided, schedule, x_T, sampler=sampler, steps=steps, eta=eta, spacing=spacing,
                          cond=Cond(tokens=tokens.to(dev)), generators=gens, progress=progress,
                          autocast_dtype=autocast_dtype)
         return x0[:, :data.channels].float().clamp(-1, 1).cpu(), masks.cpu()

@@ -52,6 +52,7 @@ class GenerateConfig:
     n: int = 64                       # pairs to keep
     sampler: Literal["ddpm", "ddim", "dpm++2m"] = "ddim"  # dpm++2m: DPM-Solver++(2M), ~10-25 steps
     steps: int = 25                   # respaced sampling steps
+    spacing: Literal["uniform", "logsnr", "karras"] = "uniform"  # which timesteps (diffusion.sampling.timestep_grid)
     eta: float = 0.0                  # DDIM eta (0 = deterministic given x_T)
     seed: int = 0                     # seed of the first attempt; attempt i uses seed + i
     batch_size: int = 16
@@ -218,7 +219,7 @@ def pair_id(seed: int) -> str:
 
 
 def sample_record(pid: str, seed: int, batch_seeds: list[int], prov: dict[str, Any], *, sampler: str, steps: int,
-                  eta: float, device: str, amp: str, min_component: int, train_cases: list[str],
+                  eta: float, spacing: str, device: str, amp: str, min_component: int, train_cases: list[str],
                   mask_area: int | None, faithfulness: float | None, **fields: Any) -> PairRecord:
     """The manifest record of a SAMPLED pair (recipe ``sample``, :mod:`.manifest`): the generator's provenance
     ``prov`` (:func:`generator_provenance`), the batch and sampler settings that replay it, and the writer's
@@ -227,7 +228,8 @@ def sample_record(pid: str, seed: int, batch_seeds: list[int], prov: dict[str, A
         id=pid, seed=int(seed), method=prov["method"], generator_run=prov["generator_run"],
         model_sha256=prov["model_sha256"], fold=prov["fold"], train_cases=train_cases,
         source_case=fields.pop("source_case", None), mask_area=mask_area, faithfulness=faithfulness,
-        fields={"batch_seeds": list(batch_seeds), "sampler": sampler, "steps": steps, "eta": eta, "device": device,
+        fields={"batch_seeds": list(batch_seeds), "sampler": sampler, "steps": steps, "eta": eta, "spacing": spacing,
+                "device": device,
                 "amp": amp, "min_component": min_component,
                 **({"generator_export": prov["generator_export"]} if prov.get("generator_export") else {}),
                 **fields})
@@ -237,12 +239,12 @@ def _sample(model_bundle: Any, seeds: list[int], cfg: GenerateConfig, device: st
             source: Any = None, labels: list[int] | None = None
             ) -> tuple[np.ndarray, np.ndarray, list[dict[str, Any]], list[str]]:
     """→ (images float32 (B, C, H, W), masks int64 (B, H, W), per-pair condition records, extra train cases)."""
-    return sample_batch(model_bundle, seeds, sampler=cfg.sampler, steps=cfg.steps, eta=cfg.eta, device=device,
-                        amp=amp, source=source, guidance=cfg.guidance, labels=labels)
+    return sample_batch(model_bundle, seeds, sampler=cfg.sampler, steps=cfg.steps, eta=cfg.eta, spacing=cfg.spacing,
+                        device=device, amp=amp, source=source, guidance=cfg.guidance, labels=labels)
 
 
 def sample_batch(model_bundle: Any, seeds: list[int], *, sampler: str, steps: int, eta: float, device: str,
-                 amp: str, source: Any = None, guidance: float | None = None, labels: list[int] | None = None
+                 amp: str, spacing: str = "uniform", source: Any = None, guidance: float | None = None, labels: list[int] | None = None
                  ) -> tuple[np.ndarray, np.ndarray | None, list[dict[str, Any]], list[str]]:
     """One batch of the ``sample`` recipe (every sampled synthetic pair is made here, and replayed here).
 
@@ -253,7 +255,7 @@ def sample_batch(model_bundle: Any, seeds: list[int], *, sampler: str, steps: in
     from ..methods import synthesize_batch
 
     if source is None:
-        images, masks = synthesize_batch(model_bundle, seeds, sampler=sampler, steps=steps, eta=eta,
+        images, masks = synthesize_batch(model_bundle, seeds, sampler=sampler, steps=steps, eta=eta, spacing=spacing,
                                          device=device, amp=amp, labels=labels)
         return (np.asarray(images, dtype=np.float32),
                 None if masks is None else np.asarray(masks, dtype=np.int64),  # None: an image-only generator
@@ -266,7 +268,7 @@ def sample_batch(model_bundle: Any, seeds: list[int], *, sampler: str, steps: in
     cond = getattr(conds, "cond", None) or Cond(
         mask=torch.from_numpy(conds.masks),
         reference=None if conds.references is None else torch.from_numpy(conds.references))
-    images, masks = synthesize_batch(model_bundle, seeds, sampler=sampler, steps=steps, eta=eta,
+    images, masks = synthesize_batch(model_bundle, seeds, sampler=sampler, steps=steps, eta=eta, spacing=spacing,
                                      device=device, amp=amp, cond=cond, guidance=guidance)
     if isinstance(conds, PromptConditions):  # images only: the prompt model's zero masks are not pairs
         masks = None
@@ -537,13 +539,15 @@ def devices(cfg: GenerateConfig, shards: Any) -> tuple[str, str]:
     return device, device
 
 
-def check_sampler(sampler: str, steps: int, export_cfg: dict[str, Any], where: str) -> None:
-    """The sampler name and its step count against the generator's training timesteps — checked with the rest,
-    before any output exists (the sampling loop would refuse them only after the folder was started)."""
-    from ..diffusion.sampling import SAMPLERS, respaced_timesteps
+def check_sampler(sampler: str, steps: int, export_cfg: dict[str, Any], where: str, spacing: str = "uniform") -> None:
+    """The sampler name, the spacing and the step count against the generator's training timesteps — checked with
+    the rest, before any output exists (the sampling loop would refuse them only after the folder was started)."""
+    from ..diffusion.sampling import SAMPLERS, SPACINGS, respaced_timesteps
 
     if sampler not in SAMPLERS:
         raise fail(f"--sampler {sampler!r}: choose one of {', '.join(SAMPLERS)}")
+    if spacing not in SPACINGS:
+        raise fail(f"--spacing {spacing!r}: choose one of {', '.join(SPACINGS)}")
     T = int(export_cfg["diffusion"]["num_timesteps"])
     if not 1 <= int(steps) <= T:
         raise fail(f"{where}: --steps {steps}: must be between 1 and the generator's {T} training timesteps; "
@@ -565,7 +569,7 @@ def check_generation(run: Path, out: Path, cfg: GenerateConfig, *, compute_devic
         raise fail(f"{run}: generator run folder not found; pass the --out folder of 'synthpair train'")
     prov = generator_provenance(run, export_name(cfg.snapshot))
     bundle = load_export(run / export_name(cfg.snapshot))
-    check_sampler(cfg.sampler, cfg.steps, prov["export_config"], where=str(run))
+    check_sampler(cfg.sampler, cfg.steps, prov["export_config"], where=str(run), spacing=cfg.spacing)
     source = _condition_source(bundle, prov, cfg, cfg.seed)
     if not get_method(prov["method"]).uses_masks and (
             cfg.min_faithfulness is not None or cfg.segmenter not in ("auto", "off")):
@@ -690,7 +694,8 @@ def generate(run_dir: Path | str, out_dir: Path | str, cfg: GenerateConfig = Gen
             if cfg.min_faithfulness is not None and f < cfg.min_faithfulness:
                 continue
             rec = sample_record(
-                pair_id(seed), seed, seeds, prov, sampler=cfg.sampler, steps=cfg.steps, eta=cfg.eta, device=device,
+                pair_id(seed), seed, seeds, prov, sampler=cfg.sampler, steps=cfg.steps, eta=cfg.eta,
+                spacing=cfg.spacing, device=device,
                 amp=amp, min_component=cfg.min_component, train_cases=train_cases, mask_area=area,
                 faithfulness=None if f is None else round(float(f), 6),
                 label_accounting=ACCOUNTING, num_mask_items_seen=accounting["num_mask_items"],
@@ -778,7 +783,7 @@ def verify_pair(syn_dir: Path | str, pair: str) -> bool:
 
 def replay_sampled(rec: dict[str, Any]) -> tuple[np.ndarray, np.ndarray | None]:
     """Recipe ``sample``: replay the recorded batch (``batch_seeds``, with ``batch_labels`` when the writer gave
-    explicit labels) with the recorded sampler, steps, eta, device, amp and condition source on the generator
+    explicit labels) with the recorded sampler, steps, eta, spacing, device, amp and condition source on the generator
     run the line names → (image float32 (C, H, W), mask int64 (H, W) cleaned as written, or None for an
     image-only generator). Refuses a run whose weights changed (sha256)."""
     from ..methods.export import load_export
@@ -802,6 +807,7 @@ def replay_sampled(rec: dict[str, Any]) -> tuple[np.ndarray, np.ndarray | None]:
         ref = rec.get("reference") or "random"
         cond_kw = {"masks": rec["mask_source"], "reference": ref, "guidance": rec.get("guidance")}
     cfg = GenerateConfig(sampler=rec["sampler"], steps=rec["steps"], eta=rec["eta"], amp=rec["amp"],
+                         spacing=rec.get("spacing", "uniform"),  # lines written before spacing existed: uniform
                          batch_size=len(rec["batch_seeds"]), min_component=rec.get("min_component", 1), **cond_kw)
     source = None
     if cond_kw:
