@@ -238,7 +238,7 @@ GEN = TrainConfig(method="image", steps=4, batch_size=4, log_every=1, preview_ev
 IDS = [f"img_{i:02d}" for i in range(16)]
 TEST, POOL = IDS[:4], IDS[4:]
 SUBSETS = {"seed0_N4": POOL[:4], "seed0_N8": POOL[:8], "seed1_N4": POOL[6:10], "seed1_N8": POOL[4:12]}
-ROWS = ["real-classic", "real-noaug", "ddpm-unet", "ddpm-pixel", "syn-ratio"]
+ROWS = ["real-classic", "real-noaug", "ddpm-unet", "ddpm-pixel", "syn-ratio", "syn-ratio-logsnr"]
 
 
 def study_args(data: Path, gen: Path, out: Path, *extra: str, n=("4", "8"), seeds=("0", "1"), rows=ROWS,
@@ -251,7 +251,7 @@ def study_args(data: Path, gen: Path, out: Path, *extra: str, n=("4", "8"), seed
 @pytest.fixture(scope="module")
 def study(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """A 16-image source (4 test, 12 pool; nested subsets seed0/1 × N4/N8) prepared with a split file → a 4-step
-    image-only generator with snapshots at steps 2 and 4 → the study with 5 rows at N = 4, 8 × seeds 0, 1 and the
+    image-only generator with snapshots at steps 2 and 4 → the study with 6 rows at N = 4, 8 × seeds 0, 1 and the
     curve over both snapshots. Shrunk for speed: the reference segmenter of the faithfulness scores trains 2 steps,
     and the ddpm_* rows' feature analysis probes 3 blocks × 2 timesteps with 2 folds and 8-unit heads."""
     from synthpair.experiments import label_scarce as ls
@@ -315,6 +315,11 @@ def test_study_views_and_label_honest_synthetic_pairs(study):
         assert {s["role"] for s in acc["sources"]} >= {"generator", "mask source", "faithfulness segmenter"}
         manifest = [json.loads(x) for x in (syn / "manifest.jsonl").read_text().splitlines()]
         assert len(manifest) == 4 and all(m["faithfulness"] is not None for m in manifest)
+        # the log-SNR variant: the same mask2image run, seeds and masks, other timesteps
+        spaced = [json.loads(x) for x in (syn.parent / "syn_logsnr" / "manifest.jsonl").read_text().splitlines()]
+        assert [m["seed"] for m in spaced] == [m["seed"] for m in manifest]
+        assert {m["spacing"] for m in manifest} == {"uniform"} and {m["spacing"] for m in spaced} == {"logsnr"}
+        assert {m["generator_run"] for m in spaced} == {m["generator_run"] for m in manifest}
         m2i = json.loads((study["out"] / "tiny" / "synth" / name / "m2i" / "training_cases.json").read_text())
         assert m2i["init_from"]["export"] == str((study["gen"] / "export").resolve())
 

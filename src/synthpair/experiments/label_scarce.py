@@ -41,7 +41,8 @@ from typing import Any
 BASELINE = "real-classic"
 
 ROWS: dict[str, dict[str, Any]] = {
-    # name: SegmentConfig fields (+ "synthetic": True when the row reads the view's synthetic pairs)
+    # name: SegmentConfig fields (+ "synthetic": True when the row reads the view's synthetic pairs, or the name of the
+    # timestep spacing they were sampled with: SYNTH/syn_<spacing>)
     "real-noaug": {"model": "unet", "augment": "none"},
     "real-classic": {"model": "unet", "augment": "deepstack"},
     "syn-ratio": {"model": "unet", "augment": "deepstack", "mixing": "ratio", "ratio": 0.5, "synthetic": True},
@@ -58,6 +59,12 @@ ROWS: dict[str, dict[str, Any]] = {
     "syn-r0.25": {"model": "unet", "augment": "deepstack", "mixing": "ratio", "ratio": 0.25, "synthetic": True},
     "syn-r0.75": {"model": "unet", "augment": "deepstack", "mixing": "ratio", "ratio": 0.75, "synthetic": True},
     "syn-r1": {"model": "unet", "augment": "deepstack", "mixing": "ratio", "ratio": 1.0, "synthetic": True},
+    # the same synthetic rows with pairs sampled on the log-SNR timestep grid (DDIM, same steps and seeds;
+    # bench/results/sampler_spacing_*.md: the image-only generator's FD drops several-fold against the uniform grid)
+    "syn-ratio-logsnr": {"model": "unet", "augment": "deepstack", "mixing": "ratio", "ratio": 0.5,
+                         "synthetic": "logsnr"},
+    "ddpm-unet-syn-logsnr": {"model": "ddpm_unet", "augment": "deepstack", "lr": 2e-4, "amp": "bf16",
+                             "mixing": "ratio", "ratio": 0.5, "synthetic": "logsnr"},
     "syn-ratio-faith": {"model": "unet", "augment": "deepstack", "mixing": "ratio", "ratio": 0.5,
                         "min_faithfulness": 0.5, "synthetic": True},
 }
@@ -71,6 +78,8 @@ LABELS = {
     "syn-r0.25": "+ synthetic 25 %", "syn-r0.75": "+ synthetic 75 %", "syn-r1": "+ synthetic 100 %",
     "syn-ratio-faith": "+ synthetic (r = 0.5, faithfulness ≥ 0.5)",
     "ddpm-unet-syn": "diffusion U-Net end to end + synthetic pairs (r = 0.5)",
+    "syn-ratio-logsnr": "+ synthetic pairs (r = 0.5), log-SNR sampling grid",
+    "ddpm-unet-syn-logsnr": "diffusion U-Net end to end + synthetic pairs (r = 0.5), log-SNR grid",
 }
 
 
@@ -218,8 +227,9 @@ class Study:
                        BudgetConfig(subset=f"seed{s}_N{n}"), overwrite=v.exists(), progress=False)
         return v
 
-    def make_synthetic(self, ds: str, n: int, s: int) -> Path:
-        """mask2image fine-tuned from the image-only generator on the view's N pairs, then syn_n pairs."""
+    def make_synthetic(self, ds: str, n: int, s: int, spacing: str = "uniform") -> Path:
+        """mask2image fine-tuned from the image-only generator on the view's N pairs, then syn_n pairs sampled on
+        the ``spacing`` timestep grid (SYNTH/syn for uniform, SYNTH/syn_<spacing> otherwise; one mask2image run)."""
         import dataclasses
 
         from ..config import from_dict
@@ -234,7 +244,7 @@ class Study:
 
         view = self.make_view(ds, n, s)
         root = self.synth(ds, n, s)
-        run, syn = root / "m2i", root / "syn"
+        run, syn = root / "m2i", root / ("syn" if spacing == "uniform" else f"syn_{spacing}")
         export = resolve_export(self.cfg.generator[ds])
         ecfg = read_json(export / "config.json", "generator export config.json")
         tcfg = dataclasses.replace(
@@ -248,9 +258,10 @@ class Study:
         if not (syn / "dataset.json").is_file():
             self.log(f"synth {ds} seed{s}_N{n}: {self.cfg.syn_n} pairs ({self.cfg.syn_masks} masks)")
             gcfg = GenerateConfig(n=self.cfg.syn_n, masks=self.cfg.syn_masks, steps=self.cfg.syn_sample_steps,
-                                  seed=1_000_000 * (s + 1), segmenter="auto", amp="auto")
+                                  seed=1_000_000 * (s + 1), segmenter="auto", amp="auto",
+                                  spacing=spacing)  # type: ignore[arg-type]
             # the reference segmenter that scores faithfulness is trained first (its cost counts here)
-            self.timed(f"{ds}/synth/seed{s}_N{n}/syn", generate_scored, run, syn, gcfg, progress=self.progress)
+            self.timed(f"{ds}/synth/seed{s}_N{n}/{syn.name}", generate_scored, run, syn, gcfg, progress=self.progress)
         return syn
 
     def segment_config(self, ds: str, row: str, s: int, generator: str | None = None) -> Any:
@@ -272,7 +283,8 @@ class Study:
         if (out / "results.json").is_file():
             return json.loads((out / "results.json").read_text())
         view = self.make_view(ds, n, s)
-        syn = self.make_synthetic(ds, n, s) if ROWS[row].get("synthetic") else None
+        variant = ROWS[row].get("synthetic")  # True: the uniform grid; a string: that timestep spacing
+        syn = self.make_synthetic(ds, n, s, "uniform" if variant is True else variant) if variant else None
         cfg = self.segment_config(ds, row, s, generator)
         self.log(f"seg {ds} seed{s}_N{n} {row}" + (f" [{snapshot}]" if snapshot else ""))
         key = str(out.relative_to(self.out))
