@@ -117,8 +117,24 @@ def test_interrupted_generation_resumes_to_identical_output(tiny_run: tuple[Path
 def test_resume_with_other_settings_is_refused(tiny_run: tuple[Path, Path], tmp_path: Path) -> None:
     _, run = tiny_run
     out = generate(run, tmp_path / "syn", _cfg(n=2), progress=False)
-    with pytest.raises(SynthpairError, match="other settings"):
+    with pytest.raises(SynthpairError, match=r"other settings \(steps \(3 -> 5\)\)"):
         generate(run, out, _cfg(n=2, steps=5), progress=False)
+
+
+def test_folder_written_before_spacing_existed_is_uniform(tiny_run: tuple[Path, Path], tmp_path: Path) -> None:
+    """A generate_config.json without "spacing" was sampled on the uniform grid: rerunning with it is a resume
+    (nothing new written), asking for another spacing names the change."""
+    _, run = tiny_run
+    out = generate(run, tmp_path / "syn", _cfg(n=2), progress=False)
+    path = out / "generate_config.json"
+    old = json.loads(path.read_text())
+    del old["spacing"]
+    path.write_text(json.dumps(old))
+    before = _files(out)
+    generate(run, out, _cfg(n=2), progress=False)
+    assert _files(out) == before
+    with pytest.raises(SynthpairError, match=r"spacing \('uniform' -> 'logsnr'\)"):
+        generate(run, out, _cfg(n=2, spacing="logsnr"), progress=False)
 
 
 def test_filter_drops_small_masks_and_keeps_seed_numbers(tiny_run: tuple[Path, Path], tmp_path: Path) -> None:

@@ -213,6 +213,10 @@ def _remove_stray_files(out: Path, keep_ids: set[str]) -> None:
                 f.unlink()
 
 
+# settings added to GenerateConfig after folders were written, with the value those folders were made with
+GENERATE_LEGACY: dict[str, Any] = {"spacing": "uniform"}
+
+
 def pair_id(seed: int) -> str:
     """File stem of the pair made from ``seed`` (files are named by seed)."""
     return f"seed{seed:07d}"
@@ -582,11 +586,16 @@ def check_generation(run: Path, out: Path, cfg: GenerateConfig, *, compute_devic
         if out.is_dir() and any(p.name not in (".synthpair-write-test",) for p in out.iterdir()):
             raise fail(f"{out}: folder is not empty and holds no unfinished generation; choose a new --out")
     else:
-        old = read_json(out / "generate_config.json", "generate_config.json")
+        from ..config import config_changes, describe_changes
+
+        old = {**GENERATE_LEGACY, **read_json(out / "generate_config.json", "generate_config.json")}
         old.pop("_type", None)
-        if old != to_dict(cfg) or state.get("model_sha256") != prov["model_sha256"]:
-            raise fail(f"{out}: holds a generation with other settings or another model; rerun with the same "
-                       f"command to resume, or choose a new --out")
+        new = to_dict(cfg)
+        changed = config_changes(old, new)
+        if changed or state.get("model_sha256") != prov["model_sha256"]:
+            what = f"other settings ({describe_changes(changed, old, new)})" if changed else "another model"
+            raise fail(f"{out}: holds a generation with {what}; rerun with the same command to resume, or choose "
+                       f"a new --out")
     if must_train and not untrained_ok and not (state or {}).get("complete"):
         raise fail(f"{seg}: the --segmenter auto reference segmenter is not trained yet; 'synthpair generate' trains "
                    f"it first (library: synthpair.segmentation.reference.generate_scored or "
