@@ -47,7 +47,7 @@ def snapshot_steps(run: Path) -> list[int]:
 
 
 def evaluate_snapshot(run: Path, step: int, data: Path, work: Path, n: int, sampler_steps: int, seed: int,
-                      stages: StageCosts, arm: str) -> dict[str, Any]:
+                      stages: StageCosts, arm: str, spacing: str = "uniform") -> dict[str, Any]:
     """Generate ``n`` images from snapshot ``step`` of ``run`` and score them (cached in WORK/eval_step_<S>.json)."""
     from synthpair.evaluation.images import evaluate_images
     from synthpair.io import write_json_atomic
@@ -60,6 +60,7 @@ def evaluate_snapshot(run: Path, step: int, data: Path, work: Path, n: int, samp
     if not (syn / "dataset.json").is_file():
         stages.run(f"{arm}: generate step {step}", generate, run, syn,
                    GenerateConfig(n=n, steps=sampler_steps, sampler="ddim", eta=0.0, seed=seed, segmenter="off",
+                                  spacing=spacing,  # type: ignore[arg-type]
                                   keep_empty=True, min_area=0, min_component=1, snapshot=step), progress=False)
     res = stages.run(f"{arm}: evaluate step {step}", evaluate_images, data, syn, fold=0)
     d = res["distribution"]
@@ -94,6 +95,8 @@ def main() -> None:
     ap.add_argument("--eval-steps", type=int, nargs="+", help="snapshot steps to evaluate (default: every snapshot)")
     ap.add_argument("--n", type=int, default=256, help="images per evaluated snapshot")
     ap.add_argument("--sampler-steps", type=int, default=25, help="DDIM steps (eta 0)")
+    ap.add_argument("--spacing", default="uniform", choices=["uniform", "logsnr", "karras"],
+                    help="timestep grid of the evaluation sampler (the same for every arm)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1, help="torch threads (the same for every arm)")
     ap.add_argument("--name", default="busi64_image")
@@ -141,8 +144,9 @@ def main() -> None:
     results: dict[str, Any] = {}
     for name, run in runs.items():
         steps = [s for s in snapshot_steps(run) if not args.eval_steps or s in args.eval_steps]
-        pts = [evaluate_snapshot(run, s, args.data, args.work / f"eval_{name}", args.n, args.sampler_steps, args.seed,
-                                 stages, name) for s in steps]
+        cache = args.work / (f"eval_{name}" + ("" if args.spacing == "uniform" else f"_{args.spacing}"))
+        pts = [evaluate_snapshot(run, s, args.data, cache, args.n, args.sampler_steps, args.seed, stages, name,
+                                 args.spacing) for s in steps]
         cfg = json.loads((run / "config.json").read_text())
         results[name] = {"run": str(run), "points": pts, **configs.get(name, {"overrides": ["(existing run)"]}),
                          "config": {k: cfg.get(k) for k in ("lr", "batch_size", "ema_decay", "warmup_steps", "amp")}
@@ -158,7 +162,7 @@ def main() -> None:
         summary[name] = {"cpu_min_to_reference_fd": reach,
                          "fraction_of_reference": (reach / target["train_cpu_min"]) if reach and target else None}
     meta = {"command": "python " + " ".join(sys.argv), "data": str(args.data), "base": to_dict(base),
-            "n": args.n, "sampler": f"ddim-{args.sampler_steps}", "seed": args.seed, "threads": args.threads,
+            "n": args.n, "sampler": f"ddim-{args.sampler_steps} ({args.spacing} grid)", "seed": args.seed, "threads": args.threads,
             "reference": ref_name, "target": target, "stage_costs": stages.costs}
     args.results_dir.mkdir(parents=True, exist_ok=True)
     stem = args.results_dir / f"convergence_{args.name}"
