@@ -72,7 +72,7 @@ def main() -> None:
     from synthpair.io import write_json_atomic, write_text_atomic
     from synthpair.networks.export import export_complete
     from synthpair.segmentation.reference import generate_scored
-    from synthpair.synthesis.generate import GenerateConfig, generate
+    from synthpair.synthesis.generate import GenerateConfig, generate, load_generate_config
     from synthpair.training.trainer import TrainConfig, train_or_resume
 
     args.out.mkdir(parents=True, exist_ok=True)
@@ -81,7 +81,7 @@ def main() -> None:
 
     # 1. image-only samples (generate --snapshot: the run need not be finished)
     img_syn = args.out / "image_samples"
-    gcfg = load_config(GenerateConfig, args.finetuned / "syn" / "generate_config.json")
+    gcfg = load_generate_config(args.finetuned / "syn" / "generate_config.json")
     if not (img_syn / "dataset.json").is_file():
         stage("image-only: generate", generate, args.image_run, img_syn,
               GenerateConfig(n=args.image_n, steps=gcfg.steps, seed=gcfg.seed, segmenter="off", amp=gcfg.amp,

@@ -50,7 +50,7 @@ def test_manifest_records_provenance(tiny_run: tuple[Path, Path], tmp_path: Path
         assert rec["seed"] == i and rec["id"] == f"seed{i:07d}"
         assert rec["batch_seeds"] == ([0, 1, 2, 3] if i < 4 else [4, 5, 6, 7])
         assert rec["train_cases"] == sorted(train_cases) and not set(rec["train_cases"]) & set(test_cases)
-        assert rec["fold"] == 0 and rec["sampler"] == "ddim" and rec["steps"] == 3
+        assert rec["fold"] == 0 and rec["sampler"] == "dpm++2m" and rec["steps"] == 3 and rec["spacing"] == "logsnr"
         assert len(rec["model_sha256"]) == 64 and Path(rec["generator_run"]) == run.resolve()
         assert rec["mask_area"] == int((read_png(syn / "masks" / f"{rec['id']}.png") > 0).sum())
     ds = PreparedDataset.open(syn, require_splits=False)
@@ -125,16 +125,19 @@ def test_folder_written_before_spacing_existed_is_uniform(tiny_run: tuple[Path, 
     """A generate_config.json without "spacing" was sampled on the uniform grid: rerunning with it is a resume
     (nothing new written), asking for another spacing names the change."""
     _, run = tiny_run
-    out = generate(run, tmp_path / "syn", _cfg(n=2), progress=False)
+    out = generate(run, tmp_path / "syn", _cfg(n=2, sampler="ddim", spacing="uniform"), progress=False)
     path = out / "generate_config.json"
     old = json.loads(path.read_text())
     del old["spacing"]
     path.write_text(json.dumps(old))
     before = _files(out)
-    generate(run, out, _cfg(n=2), progress=False)
+    generate(run, out, _cfg(n=2, sampler="ddim", spacing="uniform"), progress=False)
     assert _files(out) == before
-    with pytest.raises(SynthpairError, match=r"spacing \('uniform' -> 'logsnr'\)"):
-        generate(run, out, _cfg(n=2, spacing="logsnr"), progress=False)
+    with pytest.raises(SynthpairError, match=r"spacing \('uniform' -> 'logsnr'\)"):  # today's default
+        generate(run, out, _cfg(n=2, sampler="ddim"), progress=False)
+    from synthpair.synthesis.generate import load_generate_config
+
+    assert load_generate_config(path).spacing == "uniform"
 
 
 def test_filter_drops_small_masks_and_keeps_seed_numbers(tiny_run: tuple[Path, Path], tmp_path: Path) -> None:
@@ -218,7 +221,7 @@ def test_spacing_is_recorded_replays_and_changes_the_samples(tiny_run: tuple[Pat
     """``--spacing`` reaches the sampling loop (other images than uniform from the same seeds), is written into
     every manifest line and replays bit for bit; a line written before spacing existed replays as uniform."""
     _, run = tiny_run
-    uni = generate(run, tmp_path / "uni", _cfg(sampler="dpm++2m", steps=6), progress=False)
+    uni = generate(run, tmp_path / "uni", _cfg(sampler="dpm++2m", steps=6, spacing="uniform"), progress=False)
     spaced = generate(run, tmp_path / "spaced", _cfg(sampler="dpm++2m", steps=6, spacing=spacing), progress=False)
     assert {r["spacing"] for r in read_manifest(uni)} == {"uniform"}
     assert {r["spacing"] for r in read_manifest(spaced)} == {spacing}

@@ -269,7 +269,7 @@ def test_paper_preset_trains_and_samples_with_the_paper_settings(tmp_path: Path,
     assert main(["generate", str(run), "--out", str(syn), "--preset", "pig-paper", "--n", "1", "--batch", "1",
                  "--keep-empty", "--segmenter", "off"]) == 0
     rec = read_manifest(syn)[0]
-    assert (rec["sampler"], rec["steps"], rec["eta"]) == ("ddim", 256, 0.0)
+    assert (rec["sampler"], rec["steps"], rec["eta"], rec["spacing"]) == ("ddim", 256, 0.0, "uniform")
     assert PRESETS["pig-paper"]["generate"]["steps"] == 256
     # flags and --set over the preset
     assert main(["generate", str(run), "--out", str(tmp_path / "syn2"), "--preset", "pig-paper", "--n", "1",

@@ -195,7 +195,7 @@ PRESETS: dict[str, dict[str, Any]] = {
                  "sampling with DDIM (eta 0) in 256 steps",
         "train": {"method": "pig", "diffusion.schedule": "linear", "diffusion.num_timesteps": 1024,
                   "diffusion.beta_start": 1e-4, "diffusion.beta_end": 0.02, "diffusion.prediction": "eps"},
-        "generate": {"sampler": "ddim", "steps": 256, "eta": 0.0},
+        "generate": {"sampler": "ddim", "steps": 256, "eta": 0.0, "spacing": "uniform"},
     },
 }
 """Named settings of a paper, per command section (``synthpair train|generate --preset NAME``): applied on top of

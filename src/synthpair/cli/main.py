@@ -263,14 +263,14 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--n", type=int, help="number of pairs to keep")
     sp.add_argument("--out", required=True)
     sp.add_argument("--sampler", choices=["ddpm", "ddim", "dpm++2m"],
-                    help="ddim (default; deterministic with --eta 0), ddpm (ancestral; needs many steps) or dpm++2m "
-                         "(DPM-Solver++(2M): deterministic second-order multistep ODE solver meant for few steps, "
-                         "10-25; ignores --eta). One network evaluation per step for all three")
-    sp.add_argument("--steps", type=int)
+                    help="dpm++2m (default: DPM-Solver++(2M), a deterministic second-order multistep ODE solver "
+                         "meant for few steps, 10-25; ignores --eta), ddim (deterministic with --eta 0) or ddpm "
+                         "(ancestral; needs many steps). One network evaluation per step for all three")
+    sp.add_argument("--steps", type=int, help="sampling steps (default 20)")
     sp.add_argument("--spacing", choices=["uniform", "logsnr", "karras"],
-                    help="which --steps timesteps are sampled: uniform (evenly in t), logsnr (evenly in log-SNR, "
-                         "DPM-Solver's choice for small images) or karras (EDM, rho 7); see "
-                         "bench/results/sampler_spacing_*.md for what each buys")
+                    help="which --steps timesteps are sampled: logsnr (default: evenly in log-SNR, DPM-Solver's "
+                         "choice for small images), uniform (evenly in t, the grid before issue 12) or karras (EDM, "
+                         "rho 7); bench/results/sampler_fast_busi64_image_step6000_spacing.md measures them")
     sp.add_argument("--eta", type=float)
     sp.add_argument("--seed", type=int, help="seed of the first pair; pair i uses seed+i")
     sp.add_argument("--batch", type=int)

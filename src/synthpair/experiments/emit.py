@@ -257,7 +257,8 @@ def _fold_generator(args: argparse.Namespace, out: Path, data: Path, fold: int, 
         _log(out, f"fold {fold}: {n} synthetic version(s) per real training pair -> {syn}")
         syn.mkdir(parents=True, exist_ok=True)
         generate(control, syn, GenerateConfig(per_real=n, steps=args.sample_steps, guidance=args.guidance,
-                                              batch_size=64, seed=args.seed, device=args.device, segmenter="off"),
+                                              batch_size=64, seed=args.seed, device=args.device, segmenter="off",
+                                              sampler="ddim", spacing="uniform"),  # the study's sampler
                  progress=args.progress)
     return base, control, syn
 

@@ -258,8 +258,8 @@ class Study:
         if not (syn / "dataset.json").is_file():
             self.log(f"synth {ds} seed{s}_N{n}: {self.cfg.syn_n} pairs ({self.cfg.syn_masks} masks)")
             gcfg = GenerateConfig(n=self.cfg.syn_n, masks=self.cfg.syn_masks, steps=self.cfg.syn_sample_steps,
-                                  seed=1_000_000 * (s + 1), segmenter="auto", amp="auto",
-                                  spacing=spacing)  # type: ignore[arg-type]
+                                  seed=1_000_000 * (s + 1), segmenter="auto", amp="auto", sampler="ddim",
+                                  spacing=spacing)  # type: ignore[arg-type]  # DDIM, as the study began
             # the reference segmenter that scores faithfulness is trained first (its cost counts here)
             self.timed(f"{ds}/synth/seed{s}_N{n}/{syn.name}", generate_scored, run, syn, gcfg, progress=self.progress)
         return syn

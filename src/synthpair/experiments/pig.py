@@ -119,7 +119,8 @@ def _stage_gen(args: argparse.Namespace, out: Path, times: dict) -> None:
 
     runs, nmax = _runs(args, out), max(args.n)
     for m in args.methods:
-        cfg = GenerateConfig(n=nmax, steps=args.sample_steps, seed=0, segmenter=args.segmenter, masks="real")
+        cfg = GenerateConfig(n=nmax, steps=args.sample_steps, seed=0, segmenter=args.segmenter, masks="real",
+                             sampler="ddim", spacing="uniform")  # the study's sampler (bench/results/pig_busi64.md)
         full = out / "syn" / f"{m}_{nmax}"
         full.mkdir(parents=True, exist_ok=True)
         _timed(times, f"gen_{m}", generate_scored, runs[m], full, cfg, progress=not args.no_progress)
