@@ -318,7 +318,8 @@ def test_study_views_and_label_honest_synthetic_pairs(study):
         # the log-SNR variant: the same mask2image run, seeds and masks, other timesteps
         spaced = [json.loads(x) for x in (syn.parent / "syn_logsnr" / "manifest.jsonl").read_text().splitlines()]
         assert [m["seed"] for m in spaced] == [m["seed"] for m in manifest]
-        assert {m["spacing"] for m in manifest} == {"uniform"} and {m["spacing"] for m in spaced} == {"logsnr"}
+        assert {(m["sampler"], m["spacing"]) for m in manifest} == {("ddim", "uniform")}
+        assert {(m["sampler"], m["spacing"]) for m in spaced} == {("dpm++2m", "logsnr")}
         assert {m["generator_run"] for m in spaced} == {m["generator_run"] for m in manifest}
         m2i = json.loads((study["out"] / "tiny" / "synth" / name / "m2i" / "training_cases.json").read_text())
         assert m2i["init_from"]["export"] == str((study["gen"] / "export").resolve())

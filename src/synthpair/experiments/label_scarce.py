@@ -59,8 +59,9 @@ ROWS: dict[str, dict[str, Any]] = {
     "syn-r0.25": {"model": "unet", "augment": "deepstack", "mixing": "ratio", "ratio": 0.25, "synthetic": True},
     "syn-r0.75": {"model": "unet", "augment": "deepstack", "mixing": "ratio", "ratio": 0.75, "synthetic": True},
     "syn-r1": {"model": "unet", "augment": "deepstack", "mixing": "ratio", "ratio": 1.0, "synthetic": True},
-    # the same synthetic rows with pairs sampled on the log-SNR timestep grid (DDIM, same steps and seeds;
-    # bench/results/sampler_spacing_*.md: the image-only generator's FD drops several-fold against the uniform grid)
+    # the same synthetic rows with pairs sampled by DPM-Solver++(2M) on the log-SNR timestep grid (same steps, seeds
+    # and masks; bench/results/sampler_fast_busi64_image_step6000_spacing.md: the image-only generator's FD drops
+    # from 50 (DDIM-25, uniform grid) to 14 (DPM-Solver++(2M)-20, log-SNR grid))
     "syn-ratio-logsnr": {"model": "unet", "augment": "deepstack", "mixing": "ratio", "ratio": 0.5,
                          "synthetic": "logsnr"},
     "ddpm-unet-syn-logsnr": {"model": "ddpm_unet", "augment": "deepstack", "lr": 2e-4, "amp": "bf16",
@@ -78,8 +79,8 @@ LABELS = {
     "syn-r0.25": "+ synthetic 25 %", "syn-r0.75": "+ synthetic 75 %", "syn-r1": "+ synthetic 100 %",
     "syn-ratio-faith": "+ synthetic (r = 0.5, faithfulness ≥ 0.5)",
     "ddpm-unet-syn": "diffusion U-Net end to end + synthetic pairs (r = 0.5)",
-    "syn-ratio-logsnr": "+ synthetic pairs (r = 0.5), log-SNR sampling grid",
-    "ddpm-unet-syn-logsnr": "diffusion U-Net end to end + synthetic pairs (r = 0.5), log-SNR grid",
+    "syn-ratio-logsnr": "+ synthetic pairs (r = 0.5), DPM-Solver++(2M) on the log-SNR grid",
+    "ddpm-unet-syn-logsnr": "diffusion U-Net end to end + synthetic pairs (r = 0.5), DPM-Solver++(2M), log-SNR grid",
 }
 
 
@@ -228,8 +229,9 @@ class Study:
         return v
 
     def make_synthetic(self, ds: str, n: int, s: int, spacing: str = "uniform") -> Path:
-        """mask2image fine-tuned from the image-only generator on the view's N pairs, then syn_n pairs sampled on
-        the ``spacing`` timestep grid (SYNTH/syn for uniform, SYNTH/syn_<spacing> otherwise; one mask2image run)."""
+        """mask2image fine-tuned from the image-only generator on the view's N pairs, then syn_n pairs: SYNTH/syn by
+        DDIM on the uniform grid (the study's first sampler), SYNTH/syn_<spacing> by DPM-Solver++(2M) on that
+        grid (the default sampler since issue 12); one mask2image run for both."""
         import dataclasses
 
         from ..config import from_dict
@@ -258,8 +260,9 @@ class Study:
         if not (syn / "dataset.json").is_file():
             self.log(f"synth {ds} seed{s}_N{n}: {self.cfg.syn_n} pairs ({self.cfg.syn_masks} masks)")
             gcfg = GenerateConfig(n=self.cfg.syn_n, masks=self.cfg.syn_masks, steps=self.cfg.syn_sample_steps,
-                                  seed=1_000_000 * (s + 1), segmenter="auto", amp="auto", sampler="ddim",
-                                  spacing=spacing)  # type: ignore[arg-type]  # DDIM, as the study began
+                                  seed=1_000_000 * (s + 1), segmenter="auto", amp="auto",
+                                  sampler="ddim" if spacing == "uniform" else "dpm++2m",
+                                  spacing=spacing)  # type: ignore[arg-type]
             # the reference segmenter that scores faithfulness is trained first (its cost counts here)
             self.timed(f"{ds}/synth/seed{s}_N{n}/{syn.name}", generate_scored, run, syn, gcfg, progress=self.progress)
         return syn
