@@ -262,3 +262,34 @@ def test_min_snr_and_lognormal_timesteps_train_and_resume_exactly(straight_run, 
     assert [l for _, l in _losses(whole)] != [l for _, l in _losses(straight_run)]
     saved = json.loads((whole / "export" / "config.json").read_text())["diffusion"]
     assert saved["loss_weighting"] == "min_snr" and saved["timestep_sampling"] == "lognormal"
+
+
+def test_keys_a_run_predates_take_their_value_of_that_time(straight_run, data, tmp_path):
+    """TRAIN_LEGACY: a run written before diffusion.loss_weighting existed trained with uniform weighting —
+    its config.json loads as uniform, it resumes as uniform, and resuming it with min-SNR is a named change."""
+    import shutil
+
+    from synthpair.config import with_legacy
+    from synthpair.training.trainer import TRAIN_LEGACY, load_train_config
+
+    assert with_legacy({"diffusion": {"prediction": "v"}, "lr": 1.0}, {"diffusion.loss_weighting": "uniform",
+                                                                       "lr": 2.0, "pig.image_from": "x"}) == \
+        {"diffusion": {"prediction": "v", "loss_weighting": "uniform"}, "lr": 1.0}
+    run = tmp_path / "old"
+    shutil.copytree(straight_run, run)
+    cfg_file = run / "config.json"
+    saved = json.loads(cfg_file.read_text())
+    del saved["diffusion"]["loss_weighting"], saved["diffusion"]["timestep_sampling"]
+    cfg_file.write_text(json.dumps(saved))
+    assert load_train_config(cfg_file).diffusion.loss_weighting == TRAIN_LEGACY["diffusion.loss_weighting"]
+    path = run / "checkpoints" / "state.pt"
+    state = torch.load(path, weights_only=True)
+    del state["config"]["diffusion"]["loss_weighting"], state["config"]["diffusion"]["timestep_sampling"]
+    state["config_hash"] = "written-by-an-older-version"
+    torch.save(state, path)
+    min_snr = dataclasses.replace(TINY, steps=TINY.steps + 1,
+                                  diffusion=dataclasses.replace(TINY.diffusion, loss_weighting="min_snr"))
+    with pytest.raises(SynthpairError, match=r"diffusion\.loss_weighting \('uniform' -> 'min_snr'\)"):
+        train_generator(data, run, min_snr, resume=True, progress=False)
+    train_generator(data, run, dataclasses.replace(TINY, steps=TINY.steps + 1), resume=True, progress=False)
+    assert len(_losses(run)) == TINY.steps + 1

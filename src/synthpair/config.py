@@ -155,6 +155,23 @@ def load_config(cls: type[T], path: Path | str) -> T:
 
 
 # ------------------------------------------------------------------------------- resuming with a saved config
+def with_legacy(data: dict[str, Any], legacy: dict[str, Any]) -> dict[str, Any]:
+    """A saved config dict with the dotted ``legacy`` keys it lacks set to their value of that time (a setting
+    added later, whose default may since have changed: the file was written when it did not exist, so the run
+    used the value it had then). Returns a new dict; sections missing altogether stay missing."""
+    import copy
+
+    out = copy.deepcopy(data)
+    for key, value in legacy.items():
+        *path, leaf = key.split(".")
+        node = out
+        for part in path:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict) and leaf not in node:
+            node[leaf] = value
+    return out
+
+
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     """Nested dict → ``{"a.b": value}`` (lists are values)."""
     out: dict[str, Any] = {}

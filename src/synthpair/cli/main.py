@@ -76,13 +76,11 @@ def cmd_budget(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from ..training.trainer import TrainConfig, train_generator
-
-    from ..config import load_config
+    from ..training.trainer import TrainConfig, load_train_config, train_generator
 
     saved = Path(args.out) / "config.json"
     # --resume starts from the run's own config, so overrides given at the start need not be repeated
-    base = load_config(TrainConfig, saved) if args.resume and saved.is_file() else None
+    base = load_train_config(saved) if args.resume and saved.is_file() else None
     cfg = _config_from_args(TrainConfig, args.config, args.set, section="train", base=base, preset=args.preset)
     cfg = _with(cfg, method=args.method, fold=args.fold, steps=args.steps)
     out = train_generator(args.data, args.out, cfg, resume=args.resume, progress=not args.no_progress,

@@ -44,6 +44,10 @@ from ..networks.controlnet import ControlConfig
 from ..networks.unet import UNetConfig
 from .ema import ema_decay_at, ema_update, make_ema
 
+# Settings added to TrainConfig after runs were written, with the value those runs trained with (their default
+# may change: a run's config.json or checkpoint without the key resumes with this value, never today's default).
+TRAIN_LEGACY: dict[str, Any] = {"diffusion.loss_weighting": "uniform", "diffusion.timestep_sampling": "uniform"}
+
 # Keys that may differ between a checkpoint and the config it is resumed with (they do not change the math).
 RESUME_FREE_KEYS = ("steps", "log_every", "preview_every", "preview_n", "preview_steps", "checkpoint_every",
                     "device", "snapshot_every")
@@ -318,7 +322,14 @@ def _load_checkpoint(path: Path, cfg: TrainConfig) -> dict[str, Any]:
         old, new = state.get("config", {}), to_dict(cfg)
         # a setting added to TrainConfig after the checkpoint was written, left at its default, cannot have
         # changed that run's math (defaults=)
-        diff = config_changes(old, new, ignore=RESUME_FREE_KEYS, defaults=to_dict(TrainConfig()))
+        from ..config import with_legacy
+
+        defaults = to_dict(TrainConfig())
+        for key, value in TRAIN_LEGACY.items():  # a key the checkpoint predates had its value of that time
+            section, _, leaf = key.rpartition(".")
+            (defaults[section] if section else defaults)[leaf] = value
+        old = with_legacy(old, TRAIN_LEGACY)
+        diff = config_changes(old, new, ignore=RESUME_FREE_KEYS, defaults=defaults)
         if not diff:
             return state
         shown = describe_changes(diff, old, new) or "unknown keys"
@@ -592,10 +603,14 @@ def train_or_resume(data_dir: Path | str, out_dir: Path | str, cfg: TrainConfig,
 
 
 def load_train_config(path: Path | str) -> TrainConfig:
-    """TrainConfig from a JSON file (RUN/config.json or a user file); unknown keys are errors."""
-    from ..config import load_config
+    """TrainConfig from a JSON file (RUN/config.json or a user file); unknown keys are errors; keys the file
+    predates take their value of that time (:data:`TRAIN_LEGACY`)."""
+    from ..config import from_dict, with_legacy
+    from ..io import read_json
 
-    return load_config(TrainConfig, path)
+    data = dict(read_json(path, "config.json"))
+    data.pop("_type", None)
+    return from_dict(TrainConfig, with_legacy(data, TRAIN_LEGACY), where=str(path))
 
 
 __all__ = ["TrainConfig", "train_generator", "train_or_resume", "config_hash", "load_train_config", "draw_batch"]
