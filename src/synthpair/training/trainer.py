@@ -72,7 +72,7 @@ class TrainConfig:
     log_every: int = 10
     preview_every: int = 250        # 0: only at the end
     preview_n: int = 16
-    preview_steps: int = 25         # DDIM steps of the preview samples
+    preview_steps: int = 25         # steps of the preview samples (DPM-Solver++(2M), log-SNR grid)
     checkpoint_every: int = 250     # 0: only at the end (and on Ctrl-C)
     augment_flips: bool = True      # random horizontal/vertical flips of image and mask together
     net: UNetConfig = field(default_factory=UNetConfig)
@@ -497,9 +497,10 @@ def train_generator(data_dir: Path | str, out_dir: Path | str, cfg: TrainConfig 
             return
         from ..report.grid import pair_grid
 
-        imgs, msks = method.sample(ema, schedule, list(range(cfg.preview_n)), data=info, sampler="ddim",
-                                   steps=min(cfg.preview_steps, cfg.diffusion.num_timesteps), device=device,
-                                   autocast_dtype=autocast)
+        # the sampler of synthpair generate's default (DPM-Solver++(2M) on the log-SNR grid; issue 12)
+        imgs, msks = method.sample(ema, schedule, list(range(cfg.preview_n)), data=info, sampler="dpm++2m",
+                                   spacing="logsnr", steps=min(cfg.preview_steps, cfg.diffusion.num_timesteps),
+                                   device=device, autocast_dtype=autocast)
         msks_np = np.zeros((imgs.shape[0], *imgs.shape[2:]), np.int64) if msks is None else msks.numpy()
         grid = pair_grid(imgs.numpy(), msks_np, ncols=8, num_classes=info.num_classes)
         save_png_atomic(out / "samples" / f"step_{at_step}.png", grid)
