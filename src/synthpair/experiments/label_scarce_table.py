@@ -111,8 +111,11 @@ def collect(study: Any) -> dict[str, Any]:
 
 
 def _fmt(s: dict[str, Any] | None, scale: float = 1.0, digits: int = 3) -> str:
+    """``mean ± sd`` over seeds; a single seed prints its value alone (no ± 0.000 spread)."""
     if not s or s.get("mean") is None:
         return "–"
+    if s.get("n") == 1:
+        return f"{s['mean'] * scale:.{digits}f}"
     return f"{s['mean'] * scale:.{digits}f} ± {(s.get('sd') or 0.0) * scale:.{digits}f}"
 
 
