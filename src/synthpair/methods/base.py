@@ -91,7 +91,8 @@ class Method:
     ``real_pairs`` (edge maps, prompts and masks of the real training pairs: per-real generation), ``prompts``
     (prompt tokens: :class:`synthpair.synthesis.generate.PromptSource`); ``conditional`` [False] — ``sample`` takes
     ``cond=`` and ``guidance=`` (methods with ``condition`` masks, real_pairs or prompts); ``accepts_labels`` [False] — ``sample`` takes
-    ``labels=`` (one class/cluster id per seed), see :meth:`label_classes`.
+    ``labels=`` (one class/cluster id per seed), see :meth:`label_classes`; ``finetune_modes`` [()] — the
+    ``TrainConfig.finetune.mode`` values it implements (:mod:`synthpair.methods.finetune`).
     """
 
     name: str = ""
@@ -101,6 +102,7 @@ class Method:
     condition: Condition = "none"
     conditional: bool = False
     accepts_labels: bool = False
+    finetune_modes: tuple[str, ...] = ()  # TrainConfig.finetune modes this method implements (prompt: all three)
 
     # ------------------------------------------------------------------------------------------- network
     def build_network(self, data: DataInfo, net_cfg: Any, cond_cfg: Any = None) -> nn.Module:
@@ -141,9 +143,12 @@ class Method:
         return None
 
     def setup(self, model: nn.Module, images: torch.Tensor, masks: torch.Tensor | None, *, data: DataInfo,
-              seed: int, fresh: bool, log: Callable[[str], None] | None = None, cfg: Any = None) -> None:
-        """Called once before training, after ``train.init_from`` weights are loaded; may add modules or freeze
-        parameters (the optimizer takes ``requires_grad`` parameters only). Default: nothing."""
+              seed: int, fresh: bool, log: Callable[[str], None] | None = None, cfg: Any = None,
+              run_dir: Path | None = None) -> None:
+        """Called once before training, after ``train.init_from`` weights are loaded (and before a checkpoint's
+        state is); may add modules or freeze parameters (the optimizer takes ``requires_grad`` parameters only).
+        ``run_dir``: the RUN folder on rank 0 (None elsewhere), for what setup must record (DreamBooth's prior
+        images). Default: nothing."""
 
     def noise_channels(self, data: DataInfo) -> tuple[int, ...]:
         """Channel counts of the noise blocks drawn per batch (:class:`Draws`). Default: the image channels."""

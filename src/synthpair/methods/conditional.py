@@ -43,7 +43,8 @@ class DSDMMethod(Method):
         return ConditionalUNet(net_cfg, self.cond_config(cond_cfg), data.channels, data.num_classes)
 
     def setup(self, model: nn.Module, images: torch.Tensor, masks: torch.Tensor, *, data: DataInfo, seed: int,
-              fresh: bool, log: Callable[[str], None] | None = None, cfg: Any = None) -> None:
+              fresh: bool, log: Callable[[str], None] | None = None, cfg: Any = None,
+              run_dir: Any = None) -> None:
         """Before diffusion training: keep preview conditions (first 16 training pairs) and, on a fresh run
         with a reference encoder, pre-train it contrastively on the training images and freeze it (its own
         generator seeded ``seed + 7919``, so the trainer's random stream is untouched)."""

@@ -173,7 +173,8 @@ class ControlNetMethod(Method):
         unwrap(model).load_branch_state(state)
 
     def setup(self, model: nn.Module, images: torch.Tensor, masks: torch.Tensor, *, data: DataInfo, seed: int,
-              fresh: bool, log: Callable[[str], None] | None = None, cfg: Any = None) -> None:
+              fresh: bool, log: Callable[[str], None] | None = None, cfg: Any = None,
+              run_dir: Any = None) -> None:
         """Freeze the base; keep the first 16 training pairs' edge maps, prompts and masks for previews."""
         from ..data.edges import edge_maps
 

@@ -46,6 +46,7 @@ from ..networks.lora import (LORA_TYPES, LoRAConfig, check_adapter_state, inject
                              merge_lora)
 from ..networks.prompt import PromptConfig, PromptUNet, Vocabulary, tokenize
 from ..networks.unet import UNetConfig
+from . import finetune as ft
 from .base import DataInfo, Draws, Method, Shard, register_method, unwrap
 from .joint import seed_generators
 
@@ -89,11 +90,11 @@ def _base_vocabulary(cfg: Any) -> Vocabulary | None:
     export_dir = _init_export(cfg.init_from)
     base = read_export_config(export_dir)
     lora = getattr(cfg, "lora", None)
-    if base.get("method") == "image" and not (lora is not None and lora.enabled):
+    if base.get("method") == "image" and not (lora is not None and lora.enabled) and ft.finetune_of(cfg) is None:
         return None  # image-only pre-training: the shared U-Net weights transfer (trainer), a fresh vocabulary
     if base.get("method") != "prompt" or "vocabulary" not in base:
         raise fail(f"{export_dir}: train.init_from is a {base.get('method')!r} run; method prompt fine-tunes "
-                   f"only a 'prompt' run (or starts from an 'image' run without LoRA)")
+                   f"only a 'prompt' run (or starts from an 'image' run without LoRA / finetune.mode)")
     return Vocabulary(base["vocabulary"])
 
 
@@ -107,11 +108,18 @@ class PromptMethod(Method):
     makes_masks = False
     condition = "prompts"  # sample(..., prompts=[...] | cond=Cond(tokens=...)); synthesis.generate.PromptSource
     conditional = True     # sample takes cond= (tokens) and guidance=
+    finetune_modes = ("dreambooth", "hypernetwork", "embedding")  # TrainConfig.finetune (methods/finetune.py)
 
     def __init__(self) -> None:
         self._prompts: list[str] | None = None
         self._vocab: Vocabulary | None = None
         self._preview: list[str] | None = None
+        self._base_vocab: Vocabulary | None = None   # finetune modes: the init_from run's vocabulary
+        self._class_prompts: list[str] = []          # dreambooth: prompts of the prior class images
+        self._ft_info: dict[str, Any] = {}           # finetune modes: what setup did (export section)
+        self._prior: tuple[torch.Tensor, torch.Tensor] | None = None  # dreambooth: (images, tokens)
+        self._prior_rows = 0
+        self._prior_weight = 0.0
 
     # ------------------------------------------------------------------ vocabulary / prompts
     def training_vocabulary(self, ds: Any, train_ids: Sequence[str], cfg: Any) -> tuple[Vocabulary, list[str]]:
@@ -119,7 +127,15 @@ class PromptMethod(Method):
         pc: PromptConfig = cfg.prompt
         prompts = item_prompts(ds, train_ids, pc)
         extra = list(pc.vocabulary) + list(AUG_PHRASES) + ([pc.default_prompt] if pc.default_prompt else [])
-        vocab = Vocabulary.from_prompts(prompts, extra, base=_base_vocabulary(cfg))
+        base = _base_vocabulary(cfg)
+        fc = ft.finetune_of(cfg)
+        if fc is not None:  # identifier in the instance prompts; the class prompts of the prior images
+            ft.check_train_config(cfg)
+            prompts, self._class_prompts = ft.finetune_prompts(fc, base, prompts)
+        vocab = Vocabulary.from_prompts(prompts, extra, base=base)
+        if fc is not None:
+            ft.check_vocabulary(fc, base, vocab)
+            self._base_vocab = base
         if len(vocab) > pc.vocab_capacity:
             raise fail(f"prompt.vocab_capacity={pc.vocab_capacity}: the vocabulary has {len(vocab)} entries; "
                        f"raise it (e.g. --set prompt.vocab_capacity={2 * len(vocab)}) in the base run")
@@ -175,10 +191,24 @@ class PromptMethod(Method):
 
     # ------------------------------------------------------------------ fine-tuning (LoRA)
     def setup(self, model: nn.Module, images: torch.Tensor, masks: torch.Tensor, *, data: DataInfo, seed: int,
-              fresh: bool, log: Callable[[str], None] | None = None, cfg: Any = None) -> None:
+              fresh: bool, log: Callable[[str], None] | None = None, cfg: Any = None,
+              run_dir: Path | None = None) -> None:
         """With ``lora.enabled`` (after the ``init_from`` weights are loaded): wrap the targeted layers in
         zero-initialised adapters and freeze everything else (the token embedding stays trainable with
-        ``lora.train_embeddings``)."""
+        ``lora.train_embeddings``). With ``finetune.mode``: :func:`synthpair.methods.finetune.setup_finetune`
+        (new word rows, hypernetwork, freezing; dreambooth's prior images, recorded in ``run_dir/prior``)."""
+        fc = ft.finetune_of(cfg)
+        if fc is not None:
+            ft.check_train_config(cfg)
+            if self._base_vocab is None:
+                self._base_vocab = _base_vocabulary(cfg)
+            self._ft_info = ft.setup_finetune(self, model, cfg, data=data, base_vocab=self._base_vocab,
+                                              class_prompts=self._class_prompts, run_dir=run_dir, log=log)
+            self._prior = self._ft_info.pop("prior", None)
+            self._prior_rows = fc.prior_batch or cfg.batch_size
+            self._prior_weight = fc.prior_weight
+            unwrap(model).finetune_cfg = fc
+            return
         lc: LoRAConfig | None = getattr(cfg, "lora", None)
         if lc is None or not lc.enabled:
             return
@@ -198,6 +228,8 @@ class PromptMethod(Method):
         net = unwrap(ema)
         out: dict[str, Any] = {"prompt": to_dict(cfg.prompt), "vocabulary": net.vocabulary.to_list(),
                                "training_prompts": sorted(set(self._prompts or []))}
+        if ft.finetune_of(cfg) is not None:
+            out["finetune"] = ft.export_section(cfg, self._ft_info, self._class_prompts)
         if getattr(cfg, "lora", None) is not None and cfg.lora.enabled:
             from ..networks.export import sha256_file
 
@@ -209,6 +241,8 @@ class PromptMethod(Method):
     def export_state(self, ema: nn.Module) -> dict[str, torch.Tensor] | None:
         """Adapters only (+ the token embedding) for LoRA runs; None (= the full state dict) otherwise."""
         net = unwrap(ema)
+        if getattr(net, "finetune_cfg", None) is not None:
+            return ft.export_state(net)  # hypernetwork / new word rows only; None (all) for dreambooth
         if not any(isinstance(m, LORA_TYPES) for m in net.modules()):
             return None
         state = lora_state_dict(net)
@@ -222,6 +256,10 @@ class PromptMethod(Method):
         load them and merge them into the weights (RuntimeError "LoRA checkpoint for another base model" when
         the base differs)."""
         lora = export_cfg.get("lora")
+        section = export_cfg.get("finetune")
+        if section and section.get("partial"):
+            ft.load_partial(model, state, section, export_dir)
+            return
         if not lora:
             model.load_state_dict(state, strict=True)
             return
@@ -290,8 +328,12 @@ class PromptMethod(Method):
             tokens = append_phrases(tokens, choice, phrases, net.vocabulary)
         dev = images.device
         cond = Cond(tokens=shard.take(tokens, dev), drop=None if draws.drop is None else shard.take(draws.drop, dev))
-        return diffusion_loss(model, schedule, shard.take(images), shard.take(draws.t, dev),
+        loss = diffusion_loss(model, schedule, shard.take(images), shard.take(draws.t, dev),
                               shard.take(draws.noise, dev), cond)
+        if self._prior is not None:  # DreamBooth: L_instance + lambda * L_prior (methods/finetune.py)
+            loss = loss + self._prior_weight * ft.prior_loss(model, net, schedule, self._prior, self._prior_rows,
+                                                             shard, generator, dev)
+        return loss
 
     def default_guidance(self, model: nn.Module) -> float:
         return 2.0 if unwrap(model).prompt_cfg.drop_prob > 0 else 1.0

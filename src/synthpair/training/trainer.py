@@ -38,6 +38,7 @@ from ..io import ensure_dir, save_png_atomic, translate_os_errors, write_bytes_a
 from ..methods import DataInfo, get_method
 from ..methods.pig import PigConfig
 from ..networks.conditional import CondConfig
+from ..networks.finetune import FinetuneConfig
 from ..networks.lora import LoRAConfig
 from ..networks.prompt import PromptConfig
 from ..networks.controlnet import ControlConfig
@@ -82,6 +83,7 @@ class TrainConfig:
     pig: PigConfig = field(default_factory=PigConfig)     # method pig: reuse/freeze a mask2image image model
     prompt: PromptConfig = field(default_factory=PromptConfig)  # method prompt: prompt encoder, CFG, aug phrases
     lora: LoRAConfig = field(default_factory=LoRAConfig)        # LoRA fine-tuning of a prompt run (with init_from)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)  # dreambooth|hypernetwork|embedding (init_from)
     device: str = "auto"            # auto | cpu | cuda | cuda:<i>
     items: str = ""                 # JSON file: list of item ids (a subset of the fold's training split), "" = all
     init_from: str = ""             # RUN or RUN/export: start from its weights (fine-tuning); "" = random init
@@ -95,6 +97,10 @@ class TrainConfig:
                 raise fail(f"train.{name}={getattr(self, name)}: must be >= 1")
         if not 0.0 <= self.ema_decay < 1.0:
             raise fail(f"train.ema_decay={self.ema_decay}: must be in [0, 1)")
+        if self.finetune.enabled:
+            from ..methods.finetune import check_train_config
+
+            check_train_config(self)  # needs init_from, not with lora.enabled (one line)
 
 
 def config_hash(cfg: TrainConfig) -> str:
@@ -369,6 +375,9 @@ def train_generator(data_dir: Path | str, out_dir: Path | str, cfg: TrainConfig 
 
     ds = PreparedDataset.open(data_dir)
     method = get_method(cfg.method)
+    if cfg.finetune.enabled and cfg.finetune.mode not in method.finetune_modes:
+        raise fail(f"finetune.mode={cfg.finetune.mode}: method {cfg.method} does not implement it; use --method "
+                   f"prompt or --set finetune.mode=off")
     uses_masks = method.uses_masks
     # mask-using methods see labelled training items only; image-only methods may add the unlabelled ones
     train_ids = ds.split(cfg.fold)[0] if uses_masks else ds.image_train_ids(cfg.fold, unlabelled=cfg.unlabelled)
@@ -406,7 +415,8 @@ def train_generator(data_dir: Path | str, out_dir: Path | str, cfg: TrainConfig 
         unresolved |= set(acc.get("mask_cases_unresolved", []))
     # e.g. DSDM: contrastive pre-training of the frozen reference encoder; LoRA adapters; a frozen ControlNet base
     method.setup(model, images, masks, data=info, seed=cfg.seed, fresh=state is None,
-                 log=((lambda msg: (ensure_dir(out), _RunLog(out).line(msg))) if is_main else None), cfg=cfg)
+                 log=((lambda msg: (ensure_dir(out), _RunLog(out).line(msg))) if is_main else None), cfg=cfg,
+                 run_dir=out if is_main else None)
     model = model.to(device)  # setup may add modules (adapters, control branches)
     ema = make_ema(model)
     schedule = NoiseSchedule(cfg.diffusion, device=device)
