@@ -343,6 +343,11 @@ def test_study_results_rows_seeds_and_paired_comparisons(study):
             assert e["summary"]["dice"]["mean"] == pytest.approx(
                 sum(r["summary"]["dice"]["mean"] for r in seg) / 2)
             assert e["cpu_minutes_segmenter"] is not None
+        # each synthetic row is charged the mask2image run + the generation of the pairs it reads
+        cost = json.loads((out / "tiny" / "cost.json").read_text())
+        for row, folder in (("syn-ratio", "syn"), ("syn-ratio-logsnr", "syn_logsnr")):
+            want = sum(cost[f"tiny/synth/seed{s}_N{n}/{k}"] for s in (0, 1) for k in ("m2i", folder)) / 2 / 60
+            assert dsec["n"][n][row]["cpu_minutes_generator_per_seed"] == pytest.approx(want)
             if row == "real-classic":
                 assert "vs_baseline" not in e
                 continue

@@ -70,8 +70,10 @@ def collect(study: Any) -> dict[str, Any]:
                                                      for m in METRICS}}
                 seg_cpu = [cost.get(str(study.seg(ds, n, s, row).relative_to(study.out))) for s in by_seed]
                 entry["cpu_minutes_segmenter"] = mean_sd([c / 60 for c in seg_cpu if c is not None])["mean"]
-                if ROWS[row].get("synthetic"):
-                    gen = [sum(cost.get(f"{ds}/synth/seed{s}_N{n}/{k}", 0.0) for k in ("m2i", "syn")) / 60
+                variant = ROWS[row].get("synthetic")
+                if variant:  # the mask2image fine-tune + the generation of the pairs this row reads
+                    folder = "syn" if variant is True else f"syn_{variant}"
+                    gen = [sum(cost.get(f"{ds}/synth/seed{s}_N{n}/{k}", 0.0) for k in ("m2i", folder)) / 60
                            for s in by_seed]
                     entry["cpu_minutes_generator_per_seed"] = mean_sd(gen)["mean"]
                 feats = [f.get("features") for r in by_seed.values() for f in r["folds"] if f.get("features")]
