@@ -242,17 +242,20 @@ class Study:
         from ..segmentation.reference import generate_scored
         from ..synthesis.generate import GenerateConfig
         from ..networks.export import export_complete
-        from ..training.trainer import TrainConfig, train_or_resume
+        from ..config import with_legacy
+        from ..training.trainer import TRAIN_LEGACY, TrainConfig, train_or_resume
 
         view = self.make_view(ds, n, s)
         root = self.synth(ds, n, s)
         run, syn = root / "m2i", root / ("syn" if spacing == "uniform" else f"syn_{spacing}")
         export = resolve_export(self.cfg.generator[ds])
         ecfg = read_json(export / "config.json", "generator export config.json")
+        # the generator's diffusion settings (a key its export predates: the value of that time, TRAIN_LEGACY)
+        diffusion = with_legacy({"diffusion": ecfg["diffusion"]}, TRAIN_LEGACY)["diffusion"]
         tcfg = dataclasses.replace(
             TrainConfig(), method="mask2image", steps=self.cfg.m2i_steps, batch_size=self.cfg.m2i_batch,
             lr=self.cfg.m2i_lr, seed=s, net=from_dict(UNetConfig, ecfg["net"], where=str(export)),
-            diffusion=from_dict(DiffusionConfig, ecfg["diffusion"], where=str(export)), init_from=str(export),
+            diffusion=from_dict(DiffusionConfig, diffusion, where=str(export)), init_from=str(export),
             preview_every=0, preview_n=8, checkpoint_every=500, log_every=50)
         if not export_complete(run):
             self.log(f"synth {ds} seed{s}_N{n}: mask2image fine-tune ({self.cfg.m2i_steps} steps)")
