@@ -249,22 +249,9 @@ def export_state(net: nn.Module) -> dict[str, torch.Tensor] | None:
 
 def load_partial(model: nn.Module, state: dict[str, torch.Tensor], section: dict[str, Any], export_dir: Path) -> None:
     """Rebuild a hypernetwork / embedding export: the base export (sha256 checked), the modules, their tensors."""
-    from ..networks.export import sha256_file
-    from .export import load_export
+    from .export import load_base_weights
 
-    base_dir = Path(section["base_export"])
-    weights = base_dir / "model.safetensors"
-    if not weights.is_file():
-        raise fail(f"{base_dir}: base export of this fine-tuned generator ({export_dir}) not found; restore that run")
-    sha = sha256_file(weights)
-    if sha != section["base_weights_sha256"]:
-        raise RuntimeError(f"fine-tuning checkpoint for another base model: {weights} has sha256 {sha[:12]}..., "
-                           f"{export_dir} was trained on {str(section['base_weights_sha256'])[:12]}...")
-    base, _ = load_export(base_dir)
-    try:
-        model.load_state_dict(base.state_dict(), strict=True)
-    except RuntimeError as err:
-        raise RuntimeError(f"fine-tuning checkpoint for another base model ({str(err).splitlines()[0]})") from None
+    load_base_weights(model, section, export_dir, "fine-tuning", "restore that run")
     fc = from_dict(FinetuneConfig, section["config"], where=f"{export_dir}/config.json:finetune.config")
     if fc.mode == "hypernetwork":
         inject_hypernetwork(model, fc)

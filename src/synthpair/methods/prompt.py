@@ -263,23 +263,10 @@ class PromptMethod(Method):
         if not lora:
             model.load_state_dict(state, strict=True)
             return
-        from .export import load_export
-        from ..networks.export import sha256_file
+        from .export import load_base_weights
 
-        base_dir = Path(lora["base_export"])
-        weights = base_dir / "model.safetensors"
-        if not weights.is_file():
-            raise fail(f"{base_dir}: base export of this LoRA generator not found; restore that run or export "
-                       f"{export_dir} again from a merged model")
-        sha = sha256_file(weights)
-        if sha != lora["base_weights_sha256"]:
-            raise RuntimeError(f"LoRA checkpoint for another base model: {weights} has sha256 {sha[:12]}..., the "
-                               f"adapters were trained on {str(lora['base_weights_sha256'])[:12]}...")
-        base, _ = load_export(base_dir)
-        try:
-            model.load_state_dict(base.state_dict(), strict=True)
-        except RuntimeError as err:
-            raise RuntimeError(f"LoRA checkpoint for another base model ({str(err).splitlines()[0]})") from None
+        load_base_weights(model, lora, export_dir, "LoRA",
+                          f"restore that run or export {export_dir} again from a merged model")
         lc = from_dict(LoRAConfig, lora["config"], where=f"{export_dir}/config.json:lora.config")
         inject_lora(model, lc)
         check_adapter_state(model, state)
