@@ -74,4 +74,16 @@ def load_base_weights(model: nn.Module, section: dict[str, Any], export_dir: Pat
         raise RuntimeError(f"{kind} checkpoint for another base model ({str(err).splitlines()[0]})") from None
 
 
-__all__ = ["load_export", "load_base_weights"]
+def overlay_state(model: nn.Module, state: dict[str, torch.Tensor], kind: str) -> None:
+    """Load the tensors of a partial export (adapters, hypernetwork, new rows) over ``model``'s own, after the
+    caller checked their names; a shape that differs is a RuntimeError "``kind`` checkpoint for another base
+    model" (load_export turns it into one line)."""
+    own = model.state_dict()
+    for k, v in state.items():
+        if tuple(own[k].shape) != tuple(v.shape):
+            raise RuntimeError(f"{kind} checkpoint for another base model ({k}: {tuple(v.shape)} != "
+                               f"{tuple(own[k].shape)})")
+    model.load_state_dict({**own, **state}, strict=True)
+
+
+__all__ = ["load_export", "load_base_weights", "overlay_state"]

@@ -249,7 +249,7 @@ def export_state(net: nn.Module) -> dict[str, torch.Tensor] | None:
 
 def load_partial(model: nn.Module, state: dict[str, torch.Tensor], section: dict[str, Any], export_dir: Path) -> None:
     """Rebuild a hypernetwork / embedding export: the base export (sha256 checked), the modules, their tensors."""
-    from .export import load_base_weights
+    from .export import load_base_weights, overlay_state
 
     load_base_weights(model, section, export_dir, "fine-tuning", "restore that run")
     fc = from_dict(FinetuneConfig, section["config"], where=f"{export_dir}/config.json:finetune.config")
@@ -260,16 +260,11 @@ def load_partial(model: nn.Module, state: dict[str, torch.Tensor], section: dict
         if rows.ndim != 1 or int(rows.max()) >= unwrap(model).text.vocab_size:
             raise RuntimeError(f"{export_dir}: new word rows {rows.tolist()} do not fit this network")
         inject_new_rows(model, rows.tolist(), None)
-    own = model.state_dict()
     want = set(hyper_state_dict(model)) | set(new_rows_state_dict(model))
     if set(state) != want:
         odd = sorted(set(state) ^ want)
         raise RuntimeError(f"{export_dir}: fine-tuning tensors do not match this network (e.g. {odd[0]})")
-    for k, v in state.items():
-        if tuple(own[k].shape) != tuple(v.shape):
-            raise RuntimeError(f"fine-tuning checkpoint for another base model ({k}: {tuple(v.shape)} != "
-                               f"{tuple(own[k].shape)})")
-    model.load_state_dict({**own, **state}, strict=True)
+    overlay_state(model, state, "fine-tuning")
     merge_new_rows(model)
     model.finetune_cfg = fc
     for p in model.parameters():

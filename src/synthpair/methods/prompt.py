@@ -263,7 +263,7 @@ class PromptMethod(Method):
         if not lora:
             model.load_state_dict(state, strict=True)
             return
-        from .export import load_base_weights
+        from .export import load_base_weights, overlay_state
 
         load_base_weights(model, lora, export_dir, "LoRA",
                           f"restore that run or export {export_dir} again from a merged model")
@@ -273,12 +273,7 @@ class PromptMethod(Method):
         unexpected = set(state) - set(lora_state_dict(model)) - {EMBEDDING_KEY}
         if unexpected:
             raise RuntimeError(f"LoRA export holds unexpected tensors (e.g. {sorted(unexpected)[0]})")
-        own = model.state_dict()
-        for k, v in state.items():
-            if tuple(own[k].shape) != tuple(v.shape):
-                raise RuntimeError(f"LoRA checkpoint for another base model ({k}: {tuple(v.shape)} != "
-                                   f"{tuple(own[k].shape)})")
-        model.load_state_dict({**own, **state}, strict=True)
+        overlay_state(model, state, "LoRA")
         merge_lora(model)
         for p in model.parameters():
             p.requires_grad_(True)
