@@ -205,6 +205,34 @@ def describe_changes(keys: list[str], old: dict[str, Any], new: dict[str, Any], 
     return ", ".join(f"{k} ({fo.get(k)!r} -> {fn.get(k)!r})" for k in keys[:limit])
 
 
+def claim_config(path: Path | str, new: dict[str, Any], *, what: str = "experiment",
+                 ignore: tuple[str, ...] | list[str] = (), only: tuple[str, ...] | list[str] | None = None,
+                 grow: tuple[str, ...] | list[str] = (), write: bool = True) -> dict[str, Any]:
+    """The one resume check of a multi-stage folder (pipeline, studies): compare the settings asked for now with
+    the folder's saved ``config.json`` (``path``) and refuse other result-relevant settings in one line; then
+    write the config (atomically) and return it.
+
+    Top-level keys only. ``ignore``: keys that may change on resume (stages, device, progress, …); ``only``:
+    compare just these; ``grow``: list-valued keys a study may extend (more N, seeds, rows) — compared as
+    nothing, saved as the union (old order first). ``write=False`` checks without writing (dry runs)."""
+    path = Path(path)
+    merged = dict(new)
+    if path.is_file():
+        old = read_json(path, f"{what} config.json")
+        old.pop("_type", None)
+        diff = config_changes(old, new, ignore=(*ignore, *grow), only=only, nested=False)
+        if diff:
+            shown = describe_changes(diff, old, new, nested=False, limit=4)
+            raise fail(f"{path}: holds a {what} with other settings: {shown}; rerun with the same settings to "
+                       f"resume, or choose a new --out")
+        for k in grow:
+            if isinstance(old.get(k), list) and isinstance(new.get(k), list):
+                merged[k] = list(dict.fromkeys([*old[k], *new[k]]))  # scalars (N, seeds, row names)
+    if write:
+        write_json_atomic(path, merged)
+    return merged
+
+
 # ------------------------------------------------------------------------------------------ named presets
 PRESETS: dict[str, dict[str, Any]] = {
     "pig-paper": {

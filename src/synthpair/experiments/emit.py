@@ -81,6 +81,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
     p.add_argument("--no-progress", dest="progress", action="store_false")
+    p.add_argument("--dry-run", action="store_true", help="print the resolved config and the planned runs, then exit")
 
 
 # --------------------------------------------------------------------------------------------- helpers
@@ -96,20 +97,9 @@ def _log(out: Path, msg: str) -> None:
 
 def _check_config(out: Path, cfg: dict[str, Any]) -> None:
     """Write ``config.json`` or refuse to resume with other result-relevant settings (one-line error)."""
-    from ..errors import fail
-    from ..io import read_json, write_json_atomic
+    from ..config import claim_config
 
-    path = out / "config.json"
-    if path.is_file():
-        from ..config import config_changes, describe_changes
-
-        old = read_json(path, "experiment config.json")
-        diff = config_changes(old, cfg, ignore=RESUME_FREE, nested=False)
-        if diff:
-            shown = describe_changes(diff, old, cfg, nested=False, limit=4)
-            raise fail(f"{path}: this experiment was started with other settings: {shown}; rerun with the same "
-                       f"arguments to resume, or choose a new --out")
-    write_json_atomic(path, cfg)
+    claim_config(out / "config.json", cfg, what="experiment", ignore=RESUME_FREE)
 
 
 def _train(data: Path, run: Path, cfg: Any, progress: bool) -> Path:
@@ -443,34 +433,97 @@ def table_markdown(title: str, table: dict[str, Any]) -> str:
 
 
 # ------------------------------------------------------------------------------------------------- run
+def resolve(args: argparse.Namespace) -> tuple[Path, bool, list[int], dict[str, Any]]:
+    """Check the arguments before anything is written → (DATA, whether it must be prepared into OUT/data first,
+    folds, the ``config.json`` of the experiment)."""
+    from ..errors import fail
+
+    data = Path(args.data)
+    prepared = (data / "dataset.json").is_file()
+    if not prepared and not (data / "images").is_dir():
+        raise fail(f"{data}: neither a prepared dataset (dataset.json) nor a raw source (images/ + masks/); pass "
+                   f"one of them")
+    if min(args.n) < 1 or not 0 < args.alpha < 1 or any(not 0 <= a <= 1 for a in args.alphas):
+        raise fail("--n must be >= 1 and alphas in [0, 1] (ours' --alpha strictly inside)")
+    folds = sorted(set(args.folds))
+    if prepared:
+        check_prepared(data, args.size, folds)
+    cfg = {k: (list(v) if isinstance(v, (list, tuple)) else v) for k, v in vars(args).items()
+           if k not in ("func", "command", "experiment", "dry_run")}
+    cfg["data"] = str((data if prepared else Path(args.out) / "data").resolve())
+    return data, not prepared, folds, cfg
+
+
+def check_prepared(data: Path, size: int | None, folds: list[int]) -> None:
+    """One-line error when DATA is not at ``--size`` or lacks one of the folds."""
+    from ..data.dataset import PreparedDataset
+    from ..errors import fail
+
+    ds = PreparedDataset.open(data)
+    if size is not None and tuple(ds.size) != (size, size):
+        raise fail(f"{data}: prepared at {ds.size[0]}x{ds.size[1]}, not --size {size}; drop --size or "
+                   f"prepare the data at that size")
+    for k in folds:
+        ds.split(k)
+
+
+def plan(args: argparse.Namespace, folds: list[int], needs_prepare: bool) -> list[str]:
+    """The runs this command would make (``--dry-run``), each marked done when its output is complete."""
+    from ..networks.export import export_complete
+
+    out, stages = Path(args.out), set(args.stages)
+
+    def mark(done: bool) -> str:
+        return " (done)" if done else ""
+
+    lines = []
+    if needs_prepare:
+        lines.append(f"prepare: {args.data} -> {out / 'data'} at {args.size or 64} px{mark((out / 'data' / 'dataset.json').is_file())}")
+    if args.pretrain and "pretrain" in stages:
+        lines.append(f"pretrain: pool of {len(args.pretrain)} dataset(s) -> {out / 'pretrain' / 'pool'}; prompt base "
+                     f"{args.pretrain_steps or args.gen_steps} steps -> {out / 'pretrain' / 'base'}"
+                     f"{mark(export_complete(out / 'pretrain' / 'base'))}")
+    abl = ablation_settings(args)
+    for k in folds:
+        f = out / f"fold_{k}"
+        if "base" in stages:
+            lines.append(f"fold {k}: prompt base {args.gen_steps} steps -> {f / 'base'}{mark(export_complete(f / 'base'))}")
+        if "control" in stages:
+            lines.append(f"fold {k}: ControlNet branch {args.control_steps or args.gen_steps} steps -> {f / 'control'}"
+                         f"{mark(export_complete(f / 'control'))}")
+        if "generate" in stages:
+            lines.append(f"fold {k}: {max(args.n)} synthetic version(s) per real training pair, DDIM "
+                         f"{args.sample_steps} steps -> {f / 'synthetic'}{mark((f / 'synthetic' / 'dataset.json').is_file())}")
+        if "table" in stages:
+            lines.append(f"fold {k}: main table, {len(table_settings(args))} rows x {args.seg_steps} segmenter steps "
+                         f"-> {f / 'seg'}")
+        if "ablations" in stages:
+            lines += [f"fold {k}: ablation '{t}', {len(rows)} rows x {args.ablation_steps or args.seg_steps} steps"
+                      for t, rows in abl.items()]
+    if "report" in stages:
+        lines.append(f"report: {out / 'results.json'}, {out / 'results.md'}")
+    return lines
+
+
 def run(args: argparse.Namespace) -> int:
     import time
 
-    from ..data.dataset import PreparedDataset
-    from ..errors import fail
-    from ..io import ensure_dir, write_json_atomic, write_text_atomic
+    from ..io import dumps_json, ensure_dir, write_json_atomic, write_text_atomic
 
+    data, needs_prepare, folds, cfg = resolve(args)
+    if args.dry_run:
+        print(dumps_json(cfg), end="")
+        print("\n".join(plan(args, folds, needs_prepare)))
+        return 0
     out = ensure_dir(Path(args.out))
-    data = Path(args.data)
-    if not (data / "dataset.json").is_file():
+    if needs_prepare:
         from ..data.prepare import PrepareConfig, prepare_dataset
 
         prepared = out / "data"
         if not (prepared / "dataset.json").is_file():
             prepare_dataset(data, prepared, PrepareConfig(size=args.size or 64), progress=args.progress)
         data = prepared
-    ds = PreparedDataset.open(data)
-    if args.size is not None and tuple(ds.size) != (args.size, args.size):
-        raise fail(f"{data}: prepared at {ds.size[0]}x{ds.size[1]}, not --size {args.size}; drop --size or "
-                   f"prepare the data at that size")
-    folds = sorted(set(args.folds))
-    for k in folds:
-        ds.split(k)
-    if min(args.n) < 1 or not 0 < args.alpha < 1 or any(not 0 <= a <= 1 for a in args.alphas):
-        raise fail("--n must be >= 1 and alphas in [0, 1] (ours' --alpha strictly inside)")
-    cfg = {k: (list(v) if isinstance(v, (list, tuple)) else v) for k, v in vars(args).items()
-           if k not in ("func", "command", "experiment")}
-    cfg["data"] = str(data.resolve())
+        check_prepared(data, args.size, folds)
     _check_config(out, cfg)
     stages = set(args.stages)
     t0 = time.time()

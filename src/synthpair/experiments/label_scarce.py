@@ -324,9 +324,9 @@ class Study:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..config import to_dict
+    from ..config import claim_config, to_dict
     from ..errors import fail
-    from ..io import dumps_json, write_json_atomic
+    from ..io import dumps_json
 
     cfg = config_from_args(args)
     out = Path(args.out)
@@ -347,15 +347,9 @@ def run(args: argparse.Namespace) -> int:
             raise fail(f"{path}: no labelled subset {missing[0]} (prepare it with --splits label-scarce.json, whose "
                        f"train_subsets name seed<S>_N<N>; the curve uses --curve-n / --curve-seeds)")
     out.mkdir(parents=True, exist_ok=True)
-    saved = out / "config.json"
-    new = to_dict(cfg)
-    if saved.is_file():  # the same study, possibly with more N / seeds / rows
-        old = json.loads(saved.read_text())
-        growing = ("n", "seeds", "rows", "curve_seeds", "curve_steps")  # a study may grow; its settings not
-        if {k: v for k, v in old.items() if k not in growing} != {k: v for k, v in new.items() if k not in growing}:
-            raise fail(f"{saved}: this folder holds a study with other settings; use its config or another --out")
-        new = {**new, **{k: list(dict.fromkeys([*old[k], *new[k]])) for k in growing}}
-    write_json_atomic(saved, new)
+    # the same study may grow (more N / seeds / rows); its settings may not change
+    new = claim_config(out / "config.json", to_dict(cfg), what="study",
+                 grow=("n", "seeds", "rows", "curve_seeds", "curve_steps"))
     only = args.only_data
     if "views" in args.stages:
         for n in cfg.n:

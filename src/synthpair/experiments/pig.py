@@ -47,6 +47,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS),
                    help="restrict gen/seg to these generators (to run them as parallel jobs)")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--dry-run", action="store_true", help="print the resolved config and the planned runs, then exit")
+
+
+# config.json keys that may differ when resuming or when stages / generators run as separate jobs
+RESUME_FREE = ("stages", "methods", "no_progress", "n")
 
 
 def _seg_config(args: argparse.Namespace, ratio: float):
@@ -232,9 +237,71 @@ def _stage_table(args: argparse.Namespace, out: Path, times: dict) -> None:
     print("\n".join(md))
 
 
+def resolve(args: argparse.Namespace) -> dict[str, Any]:
+    """Check the arguments before anything is written → the experiment's ``config.json``."""
+    from ..data.dataset import PreparedDataset
+    from ..errors import fail
+    from ..networks.export import export_complete
+
+    PreparedDataset.open(args.data).split(args.fold)
+    if min(args.n) < 1:
+        raise fail(f"--n {args.n}: numbers of synthetic pairs must be >= 1")
+    runs = _runs(args, Path(args.out))
+    need = []  # finished runs this command reads (the pig run is trained here unless --pig names one)
+    if "train" in args.stages:
+        need.append("pig" if args.pig else "mask2image")
+    if "gen" in args.stages:
+        need += [m for m in args.methods if m != "pig" or args.pig or "train" not in args.stages]
+    for m in dict.fromkeys(need):
+        if not export_complete(runs[m]):
+            raise fail(f"{runs[m]}: no finished {m} run (RUN/export); pass --{m} with "
+                       f"a finished 'synthpair train --method {m}' folder")
+    if "gen" in args.stages and not (Path(args.segmenter) / "results.json").is_file():
+        raise fail(f"{args.segmenter}: not a finished 'synthpair segment' folder (the faithfulness scorer); pass "
+                   f"--segmenter")
+    cfg = {k: (list(v) if isinstance(v, (list, tuple)) else v) for k, v in vars(args).items()
+           if k not in ("func", "command", "experiment", "dry_run")}
+    cfg.pop("out")
+    for k in ("data", "mask2image", "joint", "pig", "segmenter", "real_only"):
+        cfg[k] = str(Path(cfg[k]).resolve()) if cfg[k] else ""
+    return cfg
+
+
+def plan(args: argparse.Namespace) -> list[str]:
+    """The runs this command would make (``--dry-run``), each marked done when its output is complete."""
+    from ..networks.export import export_complete
+
+    out, nmax = Path(args.out), max(args.n)
+    lines = []
+    if "train" in args.stages:
+        run = Path(args.pig) if args.pig else out / "gen" / "pig"
+        lines.append(f"train: pig guider over the frozen image model of {args.mask2image} -> {run}"
+                     f"{' (done)' if export_complete(run) else ''}")
+    for m in args.methods if "gen" in args.stages else ():
+        d = out / "syn" / f"{m}_{nmax}"
+        lines.append(f"gen: {nmax} {m} pairs (DDIM {args.sample_steps}) -> {d}"
+                     f"{' (done)' if (d / 'dataset.json').is_file() else ''}")
+    if "seg" in args.stages:
+        lines.append(f"seg: real only (reused from {args.real_only} when its config matches) -> {out / 'seg' / 'real_only'}")
+        lines += [f"seg: real + {n} {m} pairs, {args.seg_steps} steps x batch {args.seg_batch} -> "
+                  f"{out / 'seg' / f'{m}_{n}'}" for n in sorted(args.n) for m in args.methods]
+    if "table" in args.stages:
+        lines.append(f"table: {out / 'results.json'}, {out / 'results.md'}")
+    return lines
+
+
 def run(args: argparse.Namespace) -> int:
+    from ..config import claim_config
+    from ..io import dumps_json
+
+    cfg = resolve(args)
+    if args.dry_run:
+        print(dumps_json(cfg), end="")
+        print("\n".join(plan(args)))
+        return 0
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    claim_config(out / "config.json", cfg, what="experiment", ignore=RESUME_FREE)
     times: dict = {}
     if "train" in args.stages:
         _stage_train(args, out, times)

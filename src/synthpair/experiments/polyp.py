@@ -41,6 +41,11 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+# config.json keys a resumed run must share (the generators, clusters and synthetic sets depend on them; seeds,
+# segmenter steps and the studies may change: each segmenter run is cached in its own folder)
+RESULT_KEYS = ("size", "fold", "k", "extractor", "net_channels", "gen_steps", "gen_batch", "seed", "diff",
+               "sample_steps")
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("src", help="raw polyp dataset (images/ + masks/) or a prepared folder")
@@ -70,15 +75,58 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--studies", nargs="+", choices=["full", "small"], default=["full", "small"])
     p.add_argument("--seed", type=int, default=0, help="seed of clustering, generator training and sampling")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--dry-run", action="store_true", help="print the resolved config and the planned runs, then exit")
+
+
+def plan(args: argparse.Namespace) -> list[str]:
+    """The runs this command would make (``--dry-run``), each marked done when its output is complete."""
+    from ..networks.export import export_complete
+
+    out, src, m = Path(args.out), Path(args.src), max(args.samples)
+
+    def mark(done: bool) -> str:
+        return " (done)" if done else ""
+
+    lines = []
+    if not (src / "dataset.json").is_file():
+        lines.append(f"prepare: {src} -> {out / 'data'} ({args.size} px, {args.folds} folds)"
+                     f"{mark((out / 'data' / 'dataset.json').is_file())}")
+    lines.append(f"clusters: k = {args.k} ({args.extractor} features) of fold {args.fold}'s training pairs -> "
+                 f"{out / 'clusters'}{mark((out / 'clusters' / 'clusters.json').is_file())}")
+    gens = [("cond", "joint_cluster", args.gen_steps), ("full", "joint", args.gen_steps)]
+    lines += [f"generator: {name} ({method}, {steps} steps x batch {args.gen_batch}) -> {out / 'gen' / name}"
+              f"{mark(export_complete(out / 'gen' / name))}" for name, method, steps in gens]
+    if args.per_cluster:
+        lines.append(f"generators: one joint model per cluster -> {out / 'gen'}/cluster_<i> (steps by cluster size)")
+    sets = ["diff", "full"] + (["diff_pc"] if args.per_cluster else []) + ["styled"]
+    how = f"DDIM {args.sample_steps} samples" if args.diff == "sample" else f"RePaint ({args.inpaint_mode})"
+    lines += [f"synthetic: {s}, {m} pair(s) per training image ({how if s != 'styled' else 'harmonised diff'}) -> "
+              f"{out / 'syn' / s}{mark((out / 'syn' / s / 'dataset.json').is_file())}" for s in sets]
+    if "full" in args.studies:
+        lines.append(f"study (a) full-synthetic: real-only + {len(sets)} sets x samples {args.samples} x seeds "
+                     f"{args.seeds}, {args.seg_steps} segmenter steps")
+    if "small" in args.studies:
+        lines.append(f"study (b) small data: n_real {args.real_sizes} x seeds {args.seeds}, real vs real + replace "
+                     f"(p = {args.replace_p})")
+    lines.append(f"results: {out / 'results.json'}, {out / 'results.md'}")
+    return lines
 
 
 def run(args: argparse.Namespace) -> int:
     from ..errors import fail
+    from ..io import dumps_json
 
     if not 1 <= min(args.samples) <= max(args.samples) <= 3:
         raise fail(f"--samples {args.samples}: 1 to 3 synthetic pairs per real image (paper sec. 2.4)")
     if not 0.0 <= args.replace_p <= 1.0:
         raise fail(f"--replace-p {args.replace_p}: a probability in [0, 1]")
+    src = Path(args.src)
+    if not (src / "dataset.json").is_file() and not (src / "images").is_dir():
+        raise fail(f"{src}: neither a prepared dataset (dataset.json) nor a raw polyp source (images/ + masks/)")
+    if args.dry_run:
+        print(dumps_json({k: v for k, v in vars(args).items() if k not in ("func", "dry_run")}), end="")
+        print("\n".join(plan(args)))
+        return 0
     res = PolypExperiment(args).run()
     print(f"polyp experiment: {Path(args.out) / 'results.md'}")
     return 0 if res else 1
@@ -90,36 +138,6 @@ def _log(msg: str) -> None:
     import time
 
     print(f"[polyp {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
-def _cli(argv: list[str]) -> tuple[int, str]:
-    """Run a synthpair CLI command in-process → (exit status, one-line error or '')."""
-    import contextlib
-    import io
-
-    from ..cli.main import main
-
-    err = io.StringIO()
-    with contextlib.redirect_stderr(err):
-        rc = main(argv)
-    lines = [ln for ln in err.getvalue().splitlines() if "error" in ln]
-    return rc, (lines[-1] if lines else "")
-
-
-def _has_command(name: str) -> bool:
-    from ..cli.main import build_parser
-
-    sub = [a for a in build_parser()._actions if a.__class__.__name__ == "_SubParsersAction"][0]
-    return name in sub.choices
-
-
-def _segment_supports(*fields: str) -> bool:
-    import dataclasses
-
-    from ..segmentation.train import SegmentConfig
-
-    names = {f.name for f in dataclasses.fields(SegmentConfig)}
-    return all(f in names for f in fields)
 
 
 def _unet_config(channels: list[int]) -> Any:
@@ -402,38 +420,38 @@ class PolypExperiment:
         return sets
 
     def _inpaint(self, data: Path, runs: list[Path], out: Path, m: int, cluster_file: bool) -> Path | None:
+        """RePaint of the training images' dilated lesions (:func:`synthpair.synthesis.inpaint.inpaint`); a failure
+        is a note of the results, not the end of the study."""
+        from ..errors import SynthpairError
+        from ..synthesis.inpaint import InpaintConfig, inpaint
+
         if (out / "dataset.json").is_file():
             return out
-        if not _has_command("inpaint"):
-            self.notes.append(f"{out.name}: not run — 'synthpair inpaint' is not available in this build")
+        cfg = InpaintConfig(mode=self.a.inpaint_mode, dilate_px=20.0, per_image=m, seed=self.a.seed)
+        _log(f"inpaint {data} with {', '.join(map(str, runs))} -> {out}")
+        try:
+            return inpaint(data, runs, out, cfg, clusters=self.out / "clusters" / "clusters.json" if cluster_file
+                           else None, progress=self.progress)
+        except SynthpairError as err:
+            self.notes.append(f"{out.name}: inpainting failed ({err})")
             return None
-        argv = ["inpaint", str(data), "--generator", *map(str, runs), "--out", str(out), "--dilate-px", "20",
-                "--mode", self.a.inpaint_mode, "--per-image", str(m), "--seed", str(self.a.seed), "--no-progress"]
-        if cluster_file:
-            argv += ["--clusters", str(self.out / "clusters" / "clusters.json")]
-        _log("synthpair " + " ".join(argv))
-        rc, err = _cli(argv)
-        if rc != 0 or not (out / "dataset.json").is_file():
-            self.notes.append(f"{out.name}: synthpair inpaint failed ({err or f'exit {rc}'})")
-            return None
-        return out
 
     def _harmonise(self, src: Path | None, run: Path, out: Path) -> Path | None:
+        """Styled-Diff: :func:`synthpair.synthesis.harmonise.harmonise` of the Diff set (a failure is a note)."""
+        from ..errors import SynthpairError
+        from ..synthesis.harmonise import HarmoniseConfig, harmonise
+
         if (out / "dataset.json").is_file():
             return out
         if src is None:
             return None
-        if not _has_command("harmonise"):
-            self.notes.append("styled: not run — 'synthpair harmonise' is not available in this build")
+        cfg = HarmoniseConfig(strength=self.a.harmonise_strength, colour_match=self.a.colour_match)
+        _log(f"harmonise {src} with {run} -> {out}")
+        try:
+            return harmonise(src, run, out, cfg, progress=self.progress)
+        except SynthpairError as err:
+            self.notes.append(f"styled: harmonisation failed ({err})")
             return None
-        argv = ["harmonise", str(src), "--generator", str(run), "--strength", str(self.a.harmonise_strength),
-                "--out", str(out), "--no-progress"] + (["--colour-match"] if self.a.colour_match else [])
-        _log("synthpair " + " ".join(argv))
-        rc, err = _cli(argv)
-        if rc != 0 or not (out / "dataset.json").is_file():
-            self.notes.append(f"styled: synthpair harmonise failed ({err or f'exit {rc}'})")
-            return None
-        return out
 
     def generation_metrics(self, data: Path, clusters: dict[str, Any], sets: dict[str, Path | None]) -> dict[str, Any]:
         """:func:`set_metrics` of each set vs the real training split (cached in ``eval/<set>.json``)."""
@@ -495,9 +513,6 @@ class PolypExperiment:
 
     def study_small(self, data: Path, sets: dict[str, Path | None]) -> dict[str, Any] | None:
         """Small-data study: real-only vs real + replace mixing (p) for each n_real, mean ± sd over seeds."""
-        if not _segment_supports("n_real", "subset_seed", "replace_p"):
-            self.notes.append("small-data study: not run — SegmentConfig has no n_real/subset_seed/replace mixing yet")
-            return None
         key = "styled" if sets.get("styled") is not None else "diff"
         syn = sets.get(key)
         if syn is None:
@@ -532,25 +547,12 @@ class PolypExperiment:
     def run(self) -> dict[str, Any]:
         import time
 
-        from ..config import to_dict  # noqa: F401  (keeps config import style)
-        from ..io import ensure_dir, read_json, write_json_atomic, write_text_atomic
+        from ..config import claim_config
+        from ..io import ensure_dir, write_json_atomic, write_text_atomic
 
         ensure_dir(self.out)
-        cfg = {k: v for k, v in vars(self.a).items() if k != "func"}
-        cfg_file = self.out / "config.json"
-        if cfg_file.is_file():
-            old = read_json(cfg_file, "config.json")
-            fixed = ("size", "fold", "k", "extractor", "net_channels", "gen_steps", "gen_batch", "seed", "diff",
-                     "sample_steps")
-            from ..config import config_changes
-
-            changed = config_changes(old, cfg, only=fixed, nested=False)
-            if changed:
-                from ..errors import fail
-
-                raise fail(f"{cfg_file}: this experiment folder was made with other {', '.join(changed)}; rerun with "
-                           f"the same settings to resume, or choose a new --out")
-        write_json_atomic(cfg_file, cfg)
+        cfg = {k: v for k, v in vars(self.a).items() if k not in ("func", "dry_run")}
+        claim_config(self.out / "config.json", cfg, what="experiment", only=RESULT_KEYS)
         t0 = time.time()
         data = self.prepare()
         clusters = self.cluster(data)
