@@ -263,3 +263,28 @@ def test_real_joint_cluster_run(tiny: tuple[Path, Path], tmp_path: Path) -> None
     assert all(r["source_cluster"] == train_ids.index(r["source_item"]) % 2 for r in lines)
     h = harmonise(out, run, tmp_path / "h", HarmoniseConfig(strength=0.3, steps=10, device="cpu"), progress=False)
     assert len(read_manifest(h)) == len(lines)
+
+
+def test_polyp_study_inpaints_and_harmonises_through_the_library(tiny: tuple[Path, Path], tmp_path: Path) -> None:
+    """The polyp study's --diff inpaint set and its Styled-Diff set are the library's inpaint / harmonise (not the
+    CLI in-process); a failing generator becomes a note of the results, not the end of the study."""
+    from synthpair.cli.main import build_parser
+    from synthpair.experiments.polyp import PolypExperiment
+
+    data, run = tiny
+    args = build_parser().parse_args(["experiment", "polyp", str(data), "--out", str(tmp_path / "exp"), "--diff",
+                                      "inpaint", "--harmonise-strength", "0.2", "--seed", "3", "--no-progress"])
+    exp = PolypExperiment(args)
+    syn = exp._inpaint(data, [run], tmp_path / "exp" / "syn" / "diff", 1, cluster_file=False)
+    assert syn is not None and (syn / "dataset.json").is_file() and exp.notes == []
+    recs = read_manifest(syn)
+    assert recs and all(r["method"] == "fast-repaint" and r["dilate_px"] == 20.0 and
+                        Path(r["generator_run"]).resolve() == Path(run).resolve() for r in recs)
+    assert min(r["seed"] for r in recs) >= 3 and all(r["seed"] in r["batch_seeds"] for r in recs)  # seed + p
+    assert 3 in recs[0]["batch_seeds"]
+    styled = exp._harmonise(syn, run, tmp_path / "exp" / "syn" / "styled")
+    assert styled is not None and [r["id"] for r in read_manifest(styled)] == [r["id"] for r in recs]
+    assert all(r["harmonise"]["strength"] == 0.2 for r in read_manifest(styled))
+    # a missing generator: no folder, one note naming the failure
+    assert exp._inpaint(data, [tmp_path / "nothing"], tmp_path / "exp" / "syn" / "full", 1, cluster_file=False) is None
+    assert len(exp.notes) == 1 and exp.notes[0].startswith("full: inpainting failed (")
