@@ -120,3 +120,14 @@ def test_polyp_dry_run_plans_and_writes_nothing(tmp_path: Path, capsys: pytest.C
     assert not out.exists()
     assert main(["experiment", "polyp", str(tmp_path / "none"), "--out", str(out), "--dry-run"]) == 2
     assert not out.exists()
+
+
+def test_args_config_drops_the_cli_keys_and_lists_tuples() -> None:
+    import argparse
+
+    from synthpair.config import args_config
+
+    ns = argparse.Namespace(func=print, command="experiment", experiment="pig", dry_run=True, out="o", n=(1, 2),
+                            seed=3)
+    assert args_config(ns) == {"out": "o", "n": [1, 2], "seed": 3}
+    assert args_config(ns, drop=("out",)) == {"n": [1, 2], "seed": 3}

@@ -205,6 +205,13 @@ def describe_changes(keys: list[str], old: dict[str, Any], new: dict[str, Any], 
     return ", ".join(f"{k} ({fo.get(k)!r} -> {fn.get(k)!r})" for k in keys[:limit])
 
 
+def args_config(args: Any, drop: tuple[str, ...] = ()) -> dict[str, Any]:
+    """A study's settings as a JSON-able dict from its parsed arguments (``argparse.Namespace``): the CLI's own
+    keys (``func``, ``command``, ``experiment``, ``dry_run``) and ``drop`` left out, tuples as lists."""
+    skip = {"func", "command", "experiment", "dry_run", *drop}
+    return {k: (list(v) if isinstance(v, (list, tuple)) else v) for k, v in vars(args).items() if k not in skip}
+
+
 def claim_config(path: Path | str, new: dict[str, Any], *, what: str = "experiment",
                  ignore: tuple[str, ...] | list[str] = (), only: tuple[str, ...] | list[str] | None = None,
                  grow: tuple[str, ...] | list[str] = (), write: bool = True) -> dict[str, Any]:

@@ -436,6 +436,7 @@ def table_markdown(title: str, table: dict[str, Any]) -> str:
 def resolve(args: argparse.Namespace) -> tuple[Path, bool, list[int], dict[str, Any]]:
     """Check the arguments before anything is written → (DATA, whether it must be prepared into OUT/data first,
     folds, the ``config.json`` of the experiment)."""
+    from ..config import args_config
     from ..errors import fail
 
     data = Path(args.data)
@@ -448,8 +449,7 @@ def resolve(args: argparse.Namespace) -> tuple[Path, bool, list[int], dict[str, 
     folds = sorted(set(args.folds))
     if prepared:
         check_prepared(data, args.size, folds)
-    cfg = {k: (list(v) if isinstance(v, (list, tuple)) else v) for k, v in vars(args).items()
-           if k not in ("func", "command", "experiment", "dry_run")}
+    cfg = args_config(args)
     cfg["data"] = str((data if prepared else Path(args.out) / "data").resolve())
     return data, not prepared, folds, cfg
 

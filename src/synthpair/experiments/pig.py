@@ -239,6 +239,7 @@ def _stage_table(args: argparse.Namespace, out: Path, times: dict) -> None:
 
 def resolve(args: argparse.Namespace) -> dict[str, Any]:
     """Check the arguments before anything is written → the experiment's ``config.json``."""
+    from ..config import args_config
     from ..data.dataset import PreparedDataset
     from ..errors import fail
     from ..networks.export import export_complete
@@ -259,9 +260,7 @@ def resolve(args: argparse.Namespace) -> dict[str, Any]:
     if "gen" in args.stages and not (Path(args.segmenter) / "results.json").is_file():
         raise fail(f"{args.segmenter}: not a finished 'synthpair segment' folder (the faithfulness scorer); pass "
                    f"--segmenter")
-    cfg = {k: (list(v) if isinstance(v, (list, tuple)) else v) for k, v in vars(args).items()
-           if k not in ("func", "command", "experiment", "dry_run")}
-    cfg.pop("out")
+    cfg = args_config(args, drop=("out",))
     for k in ("data", "mask2image", "joint", "pig", "segmenter", "real_only"):
         cfg[k] = str(Path(cfg[k]).resolve()) if cfg[k] else ""
     return cfg

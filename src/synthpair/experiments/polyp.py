@@ -113,6 +113,7 @@ def plan(args: argparse.Namespace) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..config import args_config
     from ..errors import fail
     from ..io import dumps_json
 
@@ -124,7 +125,7 @@ def run(args: argparse.Namespace) -> int:
     if not (src / "dataset.json").is_file() and not (src / "images").is_dir():
         raise fail(f"{src}: neither a prepared dataset (dataset.json) nor a raw polyp source (images/ + masks/)")
     if args.dry_run:
-        print(dumps_json({k: v for k, v in vars(args).items() if k not in ("func", "dry_run")}), end="")
+        print(dumps_json(args_config(args)), end="")
         print("\n".join(plan(args)))
         return 0
     res = PolypExperiment(args).run()
@@ -547,11 +548,11 @@ class PolypExperiment:
     def run(self) -> dict[str, Any]:
         import time
 
-        from ..config import claim_config
+        from ..config import args_config, claim_config
         from ..io import ensure_dir, write_json_atomic, write_text_atomic
 
         ensure_dir(self.out)
-        cfg = {k: v for k, v in vars(self.a).items() if k not in ("func", "dry_run")}
+        cfg = args_config(self.a)
         claim_config(self.out / "config.json", cfg, what="experiment", only=RESULT_KEYS)
         t0 = time.time()
         data = self.prepare()
