@@ -44,10 +44,12 @@ from ..networks.prompt import PromptConfig
 from ..networks.controlnet import ControlConfig
 from ..networks.unet import UNetConfig
 from .ema import ema_decay_at, ema_update, make_ema
+from .lr import LR_SCHEDULES, LRSchedule, lr_factor
 
 # Settings added to TrainConfig after runs were written, with the value those runs trained with (their default
 # may change: a run's config.json or checkpoint without the key resumes with this value, never today's default).
-TRAIN_LEGACY: dict[str, Any] = {"diffusion.loss_weighting": "uniform", "diffusion.timestep_sampling": "uniform"}
+TRAIN_LEGACY: dict[str, Any] = {"diffusion.loss_weighting": "uniform", "diffusion.timestep_sampling": "uniform",
+                                "lr_schedule": "constant", "lr_min_ratio": 0.0}
 
 # Keys that may differ between a checkpoint and the config it is resumed with (they do not change the math).
 RESUME_FREE_KEYS = ("steps", "log_every", "preview_every", "preview_n", "preview_steps", "checkpoint_every",
@@ -64,7 +66,9 @@ class TrainConfig:
     batch_size: int = 16
     lr: float = 2e-4
     weight_decay: float = 0.0
-    warmup_steps: int = 50          # linear LR warm-up, then constant (so resuming to more steps is exact)
+    warmup_steps: int = 50          # linear LR warm-up, then lr_schedule
+    lr_schedule: LRSchedule = "constant"  # constant (resuming to more steps is exact) | cosine (to lr_min_ratio·lr)
+    lr_min_ratio: float = 0.0       # cosine: the LR of the last step as a fraction of lr
     ema_decay: float = 0.999
     ema_warmup: bool = True         # decay min(ema_decay, (1+s)/(10+s)), see training/ema.py
     grad_clip: float = 1.0          # max global grad norm; 0 disables
@@ -97,15 +101,27 @@ class TrainConfig:
                 raise fail(f"train.{name}={getattr(self, name)}: must be >= 1")
         if not 0.0 <= self.ema_decay < 1.0:
             raise fail(f"train.ema_decay={self.ema_decay}: must be in [0, 1)")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise fail(f"train.lr_schedule={self.lr_schedule!r}: unknown; choose one of {', '.join(LR_SCHEDULES)}")
+        if not 0.0 <= self.lr_min_ratio <= 1.0:
+            raise fail(f"train.lr_min_ratio={self.lr_min_ratio}: must be in [0, 1]")
         if self.finetune.enabled:
             from ..methods.finetune import check_train_config
 
             check_train_config(self)  # needs init_from, not with lora.enabled (one line)
 
 
+def resume_free_keys(lr_schedule: str) -> tuple[str, ...]:
+    """The keys a checkpoint may be resumed with changed: :data:`RESUME_FREE_KEYS`, less ``steps`` for a schedule
+    whose rates depend on the run's length (cosine)."""
+    return RESUME_FREE_KEYS if lr_schedule == "constant" else tuple(k for k in RESUME_FREE_KEYS if k != "steps")
+
+
 def config_hash(cfg: TrainConfig) -> str:
-    """sha256 of the config without the keys that may change on resume (RESUME_FREE_KEYS)."""
-    d = {k: v for k, v in to_dict(cfg).items() if k not in RESUME_FREE_KEYS}
+    """sha256 of the config without the keys that may change on resume (RESUME_FREE_KEYS; ``steps`` only with the
+    constant LR schedule: a cosine schedule's rates depend on it)."""
+    free = resume_free_keys(cfg.lr_schedule)
+    d = {k: v for k, v in to_dict(cfg).items() if k not in free}
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()
 
 
@@ -335,7 +351,7 @@ def _load_checkpoint(path: Path, cfg: TrainConfig) -> dict[str, Any]:
             section, _, leaf = key.rpartition(".")
             (defaults[section] if section else defaults)[leaf] = value
         old = with_legacy(old, TRAIN_LEGACY)
-        diff = config_changes(old, new, ignore=RESUME_FREE_KEYS, defaults=defaults)
+        diff = config_changes(old, new, ignore=resume_free_keys(cfg.lr_schedule), defaults=defaults)
         if not diff:
             return state
         shown = describe_changes(diff, old, new) or "unknown keys"
@@ -424,8 +440,8 @@ def train_generator(data_dir: Path | str, out_dir: Path | str, cfg: TrainConfig 
     if not trainable:
         raise fail(f"method {cfg.method}: no trainable parameters after setup; check the method's settings")
     opt = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    warm = max(cfg.warmup_steps, 0)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warm) if warm else 1.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(
+        s, warmup_steps=cfg.warmup_steps, steps=cfg.steps, schedule=cfg.lr_schedule, min_ratio=cfg.lr_min_ratio))
     gen = torch.Generator().manual_seed(cfg.seed)
     step = 0
     cpu_before = 0.0  # CPU seconds of this run's training loop before this process (resumed runs)
