@@ -293,3 +293,42 @@ def test_keys_a_run_predates_take_their_value_of_that_time(straight_run, data, t
         train_generator(data, run, min_snr, resume=True, progress=False)
     train_generator(data, run, dataclasses.replace(TINY, steps=TINY.steps + 1), resume=True, progress=False)
     assert len(_losses(run)) == TINY.steps + 1
+
+
+def test_lr_factor_by_hand():
+    """constant: linear warm-up then 1 (the schedule of every earlier run); cosine: warm-up, then
+    (1 + cos(pi p)) / 2 from 1 at the end of the warm-up to min_ratio at the last step."""
+    from synthpair.training.lr import lr_factor
+
+    assert [lr_factor(s, warmup_steps=2, steps=6) for s in range(6)] == [0.5, 1, 1, 1, 1, 1]
+    cos = [lr_factor(s, warmup_steps=2, steps=6, schedule="cosine") for s in range(6)]
+    assert cos == pytest.approx([0.5, 1.0, 1.0, 0.75, 0.25, 0.0])  # p = 0, 0, 0, 1/3, 2/3, 1
+    half = [lr_factor(s, warmup_steps=0, steps=3, schedule="cosine", min_ratio=0.1) for s in range(3)]
+    assert half == pytest.approx([1.0, 0.1 + 0.9 * 0.5, 0.1])
+    with pytest.raises(ValueError, match="unknown LR schedule"):
+        lr_factor(0, warmup_steps=0, steps=3, schedule="step")  # type: ignore[arg-type]
+    with pytest.raises(SynthpairError, match="lr_schedule"):
+        dataclasses.replace(TINY, lr_schedule="step")
+    with pytest.raises(SynthpairError, match="lr_min_ratio"):
+        dataclasses.replace(TINY, lr_min_ratio=1.5)
+
+
+def test_cosine_schedule_logs_its_rates_and_refuses_to_resume_to_other_steps(data, tmp_path):
+    """The trainer applies lr_factor step by step (metrics.jsonl logs after step s the rate of the next one,
+    ``lr · lr_factor(s)``), and resuming a cosine run to more steps — other rates — is refused in one line naming
+    ``steps`` (a constant-schedule run may grow: test_resume_is_exact)."""
+    from synthpair.training.lr import lr_factor
+
+    cfg = dataclasses.replace(TINY, lr=1e-3, lr_schedule="cosine", lr_min_ratio=0.1)
+    whole = train_generator(data, tmp_path / "whole", cfg, progress=False)
+    rows = [json.loads(x) for x in (whole / "metrics.jsonl").read_text().splitlines()]
+    assert [r["lr"] for r in rows] == pytest.approx(
+        [1e-3 * lr_factor(s, warmup_steps=2, steps=6, schedule="cosine", min_ratio=0.1) for s in range(1, 7)])
+    assert rows[1]["lr"] > rows[2]["lr"] > rows[3]["lr"] > rows[4]["lr"] == pytest.approx(1e-4)  # last step: min
+    import shutil
+
+    halves = tmp_path / "halves"
+    shutil.copytree(whole, halves)
+    with pytest.raises(SynthpairError, match=r"state\.pt.*steps \(6 -> 8\)") as err:
+        train_generator(data, halves, dataclasses.replace(cfg, steps=8), resume=True, progress=False)
+    assert "\n" not in str(err.value)
