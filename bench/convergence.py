@@ -73,6 +73,25 @@ def evaluate_snapshot(run: Path, step: int, data: Path, work: Path, n: int, samp
     return out
 
 
+IGNORED = {"steps", "snapshot_every", "preview_every", "checkpoint_every", "device", "log_every", "preview_n",
+           "preview_steps", "_type"}
+
+
+def settings_diff(base: dict[str, Any], cfg: dict[str, Any], prefix: str = "") -> list[str]:
+    """``key=value`` of every setting in which an existing run's config differs from the base (what the arm is), run
+    length and logging keys left out; ``["(base)"]`` when it has none."""
+    out: list[str] = []
+    for k in sorted(set(base) | set(cfg)):
+        if not prefix and k in IGNORED:
+            continue
+        a, b = base.get(k), cfg.get(k)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += settings_diff(a, b, f"{prefix}{k}.")
+        elif a != b and b is not None:
+            out.append(f"{prefix}{k}={json.dumps(b) if not isinstance(b, str) else b}")
+    return out if out or prefix else ["(base)"]
+
+
 def time_to_reach(points: list[dict[str, Any]], fd: float) -> float | None:
     """CPU-minutes of the first evaluated snapshot whose FD is at most ``fd`` (None if none)."""
     for p in sorted(points, key=lambda p: p["step"]):
@@ -148,7 +167,7 @@ def main() -> None:
         pts = [evaluate_snapshot(run, s, args.data, cache, args.n, args.sampler_steps, args.seed, stages, name,
                                  args.spacing) for s in steps]
         cfg = json.loads((run / "config.json").read_text())
-        results[name] = {"run": str(run), "points": pts, **configs.get(name, {"overrides": ["(existing run)"]}),
+        results[name] = {"run": str(run), "points": pts, **configs.get(name, {"overrides": settings_diff(to_dict(base), cfg)}),
                          "config": {k: cfg.get(k) for k in ("lr", "batch_size", "ema_decay", "warmup_steps", "amp")}
                          | {"diffusion": cfg.get("diffusion"), "net": cfg.get("net")}}
         print(f"convergence: {name}: " + ", ".join(f"step {p['step']} ({p['train_cpu_min']} CPU-min) FD {p['fd']:.1f}"
