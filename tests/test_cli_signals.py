@@ -78,7 +78,7 @@ def test_a_killed_segment_leaves_no_half_written_folder(tmp_path):
     assert any(p.name.endswith(".partial") for p in tmp_path.iterdir()), "segment never started writing"
     time.sleep(1.0)  # inside the training loop
     proc.send_signal(signal.SIGTERM)
-    err = proc.communicate(timeout=60)[1].decode()
+    err = proc.communicate(timeout=240)[1].decode()  # generous: a loaded machine finishes the step and cleans up slowly
     assert proc.returncode == cli.EXIT_INTERRUPTED, err
     assert not out.exists()
     assert not [p.name for p in tmp_path.iterdir() if p.name.endswith(".partial")]
