@@ -4,11 +4,11 @@ on validation) vs a convolutional autoencoder (same scoring) vs a supervised cla
 Default: BUSI at 64×64 with its 133 normal images kept (empty masks = normal), 5 folds, fold 0: the diffusion
 models train on the normal training images (minus the validation cases), test = fold 0's held-out normal vs
 lesion images. ``--src ../shared/data/lgg-mri --name lgg`` runs the same on the LGG MRI slices (tumour vs none,
-pixel masks, split by patient). CPU-sized: the image-only DDPM and the simplex DDPM 400 steps each (~13-15
+pixel masks, split by patient). CPU-sized: the image-only DDPM and the simplex DDPM 2000 steps each (~10
 CPU-minutes each with the net below), autoencoder and classifier 1000 steps, t* in 100/200/300/500 (of 1000),
 DDIM 10 reconstruction steps.
 
-    python bench/anomaly_busi.py [--src ../shared/data/busi --name busi] [--steps 400] [--smoke]
+    python bench/anomaly_busi.py [--src ../shared/data/busi --name busi] [--steps 2000] [--smoke]
 
 Writes ``bench/results/anomaly_<name>.{json,md}`` and keeps the task folder under ``runs/bench_anomaly_<name>/``.
 """
@@ -28,7 +28,7 @@ from synthpair.report.tasks import write_task_report
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     add_common(ap, SHARED / "busi", "busi")
-    ap.add_argument("--steps", type=int, default=400, help="training steps of each diffusion model")
+    ap.add_argument("--steps", type=int, default=2000, help="training steps of each diffusion model")
     ap.add_argument("--baseline-steps", type=int, default=1000)
     a = ap.parse_args()
     work, results = setup(a, "anomaly")

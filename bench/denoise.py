@@ -4,11 +4,11 @@ with the Dice of a fixed real-only segmenter on the denoised images.
 
 Default: BUSI at 64×64 (lesion images: masks for the segmenter's Dice), fold 0; ``--src ../shared/data/kvasir-seg
 --name kvasir`` for Kvasir-SEG (RGB). Steps: a real-only ``synthpair segment`` on fold 0 (the fixed segmenter,
-600 steps), the image-only DDPM 400 steps (~13-15 CPU-minutes), DnCNN 1500 steps, the conditional DDPM 400 steps
+600 steps), the image-only DDPM 2000 steps (~10 CPU-minutes), DnCNN 1500 steps, the conditional DDPM 2000 steps
 (``--no-conditional`` to skip), noise gaussian 0.05/0.1, poisson 100/30, speckle 0.1/0.25; DDIM 10 steps from the
 matched timestep.
 
-    python bench/denoise.py [--src ../shared/data/busi --name busi] [--steps 400] [--smoke]
+    python bench/denoise.py [--src ../shared/data/busi --name busi] [--steps 2000] [--smoke]
 
 Writes ``bench/results/denoise_<name>.{json,md}``; the task folder stays under ``runs/bench_denoise_<name>/``.
 """
@@ -29,7 +29,7 @@ from synthpair.segmentation.train import SegmentConfig, segment
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     add_common(ap, SHARED / "busi", "busi")
-    ap.add_argument("--steps", type=int, default=400, help="training steps of each diffusion model")
+    ap.add_argument("--steps", type=int, default=2000, help="training steps of each diffusion model")
     ap.add_argument("--dncnn-steps", type=int, default=1500)
     ap.add_argument("--seg-steps", type=int, default=600)
     ap.add_argument("--no-conditional", action="store_true")

@@ -2,11 +2,11 @@
 guidance on BUSI benign vs malignant — class faithfulness (a clean classifier's accuracy on the samples) and FD.
 
 Default: BUSI at 64×64, 5 folds, fold 0, classes from the item ids (benign_*, malignant_*; normals left out).
-One class-conditional DDPM (null class on 20 % of the rows) 400 steps × batch 16 (~13-15 CPU-minutes); noise-aware
+One class-conditional DDPM (null class on 20 % of the rows) 1000 steps × batch 16 (~5 CPU-minutes); noise-aware
 and clean classifiers 1500 steps; 32 samples per class per arm, DDIM 25 steps; classifier-guidance scales 1/3/10,
 classifier-free scales 1/2/4.
 
-    python bench/guidance_busi.py [--src ../shared/data/busi --name busi] [--steps 400] [--smoke]
+    python bench/guidance_busi.py [--src ../shared/data/busi --name busi] [--steps 1000] [--smoke]
 
 Writes ``bench/results/guidance_<name>.{json,md}``; the task folder under ``runs/bench_guidance_<name>/``.
 """
@@ -27,7 +27,7 @@ from synthpair.report.tasks import write_task_report
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     add_common(ap, SHARED / "busi", "busi")
-    ap.add_argument("--steps", type=int, default=400)
+    ap.add_argument("--steps", type=int, default=1000)
     ap.add_argument("--keep", nargs="+", default=["benign", "malignant"])
     ap.add_argument("--n-per-class", type=int, default=32)
     a = ap.parse_args()

@@ -4,9 +4,9 @@ held-out patients.
 
 ``synthpair prepare ../shared/data/lgg-mri --size 64`` reads its three named channels (T1, FLAIR, T1c) and groups
 slices by patient (metadata.csv), 5 folds; fold 0's test patients are never seen in training. Each direction: the
-conditional DDPM 400 steps × batch 16 (~13-15 CPU-minutes), the U-Net the same budget, DDIM 25 sampling steps.
+conditional DDPM 1000 steps × batch 16 (~5 CPU-minutes), the U-Net the same budget, DDIM 25 sampling steps.
 
-    python bench/modality_lgg.py [--src ../shared/data/lgg-mri --name lgg] [--steps 400] [--smoke]
+    python bench/modality_lgg.py [--src ../shared/data/lgg-mri --name lgg] [--steps 1000] [--smoke]
 
 Writes ``bench/results/modality_<name>.{json,md}``; task folders under ``runs/bench_modality_<name>/``.
 """
@@ -26,7 +26,7 @@ DIRECTIONS = [(("T1", "FLAIR"), ("T1c",)), (("T1",), ("FLAIR",))]
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     add_common(ap, SHARED / "lgg-mri", "lgg")
-    ap.add_argument("--steps", type=int, default=400)
+    ap.add_argument("--steps", type=int, default=1000)
     a = ap.parse_args()
     work, results = setup(a, "modality")
     cpu0, wall0 = time.process_time(), time.perf_counter()

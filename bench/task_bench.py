@@ -24,8 +24,8 @@ from synthpair.io import write_json_atomic, write_text_atomic  # noqa: E402
 from synthpair.networks.unet import UNetConfig  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "data"
-# CPU-sized generator (as bench/mask_conditioned.py): ~2 s per step of batch 16 at 64×64 on one loaded core,
-# so 400 steps ≈ 13-15 CPU-minutes
+# CPU-sized generator (as bench/mask_conditioned.py): ~0.28 CPU-s per step of batch 16 at 64×64 on one core
+# (measured 2026-11-29 with 4 single-thread jobs on the 2 cores), so 1000 steps ≈ 5 CPU-minutes
 CPU_NET = UNetConfig(channels=(16, 32, 64), attention_levels=(False, False, True), num_head_channels=32,
                      norm_num_groups=16)
 TINY_NET = UNetConfig(channels=(8, 8), attention_levels=(False, False), num_head_channels=8, norm_num_groups=8)
