@@ -131,20 +131,28 @@ def test_a_changed_base_is_refused(runs: tuple[Path, Path, Path], tmp_path: Path
     from synthpair.methods.export import load_export
 
     data, base_run, ctl = runs
-    base2 = tmp_path / "base"
-    shutil.copytree(base_run, base2)
-    ctl2 = tmp_path / "ctl"
-    shutil.copytree(ctl, ctl2)
-    cfg = json.loads((ctl2 / "export" / "config.json").read_text())
-    cfg["base"]["export"] = str((base2 / "export").resolve())
-    (ctl2 / "export" / "config.json").write_text(json.dumps(cfg))
-    load_export(ctl2 / "export")  # same weights elsewhere: fine
-    make_base_run(base2, data, seed=1)  # other weights, valid base export of its own
-    with pytest.raises(SynthpairError, match="sha256 differs from the base"):
-        load_export(ctl2 / "export")
-    shutil.rmtree(base2)
-    with pytest.raises(SynthpairError, match="base export .* is missing"):
-        load_export(ctl2 / "export")
+    for legacy in (False, True):  # the base named by network.json; by config.json in an export that predates it
+        base2 = tmp_path / f"base{int(legacy)}"
+        shutil.copytree(base_run, base2)
+        ctl2 = tmp_path / f"ctl{int(legacy)}"
+        shutil.copytree(ctl, ctl2)
+        if legacy:
+            (ctl2 / "export" / "network.json").unlink()
+            cfg = json.loads((ctl2 / "export" / "config.json").read_text())
+            cfg["base"]["export"] = str((base2 / "export").resolve())
+            (ctl2 / "export" / "config.json").write_text(json.dumps(cfg))
+        else:
+            net = json.loads((ctl2 / "export" / "network.json").read_text())
+            assert net["class"] == "ControlledUNet"
+            net["config"]["base"]["base_export"] = str((base2 / "export").resolve())
+            (ctl2 / "export" / "network.json").write_text(json.dumps(net))
+        load_export(ctl2 / "export")  # same weights elsewhere: fine
+        make_base_run(base2, data, seed=1)  # other weights, valid base export of its own
+        with pytest.raises(SynthpairError, match="sha256 differs from the base"):
+            load_export(ctl2 / "export")
+        shutil.rmtree(base2)
+        with pytest.raises(SynthpairError, match="base export .* is missing"):
+            load_export(ctl2 / "export")
 
 
 def test_bad_settings_are_one_line_errors(tmp_path: Path) -> None:

@@ -323,13 +323,19 @@ def test_partial_export_reloads_generates_and_replays_exactly(runs, mode, tmp_pa
     # a partial export over another base (same shapes, other weights) is refused
     import shutil
 
-    moved = tmp_path / "moved"
-    shutil.copytree(run / "export", moved)
-    other = json.loads((moved / "config.json").read_text())
-    other["finetune"]["base_export"] = str((runs["dreambooth"] / "export").resolve())
-    (moved / "config.json").write_text(json.dumps(other))
-    with pytest.raises(SynthpairError, match="fine-tuning checkpoint for another base model"):
-        load_export(moved)
+    for legacy in (False, True):  # the base named by network.json; by config.json in an export that predates it
+        moved = tmp_path / f"moved{int(legacy)}"
+        shutil.copytree(run / "export", moved)
+        name = "config.json" if legacy else "network.json"
+        other = json.loads((moved / name).read_text())
+        if legacy:
+            (moved / "network.json").unlink()
+        record = other["finetune"] if legacy else other["config"]["partial"]
+        assert legacy or record["kind"] == "finetune"
+        record["base_export"] = str((runs["dreambooth"] / "export").resolve())
+        (moved / name).write_text(json.dumps(other))
+        with pytest.raises(SynthpairError, match="fine-tuning checkpoint for another base model"):
+            load_export(moved)
 
 
 @pytest.mark.parametrize("sets, message", [

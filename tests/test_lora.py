@@ -189,17 +189,23 @@ def test_lora_for_another_base_is_a_clear_error(runs: dict[str, Path]) -> None:
 
     from synthpair.methods.export import load_export
 
-    moved = runs["tmp"] / "lora_other_base"
-    shutil.copytree(runs["lora"] / "export", moved)
-    cfg = json.loads((moved / "config.json").read_text())
-    cfg["lora"]["base_export"] = str((runs["full"] / "export").resolve())  # same shapes, other weights
-    (moved / "config.json").write_text(json.dumps(cfg))
-    with pytest.raises(SynthpairError, match="LoRA checkpoint for another base model"):
-        load_export(moved)
-    cfg["lora"]["base_export"] = str(runs["tmp"] / "nowhere")
-    (moved / "config.json").write_text(json.dumps(cfg))
-    with pytest.raises(SynthpairError, match="base export of this LoRA generator not found"):
-        load_export(moved)
+    for legacy in (False, True):  # the base named by network.json; by config.json in an export that predates it
+        moved = runs["tmp"] / f"lora_other_base{int(legacy)}"
+        shutil.copytree(runs["lora"] / "export", moved)
+        name, cfg = ("config.json", json.loads((moved / "config.json").read_text())) if legacy else \
+            ("network.json", json.loads((moved / "network.json").read_text()))
+        if legacy:
+            (moved / "network.json").unlink()
+        record = cfg["lora"] if legacy else cfg["config"]["partial"]
+        assert legacy or (cfg["class"] == "PromptUNet" and record["kind"] == "lora")
+        record["base_export"] = str((runs["full"] / "export").resolve())  # same shapes, other weights
+        (moved / name).write_text(json.dumps(cfg))
+        with pytest.raises(SynthpairError, match="LoRA checkpoint for another base model"):
+            load_export(moved)
+        record["base_export"] = str(runs["tmp"] / "nowhere")
+        (moved / name).write_text(json.dumps(cfg))
+        with pytest.raises(SynthpairError, match="base export of this LoRA generator not found"):
+            load_export(moved)
 
 
 def test_full_finetune_and_lora_needs_base(runs: dict[str, Path]) -> None:

@@ -73,8 +73,10 @@ class Method:
     call, each with its documented default (nothing is probed with ``hasattr``). A method is three small things
     (docs/architecture.md, "How a generation method is put together"):
 
-    * its **network** — :meth:`build_network` (+ :meth:`build_for_training` / :meth:`build_from_export` when it
-      needs more than ``net``/``cond``; :meth:`export_state` / :meth:`load_weights` for partial exports);
+    * its **network** — :meth:`build_network` (+ :meth:`build_for_training` when it needs more than
+      ``net``/``cond``). The network owns its persistence (:mod:`synthpair.networks.pretrained`: ``network.json``,
+      and what a partial export — adapters, a ControlNet branch — holds); :meth:`build_from_export` /
+      :meth:`load_weights` rebuild exports written before ``network.json`` existed;
     * its **objective** — :meth:`item_extras` (per-item conditions), :meth:`setup`, :meth:`noise_channels`,
       :meth:`drop_prob` and :meth:`loss` given the network, the schedule, the batch and the :class:`Draws`;
       :meth:`training_loss` makes the draws and the DDP shard once for every method;
@@ -117,8 +119,9 @@ class Method:
         return self.build_network(data, train_cfg.net, cond_cfg=train_cfg.cond)
 
     def build_from_export(self, data: DataInfo, export_cfg: dict[str, Any], export_dir: Path) -> nn.Module:
-        """The network of an export (weights are loaded afterwards by :meth:`load_weights`). Default:
-        :meth:`build_network` with the export's ``net`` and, when present, ``cond`` sections."""
+        """The network of an export WITHOUT ``network.json`` (written before issue 13; weights are loaded afterwards
+        by :meth:`load_weights`). Default: :meth:`build_network` with the export's ``net`` and, when present,
+        ``cond`` sections."""
         from ..config import from_dict
         from ..networks.unet import UNetConfig
 
@@ -132,8 +135,9 @@ class Method:
 
     def load_weights(self, model: nn.Module, state: dict[str, torch.Tensor], export_cfg: dict[str, Any],
                      export_dir: Path) -> None:
-        """Load an export's ``model.safetensors`` into ``model`` (raise RuntimeError on a mismatch). Default: a
-        strict ``load_state_dict``; partial exports (LoRA adapters, a ControlNet branch) override it."""
+        """Load the ``model.safetensors`` of an export without ``network.json`` into ``model`` (raise RuntimeError
+        on a mismatch). Default: a strict ``load_state_dict``; partial exports (LoRA adapters, a ControlNet branch)
+        override it."""
         model.load_state_dict(state, strict=True)
 
     # ----------------------------------------------------------------------------------------- objective
@@ -194,10 +198,6 @@ class Method:
     def export_extra(self, ema: nn.Module, train_cfg: Any) -> dict[str, Any]:
         """Extra export-config sections (vocabulary, base run, clusters, ...). Default: none."""
         return {}
-
-    def export_state(self, ema: nn.Module) -> dict[str, torch.Tensor] | None:
-        """The tensors to save; None (the default) = the whole state dict."""
-        return None
 
     # ------------------------------------------------------------------------------------------ pipeline
     def label_classes(self, export_cfg: dict[str, Any]) -> int | None:

@@ -28,25 +28,9 @@ from torch import nn
 from ..diffusion.cond import Cond
 from ..diffusion.sampling import sample as run_sampler
 from ..errors import fail
-from ..networks.unet import DiffusionUNet, UNetConfig
+from ..networks.unet import ClusterUNet, UNetConfig  # noqa: F401  (ClusterUNet: re-exported)
 from .base import DataInfo, Draws, Method, Shard, register_method, unwrap
 from .joint import joint_loss, seed_generators, unpack_joint
-
-
-class ClusterUNet(DiffusionUNet):
-    """The joint U-Net with a class embedding: ``forward(x_t, t, cond)`` reads ``cond.label`` int64 (B,)."""
-
-    needs = ("label",)
-
-    def __init__(self, cfg: UNetConfig, in_channels: int, out_channels: int, k: int) -> None:
-        super().__init__(cfg, in_channels, out_channels, num_class_embeds=int(k))
-        self.k = int(k)
-
-    def forward(self, x_t: torch.Tensor, t: torch.Tensor, cond: Any = None) -> torch.Tensor:
-        """x_t (B, C+K, H, W), t int64 (B,), cond.label int64 (B,) in 0..k-1 → (B, C+K, H, W)."""
-        if cond is None or getattr(cond, "label", None) is None:
-            raise ValueError("joint_cluster network needs cond.label (int64 (B,) cluster ids)")
-        return self.unet(x_t, t, class_labels=cond.label.to(x_t.device).long())
 
 
 def _file_sha256(path: Path) -> str:
@@ -128,8 +112,10 @@ class JointClusterMethod(Method):
             for i in items:
                 sizes[int(data["assignments"][i])] += 1
         total = max(sum(sizes), 1)
+        prior = [s / total for s in sizes]
+        unwrap(ema).prior = prior  # the exported network (network.json) carries the prior label-free sampling draws from
         return {"clusters": {"k": int(data["k"]), "file": str(path.resolve()), "sha256": _file_sha256(path),
-                             "sizes": sizes, "prior": [s / total for s in sizes], "extractor": data.get("extractor")}}
+                             "sizes": sizes, "prior": prior, "extractor": data.get("extractor")}}
 
     # ---------------------------------------------------------------- loss / sampling
     def noise_channels(self, data: DataInfo) -> tuple[int, ...]:

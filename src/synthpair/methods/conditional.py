@@ -22,7 +22,7 @@ from ..diffusion.guidance import classifier_free
 from ..diffusion.losses import diffusion_loss, hybrid_loss
 from ..diffusion.sampling import sample as run_sampler
 from ..errors import fail
-from ..networks.conditional import CondConfig, ConditionalUNet, train_reference_encoder
+from ..networks.conditional import MASK2IMAGE_COND, CondConfig, ConditionalUNet, train_reference_encoder
 from .base import DataInfo, Draws, Method, Shard, register_method, unwrap
 from .joint import seed_generators
 
@@ -132,7 +132,7 @@ class Mask2ImageMethod(DSDMMethod):
     name = "mask2image"
 
     def cond_config(self, cfg: CondConfig | None) -> CondConfig:
-        return CondConfig(mask_mode="concat", reference=False, drop_prob=0.0, learn_sigma=False)
+        return MASK2IMAGE_COND
 
 
 register_method("dsdm", DSDMMethod)

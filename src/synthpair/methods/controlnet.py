@@ -123,8 +123,9 @@ class ControlNetMethod(Method):
         schedule, and build the branch initialised from its encoder."""
         from ..config import to_dict
         from ..networks.controlnet import ControlledUNet
-        from .export import load_export
         from ..networks.export import sha256_file
+        from ..networks.pretrained import base_record
+        from .export import load_export
 
         spec = self._base_spec(train_cfg)
         export_dir, run_dir = base_source(spec)
@@ -138,6 +139,7 @@ class ControlNetMethod(Method):
         base, _ = load_export(export_dir)
         net = ControlledUNet(base, train_cfg.control)
         net.phrases = base_phrases(base_cfg)
+        net.base_source = base_record(export_dir)  # network.json names the base; the export holds the branch
         self._base_record = {"export": str(export_dir.resolve()), "run": None if run_dir is None else str(run_dir.resolve()),
                              "weights_sha256": sha256_file(export_dir / "model.safetensors"), "method": "prompt"}
         self._base_cfg = base_cfg
@@ -165,6 +167,7 @@ class ControlNetMethod(Method):
         net = ControlledUNet(base, from_dict(ControlConfig, export_cfg["control"], where=f"{export_dir}/config.json:control"),
                              init_from_base=False)
         net.phrases = base_phrases(base_cfg)
+        net.base_source = {"base_export": str(base_export), "base_weights_sha256": str(rec.get("weights_sha256"))}
         return net
 
     def load_weights(self, model: nn.Module, state: dict[str, torch.Tensor], export_cfg: dict[str, Any],
@@ -188,9 +191,6 @@ class ControlNetMethod(Method):
             n_train = sum(p.numel() for p in net.parameters() if p.requires_grad)
             log(f"controlnet: base frozen ({sum(p.numel() for p in net.base.parameters())} params), branch "
                 f"{n_train} trainable params")
-
-    def export_state(self, ema: nn.Module) -> dict[str, torch.Tensor]:
-        return unwrap(ema).branch_state()
 
     def export_extra(self, ema: nn.Module, train_cfg: Any) -> dict[str, Any]:
         from ..config import to_dict

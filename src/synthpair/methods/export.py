@@ -1,13 +1,14 @@
 """Loading a generator export: ``load_export(RUN/export) -> (model, export_config)``.
 
-The export files themselves (``config.json`` + ``model.safetensors`` + ``version.json``, written by
-:func:`synthpair.networks.export.save_export`) belong to the networks layer; rebuilding the network needs the
-export's METHOD (:meth:`synthpair.methods.base.Method.build_from_export` / ``load_weights``), so loading lives
-here, one layer up.
+The export files themselves (``config.json`` + ``network.json`` + ``model.safetensors`` + ``version.json``, written
+by :func:`synthpair.networks.export.save_export`) belong to the networks layer, and since issue 13 the network
+rebuilds itself from ``network.json`` (:func:`synthpair.networks.pretrained.from_pretrained`). Exports written
+before that have no ``network.json``: their METHOD rebuilds the network
+(:meth:`synthpair.methods.base.Method.build_from_export` / ``load_weights``), which is why ``load_export`` — the one
+entry point for both — lives here, one layer up.
 """
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -15,41 +16,44 @@ import torch
 from torch import nn
 
 from ..errors import fail
-from ..io import read_json
 from ..networks.export import read_export_config
+from ..networks.pretrained import overlay_state, register_legacy_loader  # overlay_state: re-exported
 
 
 def load_export(export_dir: Path | str, device: torch.device | str = "cpu") -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild the network of an export and load its (EMA) weights → ``(model in eval mode, export_config)``.
 
-    Errors (one line, naming the file): folder/config/weights missing, sha256 mismatch with
-    ``version.json``, unreadable safetensors, or weights that do not fit the configured network.
+    An export with ``network.json`` (written since issue 13) is rebuilt by the network itself
+    (:func:`synthpair.networks.pretrained.from_pretrained`); an older one through its method
+    (:meth:`~synthpair.methods.base.Method.build_from_export` + :meth:`~synthpair.methods.base.Method.load_weights`).
+    Errors (one line, naming the file): folder/config/weights missing, sha256 mismatch with ``version.json``,
+    unreadable safetensors, or weights that do not fit the configured network.
     """
-    from safetensors.torch import load
-
+    from ..networks.pretrained import from_pretrained, has_network_file, read_weights
     from .base import DataInfo, get_method
 
     export_dir = Path(export_dir)
     cfg = read_export_config(export_dir)
-    weights = export_dir / "model.safetensors"
-    if not weights.is_file():
-        raise fail(f"{weights}: weights file missing; re-export the run (RUN/export) or retrain")
-    version = read_json(export_dir / "version.json", "version.json")
-    raw = weights.read_bytes()
-    if hashlib.sha256(raw).hexdigest() != version.get("weights_sha256"):
-        raise fail(f"{weights}: sha256 does not match version.json (corrupt or replaced); re-export or retrain the run")
-    try:
-        state = load(raw)
-    except Exception as err:  # noqa: BLE001  (safetensors raises its own error types for bad headers/data)
-        raise fail(f"{weights}: unreadable safetensors file ({err}); re-export or retrain the run") from None
+    if has_network_file(export_dir):
+        return from_pretrained(export_dir, device), cfg
+    state, _ = read_weights(export_dir)
     method = get_method(cfg["method"])
     model = method.build_from_export(DataInfo.from_dict(cfg["data"]), cfg, export_dir)
     try:
         method.load_weights(model, state, cfg, export_dir)  # partial exports: adapters / control branch over a base
     except RuntimeError as err:
         first = str(err).splitlines()[0] if str(err) else "mismatch"
+        weights = export_dir / "model.safetensors"
         raise fail(f"{weights}: weights do not fit the network in config.json ({first}); re-export the run") from None
     return model.to(device).eval(), cfg
+
+
+def _load_legacy(export_dir: Path) -> nn.Module:
+    """The base loader of partial networks for bases written before ``network.json`` existed."""
+    return load_export(export_dir)[0]
+
+
+register_legacy_loader(_load_legacy)
 
 
 def load_base_weights(model: nn.Module, section: dict[str, Any], export_dir: Path, kind: str, hint: str) -> None:
@@ -72,18 +76,6 @@ def load_base_weights(model: nn.Module, section: dict[str, Any], export_dir: Pat
         model.load_state_dict(base.state_dict(), strict=True)
     except RuntimeError as err:
         raise RuntimeError(f"{kind} checkpoint for another base model ({str(err).splitlines()[0]})") from None
-
-
-def overlay_state(model: nn.Module, state: dict[str, torch.Tensor], kind: str) -> None:
-    """Load the tensors of a partial export (adapters, hypernetwork, new rows) over ``model``'s own, after the
-    caller checked their names; a shape that differs is a RuntimeError "``kind`` checkpoint for another base
-    model" (load_export turns it into one line)."""
-    own = model.state_dict()
-    for k, v in state.items():
-        if tuple(own[k].shape) != tuple(v.shape):
-            raise RuntimeError(f"{kind} checkpoint for another base model ({k}: {tuple(v.shape)} != "
-                               f"{tuple(own[k].shape)})")
-    model.load_state_dict({**own, **state}, strict=True)
 
 
 __all__ = ["load_export", "load_base_weights", "overlay_state"]

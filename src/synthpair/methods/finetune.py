@@ -40,7 +40,7 @@ from torch import nn
 
 from ..config import from_dict, to_dict
 from ..errors import fail
-from ..networks.finetune import (FinetuneConfig, HyperLinear, NewRowsEmbedding, hyper_state_dict,
+from ..networks.finetune import (FinetuneConfig, NewRowsEmbedding, hyper_state_dict,
                                  inject_hypernetwork, inject_new_rows, merge_new_rows, new_rows_state_dict)
 from ..networks.prompt import Vocabulary, tokenize
 from .base import unwrap
@@ -238,15 +238,6 @@ def export_section(cfg: Any, info: dict[str, Any], class_prompts: Sequence[str])
     return out
 
 
-def export_state(net: nn.Module) -> dict[str, torch.Tensor] | None:
-    """Hypernetwork tensors and/or new word rows for partial modes; None (whole state dict) otherwise."""
-    has_hyper = any(isinstance(m, HyperLinear) for m in net.modules())
-    has_rows = isinstance(net.text.token, NewRowsEmbedding)
-    if not (has_hyper or has_rows):
-        return None
-    return {**hyper_state_dict(net), **new_rows_state_dict(net)}
-
-
 def load_partial(model: nn.Module, state: dict[str, torch.Tensor], section: dict[str, Any], export_dir: Path) -> None:
     """Rebuild a hypernetwork / embedding export: the base export (sha256 checked), the modules, their tensors."""
     from .export import load_base_weights, overlay_state
@@ -272,4 +263,4 @@ def load_partial(model: nn.Module, state: dict[str, torch.Tensor], section: dict
 
 
 __all__ = ["finetune_of", "check_train_config", "finetune_prompts", "check_vocabulary", "new_words",
-           "setup_finetune", "prior_images", "prior_loss", "export_section", "export_state", "load_partial"]
+           "setup_finetune", "prior_images", "prior_loss", "export_section", "load_partial"]

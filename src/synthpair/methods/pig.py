@@ -63,6 +63,7 @@ from ..diffusion.cond import Cond
 from ..diffusion.losses import prediction_target
 from ..diffusion.sampling import sample as run_sampler
 from ..errors import fail
+from ..networks.pig import PigNet  # noqa: F401  (re-exported: the network lives in the networks layer)
 from .base import DataInfo, Draws, Method, Shard, register_method, unwrap
 from .joint import pack_joint, seed_generators, unpack_joint
 
@@ -83,59 +84,6 @@ class PigConfig:
         if self.freeze_image and not self.image_from:
             raise fail("pig.freeze_image=true needs pig.image_from=RUN (a finished mask2image run to freeze); "
                        "set pig.image_from or drop pig.freeze_image")
-
-
-class PigNet(nn.Module):
-    """The pair of PIG denoisers in one module (so trainer, EMA, checkpoints, export and DDP see one network).
-
-    ``guider``: (B, K + C, H, W) = cat(x_t, y_t) → (B, K, H, W), the mask prediction (model x);
-    ``image``: the mask2image :class:`ConditionalUNet` (model y), ``image(y_t, t, Cond(mask=... | mask_channels=...))``
-    → (B, C, H, W).
-    """
-
-    def __init__(self, net_cfg: Any, image_net_cfg: Any, channels: int, num_classes: int) -> None:
-        super().__init__()
-        from ..networks.conditional import ConditionalUNet
-        from ..networks.unet import build_unet
-        from .conditional import Mask2ImageMethod
-
-        if num_classes < 2:
-            raise fail(f"num_classes={num_classes}: PIG generates masks, the data needs at least one foreground class")
-        self.channels, self.num_classes = channels, num_classes
-        k = num_classes - 1
-        self.guider = build_unet(net_cfg, in_channels=k + channels, out_channels=k)
-        self.image = ConditionalUNet(image_net_cfg, Mask2ImageMethod().cond_config(None), channels, num_classes)
-        self.needs = ("mask",)
-
-    def image_trainable(self) -> bool:
-        return any(p.requires_grad for p in self.image.parameters())
-
-    def train(self, mode: bool = True) -> "PigNet":
-        super().train(mode)
-        if not self.image_trainable():
-            self.image.eval()  # frozen image model: always in eval mode
-        return self
-
-    def guide(self, z_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """Model x: z_t = cat(y_t (C), x_t (K)) (B, C + K, H, W), t int64 (B,) → prediction for x, (B, K, H, W)."""
-        c = self.channels
-        return self.guider(torch.cat([z_t[:, c:], z_t[:, :c]], dim=1), t)
-
-    def forward(self, z_t: torch.Tensor, t: torch.Tensor, cond: Any = None, image: bool = True) -> torch.Tensor:
-        """Teacher-forced predictions for training: z_t = cat(y_t, x_t) (B, C + K, H, W), t int64 (B,), ``cond``:
-        the CLEAN mask for model y (``Cond.mask`` int64 (B, H, W) or ``Cond.mask_channels`` (B, K, H, W)).
-
-        Returns ``cat(out_y, out_x)`` (B, C + K, H, W), or only ``out_x`` (B, K, H, W) with ``image=False``.
-        (Sampling does not call this: :func:`paired_denoiser` feeds model y the guider's x0_hat instead.)
-        """
-        out_x = self.guide(z_t, t)
-        if not image:
-            return out_x
-        if not isinstance(cond, Cond) or (cond.mask is None and cond.mask_channels is None):
-            raise fail("PigNet.forward needs the clean mask as cond=Cond(mask=...) for the image model")
-        out_y = self.image(z_t[:, :self.channels], t, cond)
-        return torch.cat([out_y, out_x.to(out_y.dtype)], dim=1)
-
 
 
 def paired_denoiser(net: PigNet, schedule: Any,

@@ -42,15 +42,15 @@ from ..diffusion.guidance import classifier_free
 from ..diffusion.losses import diffusion_loss
 from ..diffusion.sampling import sample as run_sampler
 from ..errors import fail
-from ..networks.lora import (LORA_TYPES, LoRAConfig, check_adapter_state, inject_lora, lora_state_dict,
+from ..networks.lora import (LoRAConfig, check_adapter_state, inject_lora, lora_state_dict,
                              merge_lora)
-from ..networks.prompt import PromptConfig, PromptUNet, Vocabulary, tokenize
+from ..networks.pretrained import base_record
+from ..networks.prompt import EMBEDDING_KEY, PromptConfig, PromptUNet, Vocabulary, tokenize
 from ..networks.unet import UNetConfig
 from . import finetune as ft
 from .base import DataInfo, Draws, Method, Shard, register_method, unwrap
 from .joint import seed_generators
 
-EMBEDDING_KEY = "text.token.weight"
 
 
 
@@ -207,7 +207,10 @@ class PromptMethod(Method):
             self._prior = self._ft_info.pop("prior", None)
             self._prior_rows = fc.prior_batch or cfg.batch_size
             self._prior_weight = fc.prior_weight
-            unwrap(model).finetune_cfg = fc
+            net = unwrap(model)
+            net.finetune_cfg = fc
+            if fc.mode in ("hypernetwork", "embedding"):  # the export holds only what they train (networks.prompt)
+                net.partial = {"kind": "finetune", "finetune": to_dict(fc), **base_record(_init_export(cfg.init_from))}
             return
         lc: LoRAConfig | None = getattr(cfg, "lora", None)
         if lc is None or not lc.enabled:
@@ -219,6 +222,7 @@ class PromptMethod(Method):
         if lc.train_embeddings:
             net.text.token.weight.requires_grad_(True)
         net.lora_cfg = lc
+        net.partial = {"kind": "lora", "lora": to_dict(lc), **base_record(_init_export(cfg.init_from))}
         if log is not None:
             n = sum(p.numel() for p in net.parameters() if p.requires_grad)
             log(f"lora: {len(wrapped)} layers wrapped (rank {lc.rank}, alpha {lc.alpha}, targets "
@@ -237,18 +241,6 @@ class PromptMethod(Method):
             out["lora"] = {"config": to_dict(cfg.lora), "base_export": str(base),
                            "base_weights_sha256": sha256_file(base / "model.safetensors")}
         return out
-
-    def export_state(self, ema: nn.Module) -> dict[str, torch.Tensor] | None:
-        """Adapters only (+ the token embedding) for LoRA runs; None (= the full state dict) otherwise."""
-        net = unwrap(ema)
-        if getattr(net, "finetune_cfg", None) is not None:
-            return ft.export_state(net)  # hypernetwork / new word rows only; None (all) for dreambooth
-        if not any(isinstance(m, LORA_TYPES) for m in net.modules()):
-            return None
-        state = lora_state_dict(net)
-        if getattr(net, "lora_cfg", None) is not None and net.lora_cfg.train_embeddings:
-            state[EMBEDDING_KEY] = net.text.token.weight.detach()
-        return state
 
     def load_weights(self, model: nn.Module, state: dict[str, torch.Tensor], export_cfg: dict[str, Any],
                      export_dir: Path) -> None:

@@ -29,6 +29,7 @@ from torch import nn
 
 from ..diffusion.cond import Cond
 from ..errors import fail
+from .pretrained import Pretrained, config_from, config_of
 from .unet import UNetConfig
 
 
@@ -191,8 +192,9 @@ def freeze(module: nn.Module) -> None:
 
 
 # ------------------------------------------------------------------------------------- the U-Net
-class ConditionalUNet(nn.Module):
-    """Mask (+ reference) conditioned denoiser; see module docstring. ``needs``: the Cond fields it reads."""
+class ConditionalUNet(Pretrained, nn.Module):
+    """Mask (+ reference) conditioned denoiser; see module docstring. ``needs``: the Cond fields it reads.
+    ``network.json`` config: ``{"net": UNetConfig, "cond": CondConfig, "channels", "num_classes"}``."""
 
     def __init__(self, net: UNetConfig, cond_cfg: CondConfig, channels: int, num_classes: int) -> None:
         super().__init__()
@@ -228,6 +230,16 @@ class ConditionalUNet(nn.Module):
         if self.use_reference:
             self.encoder.eval()  # frozen: always in eval mode
         return self
+
+    def network_config(self) -> dict[str, Any]:
+        return {"net": config_of(self.cfg), "cond": config_of(self.cond_cfg), "channels": self.channels,
+                "num_classes": self.num_classes}
+
+    @classmethod
+    def from_network_config(cls, config: dict[str, Any], folder: Any) -> "ConditionalUNet":
+        return cls(config_from(UNetConfig, config["net"], folder, "config.net"),
+                   config_from(CondConfig, config["cond"], folder, "config.cond"), int(config["channels"]),
+                   int(config["num_classes"]))
 
     def check_cond(self, cond: Any, batch: int) -> Cond:
         """One-line errors for missing conditions or a reference image of another channel count."""
@@ -290,4 +302,8 @@ class ConditionalUNet(nn.Module):
         return self.unet(x_t, t, **kwargs)
 
 
-__all__ = ["CondConfig", "ConditionalUNet", "ReferenceEncoder", "train_reference_encoder", "nt_xent"]
+# the fixed conditioning of method mask2image (and of PIG's image model): the mask concatenated to x_t, no reference,
+# no classifier-free null condition, fixed variance
+MASK2IMAGE_COND = CondConfig(mask_mode="concat", reference=False, drop_prob=0.0, learn_sigma=False)
+
+__all__ = ["CondConfig", "MASK2IMAGE_COND", "ConditionalUNet", "ReferenceEncoder", "train_reference_encoder", "nt_xent"]

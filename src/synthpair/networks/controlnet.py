@@ -32,6 +32,7 @@ from torch import nn
 
 from ..data.edges import EdgeConfig
 from ..errors import fail
+from .pretrained import Pretrained, config_from, config_of
 
 
 @dataclass(frozen=True)
@@ -80,13 +81,17 @@ def base_context(base: nn.Module, cond: Any) -> torch.Tensor:
     return base.encode(tokens)
 
 
-class ControlledUNet(nn.Module):
+class ControlledUNet(Pretrained, nn.Module):
     """``forward(x_t (B, C, H, W), t int64 (B,), cond: Cond(tokens (B, L), control (B, 1, H, W) in [0, 1],
     drop (B,) bool | None)) -> (B, C, H, W)`` (module docstring). ``base`` exposes ``diffusion_unet`` (MONAI
     ``DiffusionModelUNet``, with_conditioning) and ``encode(tokens) -> (B, L, D)``; ``net_cfg`` is the
     base's :class:`~synthpair.networks.unet.UNetConfig`."""
 
     needs = ("tokens", "control")
+    # the frozen base this branch sits on: {"base_export", "base_weights_sha256"} (networks.pretrained.base_record),
+    # set by the method that builds the branch; network.json records it, the weights file holds the branch only
+    base_source: dict[str, str] | None = None
+    phrases: tuple[str, ...] = ()
 
     def __init__(self, base: nn.Module, cfg: ControlConfig, net_cfg: Any = None, *, init_from_base: bool = True
                  ) -> None:
@@ -139,6 +144,40 @@ class ControlledUNet(nn.Module):
         down, mid = self.control(x_t, t, controlnet_cond=edges, conditioning_scale=self.scale, context=ctx)
         return self.base.diffusion_unet(x_t, t, context=ctx, down_block_additional_residuals=tuple(down),
                                         mid_block_additional_residual=mid)
+
+    def network_config(self) -> dict[str, Any]:
+        if not self.base_source:
+            raise ValueError("ControlledUNet.base_source is not set: the branch cannot name the base it sits on")
+        return {"control": config_of(self.cfg), "base": dict(self.base_source), "phrases": list(self.phrases)}
+
+    @classmethod
+    def from_network_config(cls, config: dict[str, Any], folder: Any) -> "ControlledUNet":
+        """Loads the base export (sha256 checked; one-line error when it is gone) and builds the branch on it."""
+        from pathlib import Path
+
+        from .pretrained import load_base
+
+        base_export = Path(config["base"]["base_export"])
+        if not (base_export / "model.safetensors").is_file():
+            raise fail(f"{folder}: its base export {base_export} is missing; the ControlNet branch needs the frozen "
+                       f"'prompt' base it was trained on")
+        try:
+            base = load_base(config["base"], Path(folder), "ControlNet",
+                             "the ControlNet branch needs the frozen 'prompt' base it was trained on")
+        except RuntimeError as err:
+            raise fail(f"{Path(config['base']['base_export']) / 'model.safetensors'}: sha256 differs from the base this "
+                       f"ControlNet was trained on ({err}); restore that base run or retrain the branch") from None
+        net = cls(base, config_from(ControlConfig, config["control"], folder, "config.control"), init_from_base=False)
+        net.base_source = dict(config["base"])
+        net.phrases = tuple(config.get("phrases") or ())
+        return net
+
+    def saved_state(self) -> dict[str, torch.Tensor]:
+        """The branch only (the base has its own export)."""
+        return self.branch_state()
+
+    def load_saved_state(self, state: dict[str, torch.Tensor], folder: Any) -> None:
+        self.load_branch_state(state)
 
     def branch_state(self) -> dict[str, torch.Tensor]:
         """The branch's weights only (what the export stores), keys ``control.*``."""

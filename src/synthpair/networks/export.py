@@ -1,6 +1,10 @@
-"""The generator export: ``config.json`` + ``model.safetensors`` (EMA weights) + ``version.json``.
+"""The generator export: ``config.json`` + ``network.json`` + ``model.safetensors`` (EMA weights) + ``version.json``.
 
-``config.json`` holds everything needed to rebuild the network and sample from it::
+``network.json`` (since issue 13; :mod:`synthpair.networks.pretrained`) is the network's own description — its
+class and constructor settings, the base a partial export sits on — from which
+:func:`~synthpair.networks.pretrained.from_pretrained` rebuilds it without the method. ``config.json`` holds what
+sampling needs (method, schedule, data, the method's sections) and, for exports written before ``network.json``
+existed, what the method rebuilds the network from::
 
     {"format": "synthpair-generator", "version": 1, "method": "joint",
      "net": {...UNetConfig...}, "diffusion": {...DiffusionConfig...},
@@ -20,7 +24,7 @@ import torch
 from torch import nn
 
 from ..errors import fail
-from ..io import read_json, write_bytes_atomic, write_json_atomic
+from ..io import read_json, write_json_atomic
 
 EXPORT_FORMAT = "synthpair-generator"
 EXPORT_VERSION = 1
@@ -36,27 +40,26 @@ def sha256_file(path: Path | str) -> str:
 
 def save_export(out_dir: Path | str, model: nn.Module, export_config: dict[str, Any],
                 state: dict[str, torch.Tensor] | None = None) -> Path:
-    """Write ``config.json``, ``model.safetensors`` (``model``'s state dict, float32, CPU) and ``version.json``.
+    """Write ``config.json``, ``network.json`` (when ``model`` is a :class:`~synthpair.networks.pretrained.Pretrained`
+    network: what rebuilds it), ``model.safetensors`` and ``version.json`` (last: a folder with it is complete).
 
-    ``export_config`` must contain ``method``, ``net``, ``diffusion`` and ``data`` (see module docstring).
-    ``state`` replaces the full state dict when a method saves only part of its weights (LoRA adapters, a
-    ControlNet branch over a frozen base; the method's ``load_weights`` puts them back). Returns ``out_dir``.
+    ``export_config`` must contain ``method``, ``net``, ``diffusion`` and ``data`` (see module docstring). The weights
+    are the network's own :meth:`~synthpair.networks.pretrained.Pretrained.saved_state` (the whole state dict, or the
+    adapters / ControlNet branch / new rows a wrapper added over its base), or ``state`` when given (a network that
+    is not ``Pretrained``). Returns ``out_dir``.
     """
-    from safetensors.torch import save
-
-    import synthpair
+    from .pretrained import NETWORK_FILE, Pretrained, network_record, write_weights
 
     missing = [k for k in ("method", "net", "diffusion", "data") if k not in export_config]
     if missing:
         raise ValueError(f"export_config lacks {missing}")
     out_dir = Path(out_dir)
-    state = {k: v.detach().to("cpu", torch.float32).contiguous()
-             for k, v in (model.state_dict() if state is None else state).items()}
-    data = save(state)
-    write_bytes_atomic(out_dir / "model.safetensors", data)
+    if state is None:
+        state = model.saved_state() if isinstance(model, Pretrained) else model.state_dict()
     write_json_atomic(out_dir / "config.json", {"format": EXPORT_FORMAT, "version": EXPORT_VERSION, **export_config})
-    write_json_atomic(out_dir / "version.json", {"synthpair": synthpair.__version__, "torch": torch.__version__,
-                                                 "weights_sha256": hashlib.sha256(data).hexdigest()})
+    if isinstance(model, Pretrained):
+        write_json_atomic(out_dir / NETWORK_FILE, network_record(model))
+    write_weights(out_dir, state)
     return out_dir
 
 

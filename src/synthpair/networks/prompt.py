@@ -45,7 +45,11 @@ from torch import nn
 
 from ..data.prompts import tokenize
 from ..errors import fail
+from .pretrained import Pretrained, config_from, config_of
 from .unet import UNetConfig, build_unet
+
+# the token table's key in a LoRA export (saved beside the adapters with lora.train_embeddings)
+EMBEDDING_KEY = "text.token.weight"
 
 PAD, UNK = "<pad>", "<unk>"
 _WORD = re.compile(r"^[a-z0-9][a-z0-9+\-./']*$")
@@ -240,10 +244,19 @@ class PromptEncoder(nn.Module):
                        f"dim={self.dim}, max_len={self.max_len}): {first}; match prompt.* to the weights") from None
 
 
-class PromptUNet(nn.Module):
-    """MONAI ``DiffusionModelUNet`` with cross-attention to the prompt context (see module docstring)."""
+class PromptUNet(Pretrained, nn.Module):
+    """MONAI ``DiffusionModelUNet`` with cross-attention to the prompt context (see module docstring).
+
+    ``network.json`` config: ``{"net", "channels_in", "channels_out", "vocab_size", "prompt", "vocabulary",
+    "partial"}``. ``partial`` (None for a full export) describes what a fine-tuning run adds over its base
+    (``self.partial``, set by the method's setup): ``{"kind": "lora", "lora": LoRAConfig, "base_export",
+    "base_weights_sha256"}`` — the file holds the adapters (+ the token table with ``lora.train_embeddings``) — or
+    ``{"kind": "finetune", "finetune": FinetuneConfig, ...}`` — the hypernetwork tensors and/or the new word rows.
+    Loading a partial network loads the base (sha256 checked), adds the modules, overlays the tensors and merges
+    them, so the loaded network is a full one again (``partial`` None)."""
 
     needs = ("tokens",)
+    partial: dict[str, Any] | None = None
 
     def __init__(self, net_cfg: UNetConfig, channels_in: int, channels_out: int, vocab_size: int,
                  prompt_cfg: PromptConfig) -> None:
@@ -255,6 +268,88 @@ class PromptUNet(nn.Module):
         self.text = PromptEncoder(vocab_size, prompt_cfg.dim, prompt_cfg.max_len, prompt_cfg.layers,
                                   prompt_cfg.heads, prompt_cfg.dropout)
         self.null_context = nn.Parameter(torch.randn(prompt_cfg.max_len, prompt_cfg.dim) * 0.02)
+
+    def network_config(self) -> dict[str, Any]:
+        vocab = getattr(self, "vocabulary", None)
+        return {"net": config_of(self.cfg), "channels_in": self.in_channels, "channels_out": self.out_channels,
+                "vocab_size": self.text.vocab_size, "prompt": config_of(self.prompt_cfg),
+                "vocabulary": None if vocab is None else vocab.to_list(), "partial": self.partial}
+
+    @classmethod
+    def from_network_config(cls, config: dict[str, Any], folder: Any) -> "PromptUNet":
+        net = cls(config_from(UNetConfig, config["net"], folder, "config.net"), int(config["channels_in"]),
+                  int(config["channels_out"]), int(config["vocab_size"]),
+                  config_from(PromptConfig, config["prompt"], folder, "config.prompt"))
+        if config.get("vocabulary") is not None:
+            net.vocabulary = Vocabulary(config["vocabulary"])
+        net.partial = config.get("partial")
+        return net
+
+    def saved_state(self) -> dict[str, torch.Tensor]:
+        """Full state dict, or for a partial network only what its fine-tuning trained (class docstring)."""
+        from .finetune import hyper_state_dict, new_rows_state_dict
+        from .lora import LORA_TYPES, lora_state_dict
+
+        kind = (self.partial or {}).get("kind")
+        if kind == "finetune":
+            return {**hyper_state_dict(self), **new_rows_state_dict(self)}
+        if kind == "lora" and any(isinstance(m, LORA_TYPES) for m in self.modules()):
+            state = lora_state_dict(self)
+            if self.partial["lora"].get("train_embeddings"):
+                state[EMBEDDING_KEY] = self.text.token.weight.detach()
+            return state
+        return self.state_dict()
+
+    def load_saved_state(self, state: dict[str, torch.Tensor], folder: Any) -> None:
+        """Strict load, or base + adapters / hypernetwork / new rows, merged (class docstring); RuntimeError
+        "... checkpoint for another base model" when the base or the tensors do not fit."""
+        from .pretrained import load_base, overlay_state
+
+        part = self.partial
+        if not part:
+            self.load_state_dict(state, strict=True)
+            return
+        kind = part.get("kind")
+        label = "LoRA" if kind == "lora" else "fine-tuning"
+        base = load_base(part, Path(folder), label, "restore that run or export it again from a merged model")
+        try:
+            self.load_state_dict(base.state_dict(), strict=True)
+        except RuntimeError as err:
+            raise RuntimeError(f"{label} checkpoint for another base model ({str(err).splitlines()[0]})") from None
+        if kind == "lora":
+            from .lora import LoRAConfig, check_adapter_state, inject_lora, lora_state_dict, merge_lora
+
+            inject_lora(self, config_from(LoRAConfig, part["lora"], folder, "config.partial.lora"))
+            check_adapter_state(self, state)
+            unexpected = set(state) - set(lora_state_dict(self)) - {EMBEDDING_KEY}
+            if unexpected:
+                raise RuntimeError(f"LoRA export holds unexpected tensors (e.g. {sorted(unexpected)[0]})")
+            overlay_state(self, state, "LoRA")
+            merge_lora(self)
+        elif kind == "finetune":
+            from .finetune import (FinetuneConfig, hyper_state_dict, inject_hypernetwork, inject_new_rows,
+                                   merge_new_rows, new_rows_state_dict)
+
+            fc = config_from(FinetuneConfig, part["finetune"], folder, "config.partial.finetune")
+            if fc.mode == "hypernetwork":
+                inject_hypernetwork(self, fc)
+            if "text.token.rows" in state:
+                rows = state["text.token.rows"].long()
+                if rows.ndim != 1 or int(rows.max()) >= self.text.vocab_size:
+                    raise RuntimeError(f"{folder}: new word rows {rows.tolist()} do not fit this network")
+                inject_new_rows(self, rows.tolist(), None)
+            want = set(hyper_state_dict(self)) | set(new_rows_state_dict(self))
+            if set(state) != want:
+                odd = sorted(set(state) ^ want)
+                raise RuntimeError(f"{folder}: fine-tuning tensors do not match this network (e.g. {odd[0]})")
+            overlay_state(self, state, "fine-tuning")
+            merge_new_rows(self)
+            self.finetune_cfg = fc
+        else:
+            raise RuntimeError(f"unknown partial network kind {kind!r}")
+        for p in self.parameters():
+            p.requires_grad_(True)
+        self.partial = None  # merged: a full network now
 
     @property
     def diffusion_unet(self) -> nn.Module:
@@ -289,4 +384,4 @@ class PromptUNet(nn.Module):
         return self.diffusion_unet(x_t, t, context=ctx)
 
 
-__all__ = ["PromptConfig", "Vocabulary", "PromptEncoder", "PromptUNet", "tokenize", "PAD", "UNK"]
+__all__ = ["EMBEDDING_KEY", "PromptConfig", "Vocabulary", "PromptEncoder", "PromptUNet", "tokenize", "PAD", "UNK"]

@@ -512,7 +512,7 @@ def train_generator(data_dir: Path | str, out_dir: Path | str, cfg: TrainConfig 
         cond_section = method.cond_config(cfg.cond)
         extra = {"cond": to_dict(cond_section)} if cond_section is not None else {}
         extra.update(method.export_extra(ema, cfg))  # method-specific sections (vocabulary, base run, clusters, ...)
-        save_export(folder, ema, state=method.export_state(ema), export_config={
+        save_export(folder, ema, export_config={  # the weights: the network's saved_state (partial ones too)
             **extra, "method": cfg.method, "init_from": None if init is None else init["export"],
             "net": to_dict(cfg.net), "diffusion": to_dict(cfg.diffusion), "data": info.to_dict(), "labels": ds.labels,
             "fold": cfg.fold, "step": at_step, "cpu_seconds": round(cpu_seconds(), 1),
