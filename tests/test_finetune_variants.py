@@ -133,7 +133,8 @@ def test_config_errors() -> None:
 
 # ------------------------------------------------------------------------------------------ end to end
 TINY = dict(steps=2, batch_size=4, log_every=1, preview_every=0, preview_n=0, preview_steps=2,
-            checkpoint_every=0, amp="off", warmup_steps=1, device="cpu", lr=0.01)
+            checkpoint_every=0, amp="off", warmup_steps=1, device="cpu", lr=0.01,
+            lr_schedule="constant")  # the dreambooth run is resumed 1 -> 2 steps: exact with a constant LR only
 PRIOR = ["finetune.prior_n=5", "finetune.prior_steps=2", "finetune.prior_batch=2", "finetune.prior_weight=0.5"]
 
 

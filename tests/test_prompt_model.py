@@ -243,6 +243,7 @@ def test_resume_with_augmentation_prompts_is_exact(tmp_path: Path) -> None:
     data = write_tiny_prepared(tmp_path / "d", n=6)
     cfg = TrainConfig(method="prompt", steps=4, batch_size=3, log_every=1, preview_every=0, preview_n=0,
                       checkpoint_every=0, amp="off", warmup_steps=1, device="cpu", net=NET,
+                      lr_schedule="constant",  # 2 + 2 resumed steps: exact with a constant LR only
                       prompt=PromptConfig(dim=16, max_len=6, heads=2, aug_prob=0.7, drop_prob=0.3),
                       diffusion=DiffusionConfig(num_timesteps=20))
     train_generator(data, tmp_path / "straight", cfg, progress=False)

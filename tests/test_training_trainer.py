@@ -18,8 +18,10 @@ from synthpair.networks import UNetConfig
 from synthpair.training import TrainConfig, train_generator
 from synthpair.training.ema import ema_decay_at, ema_update, make_ema
 
+# constant LR: these tests resume runs to MORE steps, exact only with the constant schedule (a cosine run resumes to
+# its own steps: test_cosine_run_interrupted_resumes_exactly)
 TINY = TrainConfig(steps=6, batch_size=4, log_every=1, preview_every=0, preview_n=4, preview_steps=3,
-                   checkpoint_every=0, amp="off", warmup_steps=2,
+                   checkpoint_every=0, amp="off", warmup_steps=2, lr=2e-4, lr_schedule="constant",
                    net=UNetConfig(channels=(8, 16), attention_levels=(False, True), num_head_channels=8,
                                   norm_num_groups=8),
                    diffusion=DiffusionConfig(num_timesteps=50))
@@ -229,6 +231,34 @@ def test_ctrl_c_checkpoint_resumes_exactly(straight_run, data, tmp_path, monkeyp
     assert _losses(run) == _losses(straight_run)
 
 
+def test_cosine_run_interrupted_resumes_exactly(data, tmp_path, monkeypatch):
+    """The default schedule (cosine over ``steps``): a run interrupted after step 3 and resumed to its own 6 steps
+    gives the straight run's losses and weights bit for bit."""
+    from synthpair.methods.joint import JointMethod
+
+    cfg = dataclasses.replace(TINY, lr=1e-3, lr_schedule="cosine")
+    assert TrainConfig().lr_schedule == "cosine"
+    straight = train_generator(data, tmp_path / "straight", cfg, progress=False)
+    real = JointMethod.training_loss
+    calls = {"n": 0}
+
+    def interrupt_on_fourth(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise KeyboardInterrupt
+        return real(self, *args, **kwargs)
+
+    run = tmp_path / "interrupted"
+    monkeypatch.setattr(JointMethod, "training_loss", interrupt_on_fourth)
+    with pytest.raises(KeyboardInterrupt):
+        train_generator(data, run, cfg, progress=False)
+    monkeypatch.setattr(JointMethod, "training_loss", real)
+    train_generator(data, run, cfg, resume=True, progress=False)
+    assert _losses(run) == _losses(straight)
+    w, ref = _weights(run), _weights(straight)
+    assert all(torch.equal(w[k], ref[k]) for k in ref)
+
+
 def test_resume_accepts_checkpoint_written_before_a_config_field_existed(straight_run, data, tmp_path):
     """A checkpoint whose stored config lacks a section added later (left at its default) still resumes;
     the same section set to a non-default value is a config change and is refused."""
@@ -329,6 +359,6 @@ def test_cosine_schedule_logs_its_rates_and_refuses_to_resume_to_other_steps(dat
 
     halves = tmp_path / "halves"
     shutil.copytree(whole, halves)
-    with pytest.raises(SynthpairError, match=r"state\.pt.*steps \(6 -> 8\)") as err:
+    with pytest.raises(SynthpairError, match=r"state\.pt.*steps \(6 -> 8\).*resumes only to its own steps") as err:
         train_generator(data, halves, dataclasses.replace(cfg, steps=8), resume=True, progress=False)
     assert "\n" not in str(err.value)

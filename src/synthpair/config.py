@@ -246,7 +246,10 @@ PRESETS: dict[str, dict[str, Any]] = {
         "about": "PIG (paper 004, sec. 3.1): T = 1024 timesteps, linear betas 1e-4 .. 0.02, eps prediction; "
                  "sampling with DDIM (eta 0) in 256 steps",
         "train": {"method": "pig", "diffusion.schedule": "linear", "diffusion.num_timesteps": 1024,
-                  "diffusion.beta_start": 1e-4, "diffusion.beta_end": 0.02, "diffusion.prediction": "eps"},
+                  "diffusion.beta_start": 1e-4, "diffusion.beta_end": 0.02, "diffusion.prediction": "eps",
+                  # the paper gives no learning rate: the recipe this preset ran with (bench/results/pig_preset_*)
+                  # before issue 12 made 1e-3 with cosine decay the default
+                  "lr": 2e-4, "lr_schedule": "constant"},
         "generate": {"sampler": "ddim", "steps": 256, "eta": 0.0, "spacing": "uniform"},
     },
 }
