@@ -133,9 +133,9 @@ def main() -> None:
 
     import torch
 
-    from synthpair.config import apply_overrides, load_config, to_dict
+    from synthpair.config import apply_overrides, to_dict
     from synthpair.io import write_bytes_atomic, write_json_atomic, write_text_atomic
-    from synthpair.training.trainer import TrainConfig, train_or_resume
+    from synthpair.training.trainer import TrainConfig, load_train_config, train_or_resume
 
     torch.set_num_threads(args.threads)
     args.work.mkdir(parents=True, exist_ok=True)
@@ -146,7 +146,8 @@ def main() -> None:
         args.steps, args.snapshot_every, args.n, args.sampler_steps = 4, 2, 4, 2
     if args.data is None:
         raise SystemExit("--data is required (or --smoke)")
-    base = load_config(TrainConfig, args.base) if args.base else TrainConfig(method="image")
+    # a run's config.json: keys it predates take their value of that time (TRAIN_LEGACY), not today's default
+    base = load_train_config(args.base) if args.base else TrainConfig(method="image")
     base = apply_overrides(base, [f"steps={args.steps}", f"snapshot_every={args.snapshot_every}", "preview_every=0",
                                   "checkpoint_every=500"] + (["net.channels=[8,16]", "net.attention_levels=[false,true]",
                                                               "net.num_head_channels=8", "net.norm_num_groups=8",
