@@ -56,26 +56,4 @@ def _load_legacy(export_dir: Path) -> nn.Module:
 register_legacy_loader(_load_legacy)
 
 
-def load_base_weights(model: nn.Module, section: dict[str, Any], export_dir: Path, kind: str, hint: str) -> None:
-    """Put the weights of the base export a partial export was trained on into ``model`` (the network before its
-    adapters / hypernetwork / new rows are added): ``section["base_export"]`` must still exist (else the one-line
-    error, with ``hint``) and hold the weights of sha256 ``section["base_weights_sha256"]``; a different base is a
-    RuntimeError "``kind`` checkpoint for another base model" (load_export turns it into one line)."""
-    from ..networks.export import sha256_file
-
-    base_dir = Path(section["base_export"])
-    weights = base_dir / "model.safetensors"
-    if not weights.is_file():
-        raise fail(f"{base_dir}: base export of this {kind} generator not found (needed by {export_dir}); {hint}")
-    sha = sha256_file(weights)
-    if sha != section["base_weights_sha256"]:
-        raise RuntimeError(f"{kind} checkpoint for another base model: {weights} has sha256 {sha[:12]}..., "
-                           f"{export_dir} was trained on {str(section['base_weights_sha256'])[:12]}...")
-    base, _ = load_export(base_dir)
-    try:
-        model.load_state_dict(base.state_dict(), strict=True)
-    except RuntimeError as err:
-        raise RuntimeError(f"{kind} checkpoint for another base model ({str(err).splitlines()[0]})") from None
-
-
-__all__ = ["load_export", "load_base_weights", "overlay_state"]
+__all__ = ["load_export", "overlay_state"]

@@ -38,10 +38,9 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import nn
 
-from ..config import from_dict, to_dict
+from ..config import to_dict
 from ..errors import fail
-from ..networks.finetune import (FinetuneConfig, NewRowsEmbedding, hyper_state_dict,
-                                 inject_hypernetwork, inject_new_rows, merge_new_rows, new_rows_state_dict)
+from ..networks.finetune import FinetuneConfig, NewRowsEmbedding, inject_hypernetwork, inject_new_rows
 from ..networks.prompt import Vocabulary, tokenize
 from .base import unwrap
 
@@ -238,29 +237,5 @@ def export_section(cfg: Any, info: dict[str, Any], class_prompts: Sequence[str])
     return out
 
 
-def load_partial(model: nn.Module, state: dict[str, torch.Tensor], section: dict[str, Any], export_dir: Path) -> None:
-    """Rebuild a hypernetwork / embedding export: the base export (sha256 checked), the modules, their tensors."""
-    from .export import load_base_weights, overlay_state
-
-    load_base_weights(model, section, export_dir, "fine-tuning", "restore that run")
-    fc = from_dict(FinetuneConfig, section["config"], where=f"{export_dir}/config.json:finetune.config")
-    if fc.mode == "hypernetwork":
-        inject_hypernetwork(model, fc)
-    if "text.token.rows" in state:
-        rows = state["text.token.rows"].long()
-        if rows.ndim != 1 or int(rows.max()) >= unwrap(model).text.vocab_size:
-            raise RuntimeError(f"{export_dir}: new word rows {rows.tolist()} do not fit this network")
-        inject_new_rows(model, rows.tolist(), None)
-    want = set(hyper_state_dict(model)) | set(new_rows_state_dict(model))
-    if set(state) != want:
-        odd = sorted(set(state) ^ want)
-        raise RuntimeError(f"{export_dir}: fine-tuning tensors do not match this network (e.g. {odd[0]})")
-    overlay_state(model, state, "fine-tuning")
-    merge_new_rows(model)
-    model.finetune_cfg = fc
-    for p in model.parameters():
-        p.requires_grad_(True)
-
-
 __all__ = ["finetune_of", "check_train_config", "finetune_prompts", "check_vocabulary", "new_words",
-           "setup_finetune", "prior_images", "prior_loss", "export_section", "load_partial"]
+           "setup_finetune", "prior_images", "prior_loss", "export_section"]

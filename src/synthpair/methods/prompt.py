@@ -42,10 +42,9 @@ from ..diffusion.guidance import classifier_free
 from ..diffusion.losses import diffusion_loss
 from ..diffusion.sampling import sample as run_sampler
 from ..errors import fail
-from ..networks.lora import (LoRAConfig, check_adapter_state, inject_lora, lora_state_dict,
-                             merge_lora)
+from ..networks.lora import LoRAConfig, inject_lora
 from ..networks.pretrained import base_record
-from ..networks.prompt import EMBEDDING_KEY, PromptConfig, PromptUNet, Vocabulary, tokenize
+from ..networks.prompt import PromptConfig, PromptUNet, Vocabulary, tokenize
 from ..networks.unet import UNetConfig
 from . import finetune as ft
 from .base import DataInfo, Draws, Method, Shard, register_method, unwrap
@@ -244,31 +243,18 @@ class PromptMethod(Method):
 
     def load_weights(self, model: nn.Module, state: dict[str, torch.Tensor], export_cfg: dict[str, Any],
                      export_dir: Path) -> None:
-        """Full exports: strict load. LoRA exports: load the base export (sha256 checked), add the adapters,
-        load them and merge them into the weights (RuntimeError "LoRA checkpoint for another base model" when
-        the base differs)."""
-        lora = export_cfg.get("lora")
-        section = export_cfg.get("finetune")
+        """An export written before ``network.json``: full exports load strictly; a LoRA / hypernetwork / embedding
+        export's ``config.json`` section says what it holds over which base, which becomes the network's
+        :attr:`~synthpair.networks.prompt.PromptUNet.partial` record, and the network loads it (base sha256 checked,
+        adapters / new rows overlaid and merged)."""
+        lora, section = export_cfg.get("lora"), export_cfg.get("finetune")
         if section and section.get("partial"):
-            ft.load_partial(model, state, section, export_dir)
-            return
-        if not lora:
-            model.load_state_dict(state, strict=True)
-            return
-        from .export import load_base_weights, overlay_state
-
-        load_base_weights(model, lora, export_dir, "LoRA",
-                          f"restore that run or export {export_dir} again from a merged model")
-        lc = from_dict(LoRAConfig, lora["config"], where=f"{export_dir}/config.json:lora.config")
-        inject_lora(model, lc)
-        check_adapter_state(model, state)
-        unexpected = set(state) - set(lora_state_dict(model)) - {EMBEDDING_KEY}
-        if unexpected:
-            raise RuntimeError(f"LoRA export holds unexpected tensors (e.g. {sorted(unexpected)[0]})")
-        overlay_state(model, state, "LoRA")
-        merge_lora(model)
-        for p in model.parameters():
-            p.requires_grad_(True)
+            model.partial = {"kind": "finetune", "finetune": section["config"], "base_export": section["base_export"],
+                             "base_weights_sha256": section["base_weights_sha256"]}
+        elif lora:
+            model.partial = {"kind": "lora", "lora": lora["config"], "base_export": lora["base_export"],
+                             "base_weights_sha256": lora["base_weights_sha256"]}
+        model.load_saved_state(state, export_dir)
 
     # ------------------------------------------------------------------ loss / sampling
     def training_loss(self, model: Callable[..., torch.Tensor], schedule: Any, images: torch.Tensor,
