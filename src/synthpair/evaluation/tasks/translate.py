@@ -14,8 +14,10 @@ held-out PATIENTS):
   (unlabelled ones too: no mask is needed); sampled through the one loop (DDIM, ``steps``) from per-image seeded
   noise; ``samples`` > 1 averages several samples (posterior mean).
 * **Baseline**: pix2pix's generator objective without the adversarial term (Isola et al. 2017, eq. 3 with
-  lambda·L1 only): a MONAI U-Net (:func:`synthpair.networks.segmenters.build_segmenter` ``unet``, source →
-  target channels, tanh output) trained with L1 for the same number of steps and batch size. The adversarial
+  lambda·L1 only): the segmentation MONAI U-Net's layout (:func:`regression_unet`: channels 16-128, 2 residual
+  units) with BATCH normalisation, source → target channels, tanh output, trained with L1 for the same number of
+  steps and batch size. (The segmenter's instance normalisation removes each image's intensity level, which a
+  regression must predict: with it the L1 loss plateaued at 0.39 on LGG, bench/results/survey_tasks.md.) The adversarial
   term is left out: on small data it trades NMAE/PSNR for texture, and the survey's metrics are pixel-wise.
 * **Metrics** on the target channels in [0, 1] (:mod:`synthpair.metrics.image`): NMAE, PSNR, SSIM per test
   slice, mean ± sd over slices and over patients (mean of each patient's slice means).
@@ -74,6 +76,15 @@ class TranslateConfig:
         if self.steps < 1 or self.samples < 1 or self.eval_batch < 1 or self.eta < 0:
             raise fail("steps, samples and eval_batch must be >= 1 and eta >= 0")
 
+
+
+def regression_unet(in_channels: int, out_channels: int) -> torch.nn.Module:
+    """MONAI ``UNet`` as the ``unet`` segmenter (channels 16/32/64/128, strides 2, 2 residual units) but with batch
+    normalisation, so absolute intensities survive (the pix2pix-style regression baseline)."""
+    from monai.networks.nets import UNet
+
+    return UNet(spatial_dims=2, in_channels=in_channels, out_channels=out_channels, channels=(16, 32, 64, 128),
+                strides=(2, 2, 2), num_res_units=2, norm="batch")
 
 def select_channels(ds: PreparedDataset, source: tuple[str, ...] | list[str], target: tuple[str, ...] | list[str]
                     ) -> tuple[list[int], list[int]]:
@@ -153,7 +164,7 @@ def run_translate(data: Path | str, out: Path | str, cfg: TranslateConfig = Tran
 
             bfit = replace(bfit, steps=cfg.generator.steps, batch_size=cfg.generator.batch_size)
         torch.manual_seed(cfg.seed)
-        unet = build_segmenter("unet", len(src), len(tgt), ds.size)
+        unet = regression_unet(len(src), len(tgt))
 
         def step(idx: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
             a, b = xs[idx], xt[idx]
@@ -165,7 +176,7 @@ def run_translate(data: Path | str, out: Path | str, cfg: TranslateConfig = Tran
 
         unet, urec = fit_network(unet, step, len(x), bfit, seed=cfg.seed, device=device, progress=progress,
                                  desc="U-Net L1")
-        save_model(tmp / "models" / "unet_l1", unet, {"network": "MONAI UNet (build_segmenter unet) + tanh",
+        save_model(tmp / "models" / "unet_l1", unet, {"network": "MONAI UNet (batch norm) + tanh",
                                                       "source": [names[i] for i in src],
                                                       "target": [names[i] for i in tgt], "record": urec})
         cost["unet_train_cpu_s"] = urec["cpu_seconds"]
