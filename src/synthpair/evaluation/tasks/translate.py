@@ -16,8 +16,8 @@ held-out PATIENTS):
 * **Baseline**: pix2pix's generator objective without the adversarial term (Isola et al. 2017, eq. 3 with
   lambda·L1 only): the segmentation MONAI U-Net's layout (:func:`regression_unet`: channels 16-128, 2 residual
   units) with BATCH normalisation, source → target channels, tanh output, trained with L1 for the same number of
-  steps and batch size. (The segmenter's instance normalisation removes each image's intensity level, which a
-  regression must predict: with it the L1 loss plateaued at 0.39 on LGG, bench/results/survey_tasks.md.) The adversarial
+  steps and batch size. Known problem (bench/results/survey_tasks.md): on LGG its L1 loss plateaus at ~0.37 (in
+  [-1, 1]) with batch norm as with the segmenter's instance norm, so the baseline is not yet a fair reference. The adversarial
   term is left out: on small data it trades NMAE/PSNR for texture, and the survey's metrics are pixel-wise.
 * **Metrics** on the target channels in [0, 1] (:mod:`synthpair.metrics.image`): NMAE, PSNR, SSIM per test
   slice, mean ± sd over slices and over patients (mean of each patient's slice means).
