@@ -209,7 +209,9 @@ def test_ctrl_c_during_the_update_is_deferred_and_resumes_exactly(straight_run, 
     assert all(torch.equal(w[k], ref[k]) for k in ref)
 
 
-def test_ctrl_c_checkpoint_resumes_exactly(straight_run, data, tmp_path, monkeypatch):
+def _interrupt_after_three_steps_then_resume(data, run, cfg, monkeypatch) -> None:
+    """Train ``cfg`` into ``run`` with a KeyboardInterrupt raised in the 4th training loss (the checkpoint holds
+    step 3), then resume it to its own steps."""
     from synthpair.methods.joint import JointMethod
 
     real = JointMethod.training_loss
@@ -221,39 +223,28 @@ def test_ctrl_c_checkpoint_resumes_exactly(straight_run, data, tmp_path, monkeyp
             raise KeyboardInterrupt
         return real(self, *args, **kwargs)
 
-    run = tmp_path / "interrupted"
     monkeypatch.setattr(JointMethod, "training_loss", interrupt_on_fourth)
     with pytest.raises(KeyboardInterrupt):
-        train_generator(data, run, TINY, progress=False)
+        train_generator(data, run, cfg, progress=False)
     monkeypatch.setattr(JointMethod, "training_loss", real)
     assert torch.load(run / "checkpoints" / "state.pt", weights_only=True)["step"] == 3
-    train_generator(data, run, TINY, resume=True, progress=False)
+    train_generator(data, run, cfg, resume=True, progress=False)
+
+
+def test_ctrl_c_checkpoint_resumes_exactly(straight_run, data, tmp_path, monkeypatch):
+    run = tmp_path / "interrupted"
+    _interrupt_after_three_steps_then_resume(data, run, TINY, monkeypatch)
     assert _losses(run) == _losses(straight_run)
 
 
 def test_cosine_run_interrupted_resumes_exactly(data, tmp_path, monkeypatch):
     """The default schedule (cosine over ``steps``): a run interrupted after step 3 and resumed to its own 6 steps
     gives the straight run's losses and weights bit for bit."""
-    from synthpair.methods.joint import JointMethod
-
     cfg = dataclasses.replace(TINY, lr=1e-3, lr_schedule="cosine")
     assert TrainConfig().lr_schedule == "cosine"
     straight = train_generator(data, tmp_path / "straight", cfg, progress=False)
-    real = JointMethod.training_loss
-    calls = {"n": 0}
-
-    def interrupt_on_fourth(self, *args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 4:
-            raise KeyboardInterrupt
-        return real(self, *args, **kwargs)
-
     run = tmp_path / "interrupted"
-    monkeypatch.setattr(JointMethod, "training_loss", interrupt_on_fourth)
-    with pytest.raises(KeyboardInterrupt):
-        train_generator(data, run, cfg, progress=False)
-    monkeypatch.setattr(JointMethod, "training_loss", real)
-    train_generator(data, run, cfg, resume=True, progress=False)
+    _interrupt_after_three_steps_then_resume(data, run, cfg, monkeypatch)
     assert _losses(run) == _losses(straight)
     w, ref = _weights(run), _weights(straight)
     assert all(torch.equal(w[k], ref[k]) for k in ref)
