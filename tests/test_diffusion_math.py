@@ -41,7 +41,7 @@ def test_q_sample_at_known_t():
         assert torch.allclose(xt[i], torch.full((1, 2, 2), expect), atol=1e-6)
 
 
-@pytest.mark.parametrize("prediction", ["eps", "v", "x0"])
+@pytest.mark.parametrize("prediction", ["eps", "v", "x0", "edm"])
 def test_prediction_conversions_round_trip(prediction):
     s = NoiseSchedule(DiffusionConfig(num_timesteps=100, prediction=prediction))
     g = torch.Generator().manual_seed(0)
@@ -52,6 +52,40 @@ def test_prediction_conversions_round_trip(prediction):
     x0_hat, eps_hat = s.to_x0_eps(s.target(x0, t, eps), xt, t)
     assert torch.allclose(x0_hat, x0, atol=1e-4)
     assert torch.allclose(eps_hat, eps, atol=1e-4)
+    # and back: the output whose implied eps is eps (how classifier guidance hands its eps shift back)
+    assert torch.allclose(s.output_for_eps(eps, xt, t), s.target(x0, t, eps), atol=1e-3)
+
+
+def test_edm_preconditioning_by_hand():
+    """EDM (Karras et al. 2022, Table 1) on the VP schedule: at abar = 0.72 (a = sqrt(.72), s = sqrt(.28)) with
+    sigma_d = 0.5, r = sqrt(.28 + .72 * .25) = sqrt(.46); x0 = 1, eps = 2 → F = (s - a * .25 * 2) / (r * .5); and
+    D = c_skip x + c_out F with EDM's own sigma = s / a, x = x_t / a reproduces x0."""
+    s = NoiseSchedule(DiffusionConfig(schedule="linear", num_timesteps=3, beta_start=0.1, beta_end=0.3,
+                                      prediction="edm", sigma_data=0.5))
+    x0, eps, t = torch.ones(1, 1, 1, 1), torch.full((1, 1, 1, 1), 2.0), torch.tensor([1])
+    a, sd = math.sqrt(0.72), math.sqrt(0.28)
+    r = math.sqrt(0.28 + 0.72 * 0.25)
+    f = s.target(x0, t, eps).item()
+    assert f == pytest.approx((sd * 1 - a * 0.25 * 2) / (r * 0.5), rel=1e-6)
+    sigma, x = sd / a, (a * 1 + sd * 2) / a
+    c_skip, c_out = 0.25 / (sigma ** 2 + 0.25), sigma * 0.5 / math.sqrt(sigma ** 2 + 0.25)
+    assert c_skip * x + c_out * f == pytest.approx(1.0, rel=1e-6)
+
+
+def test_edm_with_unit_sigma_data_is_minus_v_and_its_target_has_unit_variance():
+    """sigma_d = 1: F = -v exactly (v-prediction is EDM's preconditioning of unit-variance data); for data of std
+    sigma_d the target F has unit variance at every t (EDM's 'unit training target' requirement, sec. 5)."""
+    v = NoiseSchedule(DiffusionConfig(num_timesteps=100, prediction="v"))
+    e1 = NoiseSchedule(DiffusionConfig(num_timesteps=100, prediction="edm", sigma_data=1.0))
+    g = torch.Generator().manual_seed(1)
+    x0, eps = torch.randn(8, 1, 4, 4, generator=g), torch.randn(8, 1, 4, 4, generator=g)
+    t = torch.tensor([0, 5, 20, 40, 60, 80, 95, 99])
+    assert torch.allclose(e1.target(x0, t, eps), -v.target(x0, t, eps), atol=1e-6)
+    e = NoiseSchedule(DiffusionConfig(num_timesteps=100, prediction="edm", sigma_data=0.5))
+    x0, eps = 0.5 * torch.randn(3, 20000, generator=g), torch.randn(3, 20000, generator=g)
+    for tt in (0, 50, 99):
+        f = e.target(x0, torch.full((3,), tt), eps)
+        assert f.var().item() == pytest.approx(1.0, abs=0.03)
 
 
 def test_v_target_by_hand():
@@ -103,6 +137,29 @@ def test_sampler_with_exact_x0_network_recovers_x0(sampler, eta):
     assert torch.allclose(out, x0.expand(3, 1, 4, 4), atol=1e-5)
 
 
+@pytest.mark.parametrize("prediction", ["eps", "v", "edm"])
+def test_sampler_with_an_exact_network_of_any_prediction_type_recovers_x0(prediction):
+    """The oracle's x0 handed to the loop in the network's own output type (via ``output_for_eps`` of the eps that
+    x_t and x0 imply): DDIM must land on x0 whatever the parameterisation."""
+    s = NoiseSchedule(DiffusionConfig(num_timesteps=100, prediction=prediction))
+    x0 = torch.linspace(-0.9, 0.9, 16).view(1, 1, 4, 4)
+
+    def net(x, t, c=None):
+        a, sd = s.sqrt_ab[t].view(-1, 1, 1, 1), s.sqrt_1mab[t].view(-1, 1, 1, 1)
+        return s.output_for_eps((x - a * x0) / sd, x, t)
+
+    xT = torch.randn(3, 1, 4, 4, generator=torch.Generator().manual_seed(1))
+    out = sample(net, s, xT, sampler="ddim", steps=8, eta=0.0)
+    assert torch.allclose(out, x0.expand(3, 1, 4, 4), atol=1e-4)
+
+
+def test_an_unknown_prediction_type_is_refused_in_one_line():
+    with pytest.raises(SynthpairError, match="diffusion.prediction='sample': choose eps, v, x0 or edm"):
+        DiffusionConfig(prediction="sample")  # type: ignore[arg-type]
+    with pytest.raises(SynthpairError, match="diffusion.sigma_data=0"):
+        DiffusionConfig(prediction="edm", sigma_data=0)
+
+
 def _toy_net():
     torch.manual_seed(0)
     conv = torch.nn.Conv2d(2, 2, 3, padding=1)
@@ -130,7 +187,7 @@ def test_ddim_eta0_deterministic_and_ddpm_per_sample_seeds():
 
 
 # ------------------------------------------------------------------ min-SNR-gamma weighting, lognormal timesteps
-@pytest.mark.parametrize("prediction", ["eps", "v", "x0"])
+@pytest.mark.parametrize("prediction", ["eps", "v", "x0", "edm"])
 def test_min_snr_weighting_is_clipped_snr_times_the_x0_error(prediction):
     """Hang et al. 2023: whatever the network predicts, the weighted loss equals min(SNR, gamma) times the squared
     error of the implied x0 — the identity the per-prediction weights are derived from."""

@@ -30,7 +30,7 @@ class MeanClassifier(torch.nn.Module):
         return torch.stack([torch.zeros_like(m), m], dim=1)
 
 
-@pytest.mark.parametrize("prediction", ["eps", "x0", "v"])
+@pytest.mark.parametrize("prediction", ["eps", "x0", "v", "edm"])
 def test_classifier_guidance_pushes_x0_towards_the_class(prediction):
     sched = NoiseSchedule(DiffusionConfig(num_timesteps=100, prediction=prediction))
     x_t = torch.randn((4, 1, 8, 8), generator=torch.Generator().manual_seed(0))

@@ -18,8 +18,23 @@ Training-time options (they change the objective, never the sampler):
   ``sigma_t = sqrt((1 - abar_t) / abar_t)`` is nearest in log; ``uniform`` draws ``t ~ U{0..T-1}`` (DDPM).
 
 Schedules are computed in float64 (numerically exact enough for T=1000) and stored as float32 tensors.
-Prediction types (what the network outputs): ``eps`` (DDPM), ``x0`` (the clean sample) and ``v``
-(Salimans & Ho 2022, "Progressive distillation", sec. 4: ``v = sqrt(abar) eps - sqrt(1 - abar) x0``).
+Prediction types (what the network outputs): ``eps`` (DDPM), ``x0`` (the clean sample), ``v``
+(Salimans & Ho 2022, "Progressive distillation", sec. 4: ``v = sqrt(abar) eps - sqrt(1 - abar) x0``) and ``edm``,
+the output preconditioning of Karras et al. 2022 ("EDM", eq. 7 and Table 1) written on this VP schedule. With
+``a = sqrt(abar_t)``, ``s = sqrt(1 - abar_t)``, EDM's ``sigma = s / a`` and ``x = x_t / a`` give
+``c_skip = sigma_d^2 / (sigma^2 + sigma_d^2)`` and ``c_out = sigma sigma_d / sqrt(sigma^2 + sigma_d^2)``; with
+``r = sqrt(s^2 + a^2 sigma_d^2)``::
+
+    x0_hat = c_skip x + c_out F = (a sigma_d^2 / r^2) x_t + (s sigma_d / r) F
+    target F = (s / (r sigma_d)) x0 - (a sigma_d / r) eps        (unit variance for data of std sigma_d)
+
+and EDM's loss weight ``lambda = 1 / c_out^2`` on the x0 error is the plain mean squared error on F, i.e. the
+``uniform`` weighting here. ``sigma_d = 1`` gives ``F = -v`` exactly (v-prediction is EDM's preconditioning for
+unit-variance data); EDM's ``sigma_d = 0.5`` (the default ``diffusion.sigma_data``) suits images in [-1, 1]. Not
+taken over: EDM's input scaling ``c_in`` (the network sees ``x_t``, of variance between ``sigma_d^2`` and 1, as
+for every other prediction type — the one sampling loop and every method call the network on ``x_t``) and its
+``c_noise = ln(sigma) / 4`` (the network embeds the integer timestep). ``diffusion.timestep_sampling=lognormal``
+adds EDM's noise-level distribution.
 """
 from __future__ import annotations
 
@@ -31,7 +46,7 @@ import torch
 
 from ..errors import fail
 
-Prediction = Literal["eps", "v", "x0"]
+Prediction = Literal["eps", "v", "x0", "edm"]
 
 
 @dataclass(frozen=True)
@@ -48,8 +63,13 @@ class DiffusionConfig:
     timestep_sampling: Literal["uniform", "lognormal"] = "uniform"  # lognormal: EDM's p(sigma) on this schedule
     lognormal_mean: float = -1.2
     lognormal_std: float = 1.2
+    sigma_data: float = 0.5  # EDM's sigma_d (prediction="edm" only; module docstring)
 
     def __post_init__(self) -> None:
+        if self.prediction not in ("eps", "v", "x0", "edm"):
+            raise fail(f"diffusion.prediction={self.prediction!r}: choose eps, v, x0 or edm")
+        if not self.sigma_data > 0:
+            raise fail(f"diffusion.sigma_data={self.sigma_data}: must be > 0 (EDM uses 0.5 for images in [-1, 1])")
         if self.num_timesteps < 1:
             raise fail(f"diffusion.num_timesteps={self.num_timesteps}: must be >= 1")
         if not self.min_snr_gamma > 0:
@@ -109,12 +129,17 @@ class NoiseSchedule:
         """Per-sample weights float32 (B,) of the configured loss weighting at timesteps ``t`` (int64 (B,)), on
         ``t``'s device; None for ``uniform`` (the plain mean, bit-identical to DDPM's ``L_simple``).
 
-        min-SNR-gamma (Hang et al. 2023): ``min(SNR, gamma) / SNR`` (eps), ``/ (SNR + 1)`` (v), ``/ 1`` (x0)."""
+        min-SNR-gamma (Hang et al. 2023): ``min(SNR, gamma) / SNR`` (eps), ``/ (SNR + 1)`` (v), ``/ 1`` (x0),
+        ``* c_out^2 = * s^2 sigma_d^2 / r^2`` (edm: its x0 error is ``c_out^2`` times the error of F)."""
         if self.cfg.loss_weighting == "uniform":
             return None
         snr = self.snr64()
         clipped = torch.clamp(snr, max=self.cfg.min_snr_gamma)
-        w = clipped / {"eps": snr, "v": snr + 1.0, "x0": torch.ones_like(snr)}[self.prediction]
+        if self.prediction == "edm":
+            ab, sd2 = self.alphas_cumprod64, self.cfg.sigma_data ** 2
+            w = clipped * (1.0 - ab) * sd2 / ((1.0 - ab) + ab * sd2)
+        else:
+            w = clipped / {"eps": snr, "v": snr + 1.0, "x0": torch.ones_like(snr)}[self.prediction]
         return w.float().to(t.device)[t]
 
     def sample_timesteps(self, b: int, generator: torch.Generator) -> torch.Tensor:
@@ -145,13 +170,22 @@ class NoiseSchedule:
         """
         return self._coef(self.sqrt_ab, t, x0.ndim) * x0 + self._coef(self.sqrt_1mab, t, x0.ndim) * noise
 
+    def _edm_r(self, a: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+        """``r = sqrt(s^2 + a^2 sigma_d^2)`` of the edm prediction (module docstring), broadcast like ``a``."""
+        return torch.sqrt(s * s + a * a * self.cfg.sigma_data ** 2)
+
     def target(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-        """The regression target of the configured prediction type: eps, x0 or ``v`` (Salimans & Ho, sec. 4)."""
+        """The regression target of the configured prediction type: eps, x0, ``v`` (Salimans & Ho, sec. 4) or the
+        EDM-preconditioned ``F = (s x0 - a sigma_d^2 eps) / (r sigma_d)`` (module docstring)."""
         if self.prediction == "eps":
             return noise
         if self.prediction == "x0":
             return x0
-        return self._coef(self.sqrt_ab, t, x0.ndim) * noise - self._coef(self.sqrt_1mab, t, x0.ndim) * x0
+        a, s = self._coef(self.sqrt_ab, t, x0.ndim), self._coef(self.sqrt_1mab, t, x0.ndim)
+        if self.prediction == "edm":
+            sd = self.cfg.sigma_data
+            return (s * x0 - a * sd * sd * noise) / (self._edm_r(a, s) * sd)
+        return a * noise - s * x0
 
     def to_x0_eps(self, out: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Model output → (x0_hat, eps_hat) for the configured prediction type (float32).
@@ -159,6 +193,7 @@ class NoiseSchedule:
         eps:  x0 = (x_t - sqrt(1-abar) eps) / sqrt(abar)                 (inverse of DDPM eq. 4)
         x0:   eps = (x_t - sqrt(abar) x0) / sqrt(1-abar)
         v:    x0 = sqrt(abar) x_t - sqrt(1-abar) v;  eps = sqrt(1-abar) x_t + sqrt(abar) v  (Salimans & Ho)
+        edm:  x0 = (a sigma_d^2 / r^2) x_t + (s sigma_d / r) F;  eps = (s / r^2) x_t - (a sigma_d / r) F
         ``t`` is int64 (B,) on the schedule's timestep grid.
         """
         out = out.float()
@@ -168,4 +203,24 @@ class NoiseSchedule:
             return (x_t - s * out) / a, out
         if self.prediction == "x0":
             return out, (x_t - a * out) / s
+        if self.prediction == "edm":
+            sd, r = self.cfg.sigma_data, self._edm_r(a, s)
+            return (a * sd * sd / (r * r)) * x_t + (s * sd / r) * out, (s / (r * r)) * x_t - (a * sd / r) * out
         return a * x_t - s * out, s * x_t + a * out
+
+    def output_for_eps(self, eps: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The network output (of the configured prediction type) whose ``to_x0_eps`` at ``x_t`` gives ``eps``, float32
+        — how a change made in eps space (classifier guidance) is handed back to the sampling loop:
+
+        eps: eps;  x0: (x_t - s eps) / a;  v: (eps - s x_t) / a;  edm: ((s / r^2) x_t - eps) r / (a sigma_d)."""
+        eps = eps.float()
+        a = self._coef(self.sqrt_ab, t, x_t.ndim)
+        s = self._coef(self.sqrt_1mab, t, x_t.ndim)
+        if self.prediction == "eps":
+            return eps
+        if self.prediction == "x0":
+            return (x_t - s * eps) / a
+        if self.prediction == "edm":
+            sd, r = self.cfg.sigma_data, self._edm_r(a, s)
+            return ((s / (r * r)) * x_t - eps) * r / (a * sd)
+        return (eps - s * x_t) / a

@@ -108,8 +108,8 @@ def classifier_guided(model: Callable[..., torch.Tensor], schedule: NoiseSchedul
     The network runs on its NULL condition (``drop`` all true: the unconditional model); the class ``y`` to steer
     towards is ``cond.label``. With ``g = grad_{x_t} log softmax(classifier(x_t, t))[y]`` (computed with autograd
     inside the sampling loop's inference mode), ``eps' = eps - scale sqrt(1 - abar_t) g``; the output is returned
-    in the network's prediction type: eps → ``eps'``; x0 → ``x0 + scale (1 - abar_t)/sqrt(abar_t) g``; v →
-    ``v - scale sqrt(1 - abar_t)/sqrt(abar_t) g`` (v = (eps - sqrt(1 - abar) x_t)/sqrt(abar) at fixed x_t)."""
+    in the network's prediction type (``NoiseSchedule.output_for_eps``): eps → ``eps'``; x0 → ``x0 + scale (1 -
+    abar_t)/sqrt(abar_t) g``; v → ``v - scale sqrt(1 - abar_t)/sqrt(abar_t) g``."""
     scale = float(scale)
 
     def guided(x_t: torch.Tensor, t: torch.Tensor, cond: Any = None) -> torch.Tensor:
@@ -125,14 +125,9 @@ def classifier_guided(model: Callable[..., torch.Tensor], schedule: NoiseSchedul
             logp = F.log_softmax(classifier(x, t.clone()).float(), dim=1)
             sel = logp[torch.arange(len(y), device=x.device), y.clone()].sum()
             g = torch.autograd.grad(sel, x)[0].detach()
-        sab = schedule.sqrt_ab.to(x_t.device)[t].view(-1, 1, 1, 1)
         s1 = schedule.sqrt_1mab.to(x_t.device)[t].view(-1, 1, 1, 1)
-        d_eps = -scale * s1 * g
-        if schedule.prediction == "eps":
-            return out + d_eps
-        if schedule.prediction == "x0":
-            return out - s1 / sab * d_eps
-        return out + d_eps / sab
+        _, eps = schedule.to_x0_eps(out, x_t, t)
+        return schedule.output_for_eps(eps - scale * s1 * g, x_t.float(), t)
 
     return guided
 
