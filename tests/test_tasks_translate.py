@@ -13,7 +13,7 @@ from synthpair.config import to_dict
 from synthpair.data.dataset import PreparedDataset
 from synthpair.errors import SynthpairError
 from synthpair.evaluation.tasks.common import channel_names
-from synthpair.evaluation.tasks.translate import TranslateConfig, select_channels
+from synthpair.evaluation.tasks.translate import TranslateConfig, select_channels, validation_cases
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -57,6 +57,12 @@ def test_translate_end_to_end_through_the_cli(data, tmp_path):
     assert res["n_test_patients"] == len({ds.case_of(i) for i in te})
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["source"] == ["T1w", "FLAIR"] and cfg["target"] == ["T2w"]
+    # the U-Net's learning rate: the lowest validation L1 of the sweep, on validation patients of the training side
+    lr = res["baseline_lr"]
+    assert [r["lr"] for r in lr["sweep"]] == list(TINY.baseline_lrs)
+    assert lr["chosen"] == min(lr["sweep"], key=lambda r: r["val_l1"])["lr"]
+    assert all(r["val_l1"] > 0 for r in lr["sweep"]) and res["cost"]["unet_lr_sweep_cpu_s"] >= 0
+    assert f"lr {lr['chosen']:g} (chosen on " in " ".join(res["notes"])
     assert (out / "report.html").is_file() and (out / "figures" / "examples.png").is_file()
 
 
@@ -69,3 +75,18 @@ def test_unknown_channel_names_are_refused_and_nothing_is_written(data, tmp_path
     err = capsys.readouterr().err.strip()
     assert rc == 2 and "channel 'T1': not a channel" in err and "T1w, T2w, FLAIR" in err
     assert len(err.splitlines()) == 1 and not out.exists()
+
+
+def test_validation_patients_are_whole_training_side_cases(data):
+    ds = PreparedDataset.open(data)
+    tr, te = ds.split(0)
+    cases = {ds.case_of(i) for i in tr}
+    val = validation_cases(ds, tr, 0.2, seed=0)
+    assert len(val) == min(max(round(0.2 * len(cases)), 1), len(cases) - 1) and val < cases
+    assert not val & {ds.case_of(i) for i in te}
+    assert validation_cases(ds, tr, 0.2, seed=0) == val  # seeded
+    one_case = [i for i in tr if ds.case_of(i) == sorted(cases)[0]]
+    with pytest.raises(SynthpairError, match="needs at least 2"):
+        validation_cases(ds, one_case, 0.2, seed=0)
+    with pytest.raises(SynthpairError, match="baseline_lrs"):
+        TranslateConfig(baseline_lrs=(1e-3, 0.0))

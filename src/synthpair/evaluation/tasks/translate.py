@@ -16,9 +16,14 @@ held-out PATIENTS):
 * **Baseline**: pix2pix's generator objective without the adversarial term (Isola et al. 2017, eq. 3 with
   lambda·L1 only): the segmentation MONAI U-Net's layout (:func:`regression_unet`: channels 16-128, 2 residual
   units) with BATCH normalisation, source → target channels, tanh output, trained with L1 for the same number of
-  steps and batch size. Known problem (bench/results/survey_tasks.md): on LGG its L1 loss plateaus at ~0.37 (in
-  [-1, 1]) with batch norm as with the segmenter's instance norm, so the baseline is not yet a fair reference. The adversarial
-  term is left out: on small data it trades NMAE/PSNR for texture, and the survey's metrics are pixel-wise.
+  steps and batch size. Its learning rate is chosen on VALIDATION patients (``val_fraction`` of the training-side
+  cases, never a test patient) among ``baseline_lrs``: each candidate trains on the other training-side patients,
+  the lowest validation L1 wins, and the final U-Net trains on the whole training side with it (the sweep is in
+  ``results.json``). Why: at pix2pix's GAN learning rate (2e-4) and a 1000-step budget the U-Net barely leaves the
+  all-background prediction (L1 ~0.37 in [-1, 1] on LGG, the plateau the first LGG table showed); L1's gradients
+  do not grow with the error, so the step size sets the pace. The diffusion model gets no such sweep (its recipe is
+  the library's). The adversarial term is left out: on small data it trades NMAE/PSNR for texture, and the
+  survey's metrics are pixel-wise.
 * **Metrics** on the target channels in [0, 1] (:mod:`synthpair.metrics.image`): NMAE, PSNR, SSIM per test
   slice, mean ± sd over slices and over patients (mean of each patient's slice means).
 
@@ -44,8 +49,8 @@ from ...diffusion.schedule import NoiseSchedule
 from ...errors import fail
 from ...io import atomic_output_dir
 from ...metrics import image as im
-from .common import (ConcatDenoiser, DiffusionFit, NetFit, channel_names, fit_diffusion, fit_network, heat, log,
-                     mean_sd, panel_grid, resolve, save_figure, save_model, seed_generators, table, to_u8,
+from .common import (ConcatDenoiser, DiffusionFit, NetFit, batched, channel_names, fit_diffusion, fit_network, heat,
+                     log, mean_sd, panel_grid, resolve, save_figure, save_model, seed_generators, table, to_u8,
                      write_outputs)
 
 TASK = "translate"
@@ -65,8 +70,10 @@ class TranslateConfig:
     steps: int = 25
     eta: float = 0.0
     samples: int = 1
-    baseline: NetFit = field(default_factory=lambda: NetFit(steps=3000, batch_size=16, lr=2e-4, weight_decay=0.0))
+    baseline: NetFit = field(default_factory=lambda: NetFit(steps=3000, batch_size=16, lr=1e-3, weight_decay=0.0))
     baseline_same_budget: bool = True     # the U-Net gets generator.steps × generator.batch_size
+    baseline_lrs: tuple[float, ...] = (3e-4, 1e-3, 3e-3)  # chosen on validation patients; () → baseline.lr as is
+    val_fraction: float = 0.2             # of the training-side cases, for the baseline's lr choice
     unlabelled: bool = True               # also learn from the unlabelled training-side images
     eval_batch: int = 16
     n_examples: int = 4
@@ -75,6 +82,10 @@ class TranslateConfig:
     def __post_init__(self) -> None:
         if self.steps < 1 or self.samples < 1 or self.eval_batch < 1 or self.eta < 0:
             raise fail("steps, samples and eval_batch must be >= 1 and eta >= 0")
+        if any(not lr > 0 for lr in self.baseline_lrs):
+            raise fail(f"baseline_lrs={list(self.baseline_lrs)}: every learning rate must be > 0")
+        if not 0.0 < self.val_fraction < 1.0:
+            raise fail(f"val_fraction={self.val_fraction}: must be in (0, 1)")
 
 
 
@@ -117,6 +128,18 @@ def _patients(ds: PreparedDataset, ids: list[str]) -> list[str]:
     return [ds.case_of(i) for i in ids]
 
 
+def validation_cases(ds: PreparedDataset, train_ids: list[str], fraction: float, seed: int) -> set[str]:
+    """``round(fraction × cases)`` of the cases of ``train_ids`` (at least 1, at most all but 1), drawn with
+    ``seed``: the validation patients of the baseline's learning-rate choice (whole patients, as the test split)."""
+    cases = sorted(set(_patients(ds, train_ids)))
+    if len(cases) < 2:
+        raise fail(f"{ds.root}: the training side holds {len(cases)} case(s); the baseline's learning-rate choice "
+                   f"needs at least 2 (validation patients are carved out of it) — set baseline_lrs to one value")
+    k = min(max(int(round(fraction * len(cases))), 1), len(cases) - 1)
+    order = np.random.default_rng(int(seed)).permutation(len(cases))
+    return {cases[j] for j in order[:k]}
+
+
 def _summary(per: dict[str, np.ndarray], patients: list[str]) -> dict[str, Any]:
     """Per metric: mean ± sd over slices, and over patients (each patient's slice mean)."""
     out: dict[str, Any] = {}
@@ -144,6 +167,7 @@ def run_translate(data: Path | str, out: Path | str, cfg: TranslateConfig = Tran
         raise fail(f"{data}: fold {cfg.fold} has {len(train_ids)} training-side and {len(test_ids)} test images; "
                    f"modality conversion needs both")
     build_segmenter("unet", len(src), len(tgt), ds.size)   # size check before any work
+    val_cases = validation_cases(ds, train_ids, cfg.val_fraction, cfg.seed) if cfg.baseline_lrs else set()
     autocast = resolve_autocast(cfg.generator.amp, device)
     direction = f"{' + '.join(names[i] for i in src)} → {' + '.join(names[i] for i in tgt)}"
     cost: dict[str, Any] = {}
@@ -163,19 +187,43 @@ def run_translate(data: Path | str, out: Path | str, cfg: TranslateConfig = Tran
             from dataclasses import replace
 
             bfit = replace(bfit, steps=cfg.generator.steps, batch_size=cfg.generator.batch_size)
-        torch.manual_seed(cfg.seed)
-        unet = regression_unet(len(src), len(tgt))
 
-        def step(idx: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-            a, b = xs[idx], xt[idx]
-            fl = torch.rand((len(idx), 2), generator=gen) < 0.5
-            for k, ax in ((0, -1), (1, -2)):
-                a = torch.where(fl[:, k].view(-1, 1, 1, 1), a.flip(ax), a)
-                b = torch.where(fl[:, k].view(-1, 1, 1, 1), b.flip(ax), b)
-            return F.l1_loss(torch.tanh(unet(a.to(device))), b.to(device))
+        def fit_unet(rows: torch.Tensor, lr: float, desc: str) -> tuple[torch.nn.Module, dict[str, Any]]:
+            """The U-Net trained on training-side images ``rows`` (indices into x) at ``lr``."""
+            from dataclasses import replace
 
-        unet, urec = fit_network(unet, step, len(x), bfit, seed=cfg.seed, device=device, progress=progress,
-                                 desc="U-Net L1")
+            torch.manual_seed(cfg.seed)
+            unet = regression_unet(len(src), len(tgt))
+            xs_r, xt_r = xs[rows], xt[rows]
+
+            def step(idx: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+                a, b = xs_r[idx], xt_r[idx]
+                fl = torch.rand((len(idx), 2), generator=gen) < 0.5
+                for k, ax in ((0, -1), (1, -2)):
+                    a = torch.where(fl[:, k].view(-1, 1, 1, 1), a.flip(ax), a)
+                    b = torch.where(fl[:, k].view(-1, 1, 1, 1), b.flip(ax), b)
+                return F.l1_loss(torch.tanh(unet(a.to(device))), b.to(device))
+
+            return fit_network(unet, step, len(rows), replace(bfit, lr=lr), seed=cfg.seed, device=device,
+                               progress=progress, desc=desc)
+
+        sweep: list[dict[str, Any]] = []
+        best_lr = bfit.lr
+        if cfg.baseline_lrs:
+            is_val = torch.tensor([ds.case_of(i) in val_cases for i in train_ids])
+            fit_rows, val_rows = torch.nonzero(~is_val).flatten(), torch.nonzero(is_val).flatten()
+            for lr in cfg.baseline_lrs:
+                net_lr, rec_lr = fit_unet(fit_rows, lr, f"U-Net L1 lr {lr:g} (validation)")
+                with torch.inference_mode():
+                    pred = batched(lambda a: torch.tanh(net_lr(a)), xs[val_rows], cfg.eval_batch, device)
+                sweep.append({"lr": lr, "val_l1": float(F.l1_loss(pred, xt[val_rows])),
+                              "train_l1": rec_lr["final_loss"], "cpu_seconds": rec_lr["cpu_seconds"]})
+            best_lr = min(sweep, key=lambda r: r["val_l1"])["lr"]
+            cost["unet_lr_sweep_cpu_s"] = round(sum(r["cpu_seconds"] for r in sweep), 1)
+            log(progress, "translate: U-Net lr on " + f"{len(val_cases)} validation patients: "
+                + ", ".join(f"{r['lr']:g} → L1 {r['val_l1']:.4f}" for r in sweep) + f"; chosen {best_lr:g}")
+        unet, urec = fit_unet(torch.arange(len(x)), best_lr, "U-Net L1")
+        urec["lr"] = best_lr
         save_model(tmp / "models" / "unet_l1", unet, {"network": "MONAI UNet (batch norm) + tanh",
                                                       "source": [names[i] for i in src],
                                                       "target": [names[i] for i in tgt], "record": urec})
@@ -231,12 +279,16 @@ def run_translate(data: Path | str, out: Path | str, cfg: TranslateConfig = Tran
                                             "per-patient slice means.")]
         notes = [f"Trained on {len(train_ids)} training-side images (their patients never appear in the test split); "
                  f"diffusion {rec['params']} parameters, {rec['steps']} steps × batch {cfg.generator.batch_size}; "
-                 f"U-Net {urec['params']} parameters, {urec['steps']} steps × batch {bfit.batch_size}, L1."]
+                 f"U-Net {urec['params']} parameters, {urec['steps']} steps × batch {bfit.batch_size}, L1, lr "
+                 f"{best_lr:g}" + (f" (chosen on {len(val_cases)} validation patients of the training side among "
+                                   + ", ".join(f"{r['lr']:g} (val L1 {r['val_l1']:.4f})" for r in sweep) + ")"
+                                   if sweep else "") + "."]
         results = write_outputs(tmp, task=TASK, title=f"Modality conversion {direction}: diffusion vs U-Net",
                                 data=str(data.resolve()), config=cfg, tables=tables, figures=figures, notes=notes,
-                                cost=cost, direction=direction, n_test_patients=n_pat)
+                                cost=cost, direction=direction, n_test_patients=n_pat,
+                                baseline_lr={"chosen": best_lr, "sweep": sweep})
     log(progress, f"translate: results in {out / 'results.md'}")
     return results
 
 
-__all__ = ["TranslateConfig", "run_translate", "select_channels"]
+__all__ = ["TranslateConfig", "run_translate", "select_channels", "validation_cases"]
