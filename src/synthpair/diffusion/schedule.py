@@ -81,6 +81,16 @@ class DiffusionConfig:
                        "need 0 < beta_start <= beta_end < 1")
 
 
+def diffusion_differences(saved: dict, cfg: DiffusionConfig) -> list[str]:
+    """The keys in which a run's saved ``diffusion`` section (a dict from its config.json) differs from ``cfg``; keys
+    the file predates take their default (every key added since — loss weighting, timestep sampling, sigma_data —
+    defaults to the behaviour before it existed). Used where one run builds on another (ControlNet base, PIG)."""
+    from ..config import from_dict, to_dict
+
+    old, new = to_dict(from_dict(DiffusionConfig, dict(saved), where="diffusion")), to_dict(cfg)
+    return sorted(k for k in new if old.get(k) != new[k])
+
+
 def linear_betas(T: int, beta_start: float, beta_end: float) -> torch.Tensor:
     """``beta_t`` evenly spaced in ``[beta_start, beta_end]``, float64 (T,) (DDPM sec. 4)."""
     return torch.linspace(beta_start, beta_end, T, dtype=torch.float64)

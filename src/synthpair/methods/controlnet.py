@@ -98,6 +98,7 @@ class ControlNetMethod(Method):
     """EMIT-Diff's edge + prompt conditioned generator (module docstring)."""
 
     name = "controlnet"
+    config_sections = ("control",)
     condition = "real_pairs"  # edge maps, prompts and masks of the real training pairs (per-real generation)
     conditional = True
     makes_masks = False       # returns the given (real) masks
@@ -121,7 +122,7 @@ class ControlNetMethod(Method):
     def build_for_training(self, data: DataInfo, train_cfg: Any, dataset: Any, train_ids: list[str]) -> nn.Module:
         """Load the base export (frozen later in :meth:`setup`), check it fits the data and the diffusion
         schedule, and build the branch initialised from its encoder."""
-        from ..config import to_dict
+        from ..diffusion.schedule import diffusion_differences
         from ..networks.controlnet import ControlledUNet
         from ..networks.export import sha256_file
         from ..networks.pretrained import base_record
@@ -133,7 +134,7 @@ class ControlNetMethod(Method):
         if DataInfo.from_dict(base_cfg["data"]) != data:
             raise fail(f"control.base_run={spec}: trained on data {base_cfg['data']}, this dataset is "
                        f"{data.to_dict()}; train the base on the same channels/size/classes")
-        if dict(base_cfg["diffusion"]) != to_dict(train_cfg.diffusion):
+        if diffusion_differences(base_cfg["diffusion"], train_cfg.diffusion):
             raise fail(f"control.base_run={spec}: its diffusion schedule {base_cfg['diffusion']} differs from "
                        f"train.diffusion; use the base's settings (--config {spec}/config.json or --set diffusion.*)")
         base, _ = load_export(export_dir)

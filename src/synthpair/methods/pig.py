@@ -125,6 +125,7 @@ class PigMethod(Method):
     """Paired image generation by a diffusion guider (model x, the mask) and a mask2image model (y, the image)."""
 
     name = "pig"
+    config_sections = ("pig",)
 
     # ------------------------------------------------------------------------------------- networks
     def build_network(self, data: DataInfo, net_cfg: Any, cond_cfg: Any = None) -> nn.Module:
@@ -142,7 +143,8 @@ class PigMethod(Method):
         self._image_from = None
         if not pc.image_from:
             return self.build_network(data, train_cfg.net)
-        from ..config import to_dict
+        from ..config import from_dict, to_dict
+        from ..diffusion.schedule import DiffusionConfig, diffusion_differences
         from ..io import read_json
         from .export import load_export
         from ..networks.export import read_export_config, sha256_file
@@ -156,9 +158,10 @@ class PigMethod(Method):
         if DataInfo.from_dict(src_cfg["data"]).to_dict() != data.to_dict():
             raise fail(f"{pc.image_from}: its data {src_cfg['data']} differ from this dataset's {data.to_dict()}; "
                        f"use a mask2image run of the same prepared dataset")
-        if src_cfg["diffusion"] != to_dict(train_cfg.diffusion):
-            diff = sorted(k for k in src_cfg["diffusion"] if src_cfg["diffusion"][k] != to_dict(train_cfg.diffusion).get(k))
-            sets = " ".join(f"--set diffusion.{k}={src_cfg['diffusion'][k]}" for k in diff)
+        diff = diffusion_differences(src_cfg["diffusion"], train_cfg.diffusion)
+        if diff:
+            theirs = to_dict(from_dict(DiffusionConfig, src_cfg["diffusion"], where=f"{export}:diffusion"))
+            sets = " ".join(f"--set diffusion.{k}={theirs[k]}" for k in diff)
             raise fail(f"{pc.image_from}: its diffusion settings differ ({', '.join(diff)}); both PIG models share "
                        f"one schedule, train with {sets}")
         seen = set(read_json(run / "training_cases.json", "training_cases.json").get("cases", []))
