@@ -68,12 +68,12 @@ def main() -> None:
     p.add_argument("--results-dir", type=Path, default=Path(__file__).parent / "results")
     args = p.parse_args()
 
-    from synthpair.config import load_config, to_dict
+    from synthpair.config import to_dict
     from synthpair.io import write_json_atomic, write_text_atomic
     from synthpair.networks.export import export_complete
     from synthpair.segmentation.reference import generate_scored
     from synthpair.synthesis.generate import GenerateConfig, generate, load_generate_config
-    from synthpair.training.trainer import TrainConfig, train_or_resume
+    from synthpair.training.trainer import load_train_config, train_or_resume
 
     args.out.mkdir(parents=True, exist_ok=True)
     stages = StageCosts(args.out, "image_pretrain")
@@ -89,10 +89,10 @@ def main() -> None:
               progress=False)
     # 2. fine-tuned (the study's)
     ft_run, ft_syn = args.finetuned / "m2i", args.finetuned / "syn"
-    ft_cfg = load_config(TrainConfig, ft_run / "config.json")
+    ft_cfg = load_train_config(ft_run / "config.json")  # legacy keys + sections (TRAIN_LEGACY)
     # 3. scratch: the same config without init_from
     sc_run, sc_syn = args.out / "m2i_scratch", args.out / "m2i_scratch_syn"
-    sc_cfg = dataclasses.replace(ft_cfg, init_from=None)
+    sc_cfg = dataclasses.replace(ft_cfg, init_from="")  # "" = random init (None was written and did not load back)
     if not export_complete(sc_run):
         stage("scratch: train", train_or_resume, args.view, sc_run, sc_cfg, progress=False)
     if not (sc_syn / "dataset.json").is_file():

@@ -128,7 +128,8 @@ def test_config_errors() -> None:
     with pytest.raises(SynthpairError, match="needs a base run"):  # through --set, in any order
         apply_overrides(TrainConfig(method="prompt"), ["finetune.mode=dreambooth"])
     ok = apply_overrides(TrainConfig(method="prompt"), ["finetune.mode=dreambooth", "init_from=X"])
-    assert ok.finetune.mode == "dreambooth" and TrainConfig().finetune.enabled is False
+    assert ok.finetune.mode == "dreambooth" and TrainConfig(method="prompt").finetune.enabled is False
+    assert TrainConfig().finetune is None  # only prompt runs carry the section (issue 13)
 
 
 # ------------------------------------------------------------------------------------------ end to end
@@ -360,8 +361,8 @@ def test_bad_input_is_one_line_and_writes_nothing(runs, sets, message) -> None:
 
 def test_finetune_mode_on_another_method_is_refused(runs) -> None:
     from synthpair.config import apply_overrides
-    from synthpair.training import train_generator
 
-    cfg = apply_overrides(runs["hypernetwork_cfg"], ["method=joint"])
-    with pytest.raises(SynthpairError, match="method joint does not implement it"):
-        train_generator(runs["data"], runs["tmp"] / "joint_ft", cfg, progress=False)
+    with pytest.raises(SynthpairError, match=r"train\.prompt, train\.finetune: method joint does not read these "
+                                             r"sections \(its sections: none\); remove them, .*\(prompt\)"):
+        apply_overrides(runs["hypernetwork_cfg"], ["method=joint"])
+    assert not (runs["tmp"] / "joint_ft").exists()

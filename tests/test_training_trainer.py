@@ -259,15 +259,63 @@ def test_resume_accepts_checkpoint_written_before_a_config_field_existed(straigh
     shutil.copytree(straight_run, run)
     path = run / "checkpoints" / "state.pt"
     state = torch.load(path, weights_only=True)
-    del state["config"]["pig"]  # as written by a version without TrainConfig.pig
+    del state["config"]["diffusion"]["sigma_data"]  # as written by a version without DiffusionConfig.sigma_data
     state["config_hash"] = "written-by-an-older-version"
     torch.save(state, path)
     train_generator(data, run, dataclasses.replace(TINY, steps=TINY.steps + 1), resume=True, progress=False)
     assert len(_losses(run)) == TINY.steps + 1
     torch.save(state, path)
-    changed = dataclasses.replace(TINY, steps=TINY.steps + 1, pig=dataclasses.replace(TINY.pig, image_from="m2i"))
-    with pytest.raises(SynthpairError, match=r"pig\.image_from"):
+    changed = dataclasses.replace(TINY, steps=TINY.steps + 1,
+                                  diffusion=dataclasses.replace(TINY.diffusion, sigma_data=0.25))
+    with pytest.raises(SynthpairError, match=r"diffusion\.sigma_data"):
         train_generator(data, run, changed, resume=True, progress=False)
+
+
+def test_runs_written_with_every_methods_sections_load_and_resume(straight_run, data, tmp_path):
+    """Before issue 13 every config.json and checkpoint carried all six method sections (cond, control, pig,
+    prompt, lora, finetune). Such a joint run loads without them (even a foreign section changed from its
+    defaults: the run never read it), resumes, and its new config.json holds only what joint reads."""
+    import shutil
+
+    from synthpair.config import to_dict
+    from synthpair.training.trainer import METHOD_SECTIONS, load_train_config
+
+    run = tmp_path / "old"
+    shutil.copytree(straight_run, run)
+    legacy = {k: to_dict(t()) for k, t in METHOD_SECTIONS.items()}
+    legacy["cond"]["mask_mode"] = "concat"  # ignored by a joint run, as it always was
+    cfg_file = run / "config.json"
+    cfg_file.write_text(json.dumps({**json.loads(cfg_file.read_text()), **legacy}))
+    path = run / "checkpoints" / "state.pt"
+    state = torch.load(path, weights_only=True)
+    state["config"] = {**state["config"], **legacy}
+    state["config_hash"] = "written-by-an-older-version"
+    torch.save(state, path)
+    assert load_train_config(cfg_file) == TINY
+    train_generator(data, run, dataclasses.replace(load_train_config(cfg_file), steps=TINY.steps + 1),
+                    resume=True, progress=False)
+    assert len(_losses(run)) == TINY.steps + 1
+    assert not set(METHOD_SECTIONS) & set(json.loads(cfg_file.read_text()))
+
+
+def test_a_run_carries_only_its_methods_sections():
+    """Each method's own sections are filled with their defaults; another method's section is refused in one line
+    when set, and never written."""
+    from synthpair.config import apply_overrides, to_dict
+    from synthpair.networks.conditional import CondConfig
+
+    assert TINY.cond is None and TINY.prompt is None and "cond" not in to_dict(TINY)
+    p = dataclasses.replace(TINY, method="prompt")
+    assert p.prompt is not None and p.lora is not None and p.finetune is not None and p.cond is None
+    assert {"prompt", "lora", "finetune"} <= set(to_dict(p)) and "control" not in to_dict(p)
+    assert dataclasses.replace(TINY, method="dsdm").cond == CondConfig()
+    assert dataclasses.replace(TINY, method="mask2image").cond is None  # its conditioning is fixed
+    assert apply_overrides(TINY, ["method=dsdm", "cond.mask_mode=concat"]).cond.mask_mode == "concat"
+    with pytest.raises(SynthpairError, match=r"train\.cond: method joint does not read this section .* \(dsdm\)"):
+        apply_overrides(TINY, ["cond.mask_mode=concat"])
+    with pytest.raises(SynthpairError, match=r"train\.prompt: method dsdm does not read"):
+        dataclasses.replace(p, method="dsdm", prompt=dataclasses.replace(p.prompt, dim=8))
+    assert dataclasses.replace(p, method="joint").prompt is None  # sections left at their defaults simply go
 
 
 def test_min_snr_and_lognormal_timesteps_train_and_resume_exactly(straight_run, data, tmp_path):
@@ -353,3 +401,20 @@ def test_cosine_schedule_logs_its_rates_and_refuses_to_resume_to_other_steps(dat
     with pytest.raises(SynthpairError, match=r"state\.pt.*steps \(6 -> 8\).*resumes only to its own steps") as err:
         train_generator(data, halves, dataclasses.replace(cfg, steps=8), resume=True, progress=False)
     assert "\n" not in str(err.value)
+
+
+def test_cli_applies_the_method_before_set_so_its_sections_are_reachable(tmp_path, capsys):
+    """``synthpair train --method dsdm --set cond.mask_mode=concat`` gets past the config (and stops at the missing
+    data); the same ``--set`` on a joint run is refused in one line naming the section, nothing written."""
+    from synthpair.cli.main import main
+
+    missing = tmp_path / "no_such_data"
+    assert main(["train", str(missing), "--out", str(tmp_path / "a"), "--method", "dsdm",
+                 "--set", "cond.mask_mode=concat", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "no_such_data" in err and "cond" not in err
+    assert main(["train", str(missing), "--out", str(tmp_path / "b"), "--set", "cond.mask_mode=concat",
+                 "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "train.cond: method joint does not read this section" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()

@@ -20,8 +20,26 @@ T = TypeVar("T")
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
-    """Dataclass -> plain JSON-able dict (tuples become lists)."""
-    return json.loads(json.dumps(dataclasses.asdict(cfg)))
+    """Dataclass -> plain JSON-able dict (tuples become lists). Keys the class lists in ``_omit_when_none``
+    (TrainConfig's method sections another method reads) are left out when None."""
+    out = json.loads(json.dumps(dataclasses.asdict(cfg)))
+    for key in getattr(type(cfg), "_omit_when_none", ()):
+        if out.get(key, 0) is None:
+            del out[key]
+    return out
+
+
+def _optional_section(cls: Any, name: str) -> Any:
+    """The dataclass type of field ``name`` of ``cls`` when it is ``Section | None`` (an optional section), else
+    None."""
+    if not dataclasses.is_dataclass(cls):
+        return None
+    tp = typing.get_type_hints(cls).get(name)
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        kinds = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(kinds) == 1 and dataclasses.is_dataclass(kinds[0]) and type(None) in typing.get_args(tp):
+            return kinds[0]
+    return None
 
 
 def _coerce(value: Any, tp: Any, where: str) -> Any:
@@ -133,6 +151,9 @@ def apply_overrides(cfg: T, overrides: list[str] | tuple[str, ...]) -> T:
         node: Any = data
         cls: Any = type(cfg)
         for i, part in enumerate(parts):
+            section = _optional_section(type(cfg), part) if i == 0 and i < len(parts) - 1 else None
+            if section is not None and isinstance(node, dict) and node.get(part) is None:
+                node[part] = to_dict(section())  # an optional section left out (None): set keys on its defaults
             if not isinstance(node, dict) or part not in node:
                 valid = ", ".join(sorted(node)) if isinstance(node, dict) else "(none)"
                 raise fail(f"--set {key}: unknown key {'.'.join(parts[:i + 1])!r}; valid keys here: {valid}")

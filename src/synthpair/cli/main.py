@@ -81,6 +81,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     saved = Path(args.out) / "config.json"
     # --resume starts from the run's own config, so overrides given at the start need not be repeated
     base = load_train_config(saved) if args.resume and saved.is_file() else None
+    if base is None and args.method:  # the method first: it decides which sections --set may reach (prompt.*, ...)
+        base = _with(TrainConfig(), method=args.method)
     cfg = _config_from_args(TrainConfig, args.config, args.set, section="train", base=base, preset=args.preset)
     cfg = _with(cfg, method=args.method, fold=args.fold, steps=args.steps)
     out = train_generator(args.data, args.out, cfg, resume=args.resume, progress=not args.no_progress,

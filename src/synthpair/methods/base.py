@@ -94,7 +94,9 @@ class Method:
     (prompt tokens: :class:`synthpair.synthesis.generate.PromptSource`); ``conditional`` [False] — ``sample`` takes
     ``cond=`` and ``guidance=`` (methods with ``condition`` masks, real_pairs or prompts); ``accepts_labels`` [False] — ``sample`` takes
     ``labels=`` (one class/cluster id per seed), see :meth:`label_classes`; ``finetune_modes`` [()] — the
-    ``TrainConfig.finetune.mode`` values it implements (:mod:`synthpair.methods.finetune`).
+    ``TrainConfig.finetune.mode`` values it implements (:mod:`synthpair.methods.finetune`); ``config_sections`` [()]
+    — the method's own sections of :class:`~synthpair.training.trainer.TrainConfig` (``cond``, ``control``, ``pig``,
+    ``prompt``, ``lora``, ``finetune``): a run's config carries these and no other method's.
     """
 
     name: str = ""
@@ -105,6 +107,7 @@ class Method:
     conditional: bool = False
     accepts_labels: bool = False
     finetune_modes: tuple[str, ...] = ()  # TrainConfig.finetune modes this method implements (prompt: all three)
+    config_sections: tuple[str, ...] = ()  # the TrainConfig sections this method reads (its own settings)
 
     # ------------------------------------------------------------------------------------------- network
     def build_network(self, data: DataInfo, net_cfg: Any, cond_cfg: Any = None) -> nn.Module:
@@ -115,7 +118,8 @@ class Method:
     def build_for_training(self, data: DataInfo, train_cfg: Any, dataset: Any, train_ids: Sequence[str]
                            ) -> nn.Module:
         """The network of a training run. Default: :meth:`build_network` with ``train_cfg.net`` and
-        ``train_cfg.cond``; override when it depends on more (vocabulary, number of clusters, a base run)."""
+        ``train_cfg.cond`` (None for a method without that section); override when it depends on more (vocabulary,
+        number of clusters, a base run)."""
         return self.build_network(data, train_cfg.net, cond_cfg=train_cfg.cond)
 
     def build_from_export(self, data: DataInfo, export_cfg: dict[str, Any], export_dir: Path) -> nn.Module:

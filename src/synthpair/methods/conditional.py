@@ -32,6 +32,7 @@ class DSDMMethod(Method):
     """The Dual Semantic Diffusion Model (all parts configurable by :class:`CondConfig`)."""
 
     name = "dsdm"
+    config_sections = ("cond",)
     condition = "masks"   # sampled for given masks (+ reference images): synthesis.conditions.ConditionSource
     conditional = True
     makes_masks = False   # returns the given masks
@@ -127,9 +128,10 @@ class DSDMMethod(Method):
 
 class Mask2ImageMethod(DSDMMethod):
     """Segmentation-guided diffusion baseline: the foreground one-hot mask concatenated to x_t; no reference,
-    no CFG, fixed variance, ``L_simple`` (the ``cond`` section of the config is not used)."""
+    no CFG, fixed variance, ``L_simple`` (it has no ``cond`` section: :data:`MASK2IMAGE_COND` is fixed)."""
 
     name = "mask2image"
+    config_sections = ()
 
     def cond_config(self, cfg: CondConfig | None) -> CondConfig:
         return MASK2IMAGE_COND

@@ -101,6 +101,7 @@ class PromptMethod(Method):
     """Prompt-conditioned image generator (see module docstring)."""
 
     name = "prompt"
+    config_sections = ("prompt", "lora", "finetune")
     # learns and generates images only (masks come from the caller, EMIT-Diff: the real pair's mask): the trainer
     # loads no mask for it, may add unlabelled images, and its runs account no mask items
     uses_masks = False

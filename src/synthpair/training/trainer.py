@@ -35,7 +35,7 @@ from ..env import resolve_autocast, resolve_device, write_env
 from ..diffusion.schedule import DiffusionConfig, NoiseSchedule
 from ..errors import fail
 from ..io import ensure_dir, save_png_atomic, translate_os_errors, write_bytes_atomic, write_json_atomic
-from ..methods import DataInfo, get_method
+from ..methods import DataInfo, available_methods, get_method
 from ..methods.pig import PigConfig
 from ..networks.conditional import CondConfig
 from ..networks.finetune import FinetuneConfig
@@ -51,6 +51,11 @@ from .lr import LR_SCHEDULES, LRSchedule, lr_factor
 TRAIN_LEGACY: dict[str, Any] = {"diffusion.loss_weighting": "uniform", "diffusion.timestep_sampling": "uniform",
                                 "lr_schedule": "constant", "lr_min_ratio": 0.0}
 
+# The method-specific sections of TrainConfig: a run's config carries only those its method reads
+# (``Method.config_sections``); the others are None and left out of config.json (:func:`method_sections_only`).
+METHOD_SECTIONS: dict[str, type] = {"cond": CondConfig, "control": ControlConfig, "pig": PigConfig,
+                                    "prompt": PromptConfig, "lora": LoRAConfig, "finetune": FinetuneConfig}
+
 # Keys that may differ between a checkpoint and the config it is resumed with (they do not change the math).
 RESUME_FREE_KEYS = ("steps", "log_every", "preview_every", "preview_n", "preview_steps", "checkpoint_every",
                     "device", "snapshot_every")
@@ -58,7 +63,16 @@ RESUME_FREE_KEYS = ("steps", "log_every", "preview_every", "preview_n", "preview
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Everything that defines a generator training run (saved as RUN/config.json)."""
+    """Everything that defines a generator training run (saved as RUN/config.json): the settings every method
+    shares, then the sections of THIS run's method (issue 13): each method declares the sections it reads
+    (``Method.config_sections``: ``cond`` for dsdm / mask2image, ``control`` for controlnet, ``pig`` for pig,
+    ``prompt`` + ``lora`` + ``finetune`` for prompt, none for image / joint / joint_cluster). A section of the
+    method left out is filled with its defaults; a section another method reads is None, absent from config.json
+    and refused in one line when set to anything but its defaults (``--set cond.mask_mode=...`` on a joint run
+    was silently ignored before). Config files written before this carry all six sections; loading drops the
+    ones their method does not read (:func:`method_sections_only`)."""
+
+    _omit_when_none = tuple(METHOD_SECTIONS)  # config.to_dict leaves these keys out when None
 
     method: str = "joint"
     fold: int = 0
@@ -82,12 +96,12 @@ class TrainConfig:
     augment_flips: bool = True      # random horizontal/vertical flips of image and mask together
     net: UNetConfig = field(default_factory=UNetConfig)
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
-    cond: CondConfig = field(default_factory=CondConfig)  # mask-conditioned methods (dsdm; mask2image fixes it)
-    control: ControlConfig = field(default_factory=ControlConfig)  # method controlnet: edge branch over a prompt base
-    pig: PigConfig = field(default_factory=PigConfig)     # method pig: reuse/freeze a mask2image image model
-    prompt: PromptConfig = field(default_factory=PromptConfig)  # method prompt: prompt encoder, CFG, aug phrases
-    lora: LoRAConfig = field(default_factory=LoRAConfig)        # LoRA fine-tuning of a prompt run (with init_from)
-    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)  # dreambooth|hypernetwork|embedding (init_from)
+    cond: CondConfig | None = None          # dsdm, mask2image: the mask conditioning (mask2image fixes parts)
+    control: ControlConfig | None = None    # controlnet: the edge branch over a prompt base
+    pig: PigConfig | None = None            # pig: reuse/freeze a mask2image image model
+    prompt: PromptConfig | None = None      # prompt: prompt encoder, CFG, augmentation phrases
+    lora: LoRAConfig | None = None          # prompt: LoRA fine-tuning of a prompt run (with init_from)
+    finetune: FinetuneConfig | None = None  # prompt: dreambooth | hypernetwork | embedding (init_from)
     device: str = "auto"            # auto | cpu | cuda | cuda:<i>
     items: str = ""                 # JSON file: list of item ids (a subset of the fold's training split), "" = all
     init_from: str = ""             # RUN or RUN/export: start from its weights (fine-tuning); "" = random init
@@ -96,6 +110,23 @@ class TrainConfig:
     snapshot_every: int = 0         # > 0: also export the EMA weights every N steps to snapshots/step_<N>/
 
     def __post_init__(self) -> None:
+        own = get_method(self.method).config_sections  # unknown method: one line listing the methods
+        foreign = []
+        for name, section_type in METHOD_SECTIONS.items():
+            value = getattr(self, name)
+            if name in own:
+                if value is None:
+                    object.__setattr__(self, name, section_type())
+            elif value is not None:
+                if value != section_type():
+                    foreign.append(name)
+                object.__setattr__(self, name, None)  # at its defaults: simply not this method's
+        if foreign:
+            readers = [m for m in available_methods() if set(foreign) & set(get_method(m).config_sections)]
+            raise fail(f"{', '.join('train.' + f for f in foreign)}: method {self.method} does not read "
+                       f"{'this section' if len(foreign) == 1 else 'these sections'} (its sections: "
+                       f"{', '.join(own) or 'none'}); remove {'it' if len(foreign) == 1 else 'them'}, or train a "
+                       f"method that reads {'it' if len(foreign) == 1 else 'them'} ({', '.join(readers)})")
         for name in ("steps", "batch_size"):
             if getattr(self, name) < 1:
                 raise fail(f"train.{name}={getattr(self, name)}: must be >= 1")
@@ -105,7 +136,7 @@ class TrainConfig:
             raise fail(f"train.lr_schedule={self.lr_schedule!r}: unknown; choose one of {', '.join(LR_SCHEDULES)}")
         if not 0.0 <= self.lr_min_ratio <= 1.0:
             raise fail(f"train.lr_min_ratio={self.lr_min_ratio}: must be in [0, 1]")
-        if self.finetune.enabled:
+        if self.finetune is not None and self.finetune.enabled:
             from ..methods.finetune import check_train_config
 
             check_train_config(self)  # needs init_from, not with lora.enabled (one line)
@@ -346,11 +377,11 @@ def _load_checkpoint(path: Path, cfg: TrainConfig) -> dict[str, Any]:
         # changed that run's math (defaults=)
         from ..config import with_legacy
 
-        defaults = to_dict(TrainConfig())
+        defaults = to_dict(TrainConfig(method=cfg.method))
         for key, value in TRAIN_LEGACY.items():  # a key the checkpoint predates had its value of that time
             section, _, leaf = key.rpartition(".")
             (defaults[section] if section else defaults)[leaf] = value
-        old = with_legacy(old, TRAIN_LEGACY)
+        old = method_sections_only(with_legacy(old, TRAIN_LEGACY))
         diff = config_changes(old, new, ignore=resume_free_keys(cfg.lr_schedule), defaults=defaults)
         if not diff:
             return state
@@ -395,7 +426,7 @@ def train_generator(data_dir: Path | str, out_dir: Path | str, cfg: TrainConfig 
 
     ds = PreparedDataset.open(data_dir)
     method = get_method(cfg.method)
-    if cfg.finetune.enabled and cfg.finetune.mode not in method.finetune_modes:
+    if cfg.finetune is not None and cfg.finetune.enabled and cfg.finetune.mode not in method.finetune_modes:
         raise fail(f"finetune.mode={cfg.finetune.mode}: method {cfg.method} does not implement it; use --method "
                    f"prompt or --set finetune.mode=off")
     uses_masks = method.uses_masks
@@ -633,15 +664,29 @@ def train_or_resume(data_dir: Path | str, out_dir: Path | str, cfg: TrainConfig,
     return train_generator(data_dir, out, cfg, resume=resume, progress=progress)
 
 
+def method_sections_only(data: dict[str, Any]) -> dict[str, Any]:
+    """A saved TrainConfig dict with the sections its method does not read removed (a copy) — the migration of
+    config files and checkpoints written when every run carried all six sections (before issue 13). Those sections
+    were never read by the run, whatever they held, so dropping them changes nothing the run did."""
+    method = data.get("method", TrainConfig.method)
+    try:
+        own = get_method(method).config_sections
+    except ValueError:
+        return dict(data)  # an unknown method: from_dict / TrainConfig reports it in one line
+    return {k: v for k, v in data.items() if k not in METHOD_SECTIONS or k in own}
+
+
 def load_train_config(path: Path | str) -> TrainConfig:
     """TrainConfig from a JSON file (RUN/config.json or a user file); unknown keys are errors; keys the file
-    predates take their value of that time (:data:`TRAIN_LEGACY`)."""
+    predates take their value of that time (:data:`TRAIN_LEGACY`); sections its method does not read (all six
+    were written before issue 13) are dropped (:func:`method_sections_only`)."""
     from ..config import from_dict, with_legacy
     from ..io import read_json
 
     data = dict(read_json(path, "config.json"))
     data.pop("_type", None)
-    return from_dict(TrainConfig, with_legacy(data, TRAIN_LEGACY), where=str(path))
+    return from_dict(TrainConfig, method_sections_only(with_legacy(data, TRAIN_LEGACY)), where=str(path))
 
 
-__all__ = ["TrainConfig", "train_generator", "train_or_resume", "config_hash", "load_train_config", "draw_batch"]
+__all__ = ["TrainConfig", "train_generator", "train_or_resume", "config_hash", "load_train_config", "draw_batch",
+           "method_sections_only", "METHOD_SECTIONS"]
