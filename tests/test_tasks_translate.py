@@ -63,6 +63,11 @@ def test_translate_end_to_end_through_the_cli(data, tmp_path):
     assert lr["chosen"] == min(lr["sweep"], key=lambda r: r["val_l1"])["lr"]
     assert all(r["val_l1"] > 0 for r in lr["sweep"]) and res["cost"]["unet_lr_sweep_cpu_s"] >= 0
     assert f"lr {lr['chosen']:g} (chosen on " in " ".join(res["notes"])
+    # the paired test over the 3 test patients: diffusion − U-Net of the per-patient means, as the tables show
+    pp, by = res["paired_by_patient"], {r["method"].split(" ")[0]: r for r in rows}
+    assert pp["nmae"]["n"] == 3 and pp["base"] == "U-Net L1"
+    assert pp["nmae"]["mean_diff"] == pytest.approx(by["conditional"]["nmae_patients"]["mean"]
+                                                    - by["U-Net"]["nmae_patients"]["mean"], abs=1e-9)
     assert (out / "report.html").is_file() and (out / "figures" / "examples.png").is_file()
 
 

@@ -25,7 +25,8 @@ held-out PATIENTS):
   the library's). The adversarial term is left out: on small data it trades NMAE/PSNR for texture, and the
   survey's metrics are pixel-wise.
 * **Metrics** on the target channels in [0, 1] (:mod:`synthpair.metrics.image`): NMAE, PSNR, SSIM per test
-  slice, mean ± sd over slices and over patients (mean of each patient's slice means).
+  slice, mean ± sd over slices and over patients (mean of each patient's slice means), and the paired test of
+  diffusion against the U-Net over patients (``paired_by_patient``: Wilcoxon signed-rank on the per-patient means).
 
 OUT: ``config.json``, ``results.{json,md}``, ``figures/examples.png`` (source, true target, diffusion, U-Net,
 their absolute errors), ``models/{translate_ddpm,unet_l1}/``.
@@ -49,6 +50,7 @@ from ...diffusion.schedule import NoiseSchedule
 from ...errors import fail
 from ...io import atomic_output_dir
 from ...metrics import image as im
+from ...metrics.statistics import paired_comparison
 from .common import (ConcatDenoiser, DiffusionFit, NetFit, batched, channel_names, fit_diffusion, fit_network, heat,
                      log, mean_sd, panel_grid, resolve, save_figure, save_model, seed_generators, table, to_u8,
                      write_outputs)
@@ -126,6 +128,12 @@ def select_channels(ds: PreparedDataset, source: tuple[str, ...] | list[str], ta
 
 def _patients(ds: PreparedDataset, ids: list[str]) -> list[str]:
     return [ds.case_of(i) for i in ids]
+
+
+def _patient_rows(per: dict[str, np.ndarray], patients: list[str], fold: int) -> list[dict[str, Any]]:
+    """One row per patient ({fold, id, metric: the patient's slice mean}) for the paired test over patients."""
+    return [{"fold": fold, "id": q, **{k: float(np.mean([x for x, p in zip(v, patients) if p == q]))
+                                      for k, v in per.items()}} for q in sorted(set(patients))]
 
 
 def validation_cases(ds: PreparedDataset, train_ids: list[str], fraction: float, seed: int) -> set[str]:
@@ -252,13 +260,15 @@ def run_translate(data: Path | str, out: Path | str, cfg: TranslateConfig = Tran
 
         ref = im.to_unit(t_te.numpy())
         patients = _patients(ds, test_ids)
-        rows = []
+        rows, per_patient = [], []
         for name, p in ((f"conditional diffusion (DDIM {cfg.steps}" + (f", mean of {cfg.samples}" if cfg.samples > 1
                                                                       else "") + ")", preds),
                         ("U-Net L1 (pix2pix generator objective)", upred)):
             pu = im.to_unit(p.numpy())
             per = {"nmae": im.nmae(pu, ref), "psnr": im.psnr(pu, ref), "ssim": im.ssim(pu, ref)}
             rows.append({"direction": direction, "method": name, **_summary(per, patients)})
+            per_patient.append(_patient_rows(per, patients, cfg.fold))
+        paired = {m: paired_comparison(per_patient[1], per_patient[0], m) for m in ("nmae", "psnr", "ssim")}
         figures: list[dict[str, str]] = []
         if cfg.n_examples:
             pick = list(range(min(cfg.n_examples, len(test_ids))))
@@ -282,11 +292,16 @@ def run_translate(data: Path | str, out: Path | str, cfg: TranslateConfig = Tran
                  f"U-Net {urec['params']} parameters, {urec['steps']} steps × batch {bfit.batch_size}, L1, lr "
                  f"{best_lr:g}" + (f" (chosen on {len(val_cases)} validation patients of the training side among "
                                    + ", ".join(f"{r['lr']:g} (val L1 {r['val_l1']:.4f})" for r in sweep) + ")"
-                                   if sweep else "") + "."]
+                                   if sweep else "") + ".",
+                 "Paired over the " + f"{len(set(patients))} test patients (diffusion − U-Net of the per-patient slice "
+                 "means, two-sided Wilcoxon signed-rank): " + "; ".join(
+                     f"{m} {r['mean_diff']:+.4f} (p = {r['p_value']:.3g})" if r["p_value"] is not None
+                     else f"{m} n/a" for m, r in paired.items()) + "."]
         results = write_outputs(tmp, task=TASK, title=f"Modality conversion {direction}: diffusion vs U-Net",
                                 data=str(data.resolve()), config=cfg, tables=tables, figures=figures, notes=notes,
                                 cost=cost, direction=direction, n_test_patients=n_pat,
-                                baseline_lr={"chosen": best_lr, "sweep": sweep})
+                                baseline_lr={"chosen": best_lr, "sweep": sweep},
+                                paired_by_patient={"base": "U-Net L1", "other": "conditional diffusion", **paired})
     log(progress, f"translate: results in {out / 'results.md'}")
     return results
 
