@@ -167,7 +167,7 @@ def main() -> None:
         cache = args.work / (f"eval_{name}" + ("" if args.spacing == "uniform" else f"_{args.spacing}"))
         pts = [evaluate_snapshot(run, s, args.data, cache, args.n, args.sampler_steps, args.seed, stages, name,
                                  args.spacing) for s in steps]
-        cfg = json.loads((run / "config.json").read_text())
+        cfg = to_dict(load_train_config(run / "config.json"))  # legacy keys and sections as the trainer reads them
         results[name] = {"run": str(run), "points": pts, **configs.get(name, {"overrides": settings_diff(to_dict(base), cfg)}),
                          "config": {k: cfg.get(k) for k in ("lr", "batch_size", "ema_decay", "warmup_steps", "amp")}
                          | {"diffusion": cfg.get("diffusion"), "net": cfg.get("net")}}
