@@ -100,7 +100,7 @@ def test_stored_regression_values_per_sampler(sampler: str, eta: float, expected
     """The setting of tests/test_sampler_dpmpp.py::test_stored_regression_values (seeded tiny U-Net, v-prediction,
     cosine, 10 steps, clipping on) for DDPM and DDIM (eta 0 and 1, per-pair generators): a refactor of the loop or
     of the coefficient table must not change these numbers."""
-    s = NoiseSchedule(DiffusionConfig())
+    s = NoiseSchedule(DiffusionConfig(prediction="v"))
     net = _tiny_unet(seed=7)
     x_T = torch.randn(2, 2, 16, 16, generator=torch.Generator().manual_seed(11))
     gens = [torch.Generator().manual_seed(21), torch.Generator().manual_seed(22)]

@@ -159,7 +159,7 @@ def test_matches_diffusers_dpm_solver_multistep(schedule: str, prediction: str, 
 def test_stored_regression_values() -> None:
     """A seeded tiny U-Net, v-prediction, cosine, 10 steps, clipping on (the defaults): a refactor of the loop or of
     the coefficient table must not change these numbers."""
-    s = NoiseSchedule(DiffusionConfig())
+    s = NoiseSchedule(DiffusionConfig(prediction="v"))
     net = _tiny_unet(seed=7)
     x_T = torch.randn(2, 2, 16, 16, generator=torch.Generator().manual_seed(11))
     out = sample(lambda x, t, c=None: net(x, t), s, x_T, sampler="dpm++2m", steps=10)

@@ -418,3 +418,16 @@ def test_cli_applies_the_method_before_set_so_its_sections_are_reachable(tmp_pat
     err = capsys.readouterr().err
     assert "train.cond: method joint does not read this section" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_a_run_config_without_prediction_keeps_v_while_new_runs_default_to_edm(tmp_path):
+    """The default prediction became EDM's preconditioning (issue 12); a saved run config that names no prediction
+    was written when v was the default, so it loads as v (TRAIN_LEGACY) — a user's new config gets edm."""
+    from synthpair.config import to_dict
+    from synthpair.training.trainer import load_train_config
+
+    assert TrainConfig().diffusion.prediction == "edm" and TrainConfig().diffusion.sigma_data == 0.5
+    d = to_dict(TINY)
+    del d["diffusion"]["prediction"]
+    (tmp_path / "config.json").write_text(json.dumps(d))
+    assert load_train_config(tmp_path / "config.json").diffusion.prediction == "v"

@@ -57,7 +57,7 @@ class DiffusionConfig:
     num_timesteps: int = 1000
     beta_start: float = 1e-4
     beta_end: float = 0.02
-    prediction: Prediction = "v"
+    prediction: Prediction = "edm"  # issue 12: EDM's preconditioning beat v on BUSI 64 (bench/results/convergence_*)
     loss_weighting: Literal["uniform", "min_snr"] = "uniform"   # min_snr: Hang et al. 2023 (module docstring)
     min_snr_gamma: float = 5.0
     timestep_sampling: Literal["uniform", "lognormal"] = "uniform"  # lognormal: EDM's p(sigma) on this schedule

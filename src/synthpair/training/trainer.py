@@ -49,7 +49,7 @@ from .lr import LR_SCHEDULES, LRSchedule, lr_factor
 # Settings added to TrainConfig after runs were written, with the value those runs trained with (their default
 # may change: a run's config.json or checkpoint without the key resumes with this value, never today's default).
 TRAIN_LEGACY: dict[str, Any] = {"diffusion.loss_weighting": "uniform", "diffusion.timestep_sampling": "uniform",
-                                "lr_schedule": "constant", "lr_min_ratio": 0.0}
+                                "lr_schedule": "constant", "lr_min_ratio": 0.0, "diffusion.prediction": "v"}
 
 # The method-specific sections of TrainConfig: a run's config carries only those its method reads
 # (``Method.config_sections``); the others are None and left out of config.json (:func:`method_sections_only`).
