@@ -65,12 +65,12 @@ RESUME_FREE_KEYS = ("steps", "log_every", "preview_every", "preview_n", "preview
 class TrainConfig:
     """Everything that defines a generator training run (saved as RUN/config.json): the settings every method
     shares, then the sections of THIS run's method (issue 13): each method declares the sections it reads
-    (``Method.config_sections``: ``cond`` for dsdm / mask2image, ``control`` for controlnet, ``pig`` for pig,
-    ``prompt`` + ``lora`` + ``finetune`` for prompt, none for image / joint / joint_cluster). A section of the
-    method left out is filled with its defaults; a section another method reads is None, absent from config.json
-    and refused in one line when set to anything but its defaults (``--set cond.mask_mode=...`` on a joint run
-    was silently ignored before). Config files written before this carry all six sections; loading drops the
-    ones their method does not read (:func:`method_sections_only`)."""
+    (``Method.config_sections``: ``cond`` for dsdm, ``control`` for controlnet, ``pig`` for pig, ``prompt`` +
+    ``lora`` + ``finetune`` for prompt, none for image / joint / joint_cluster / mask2image, whose conditioning is
+    fixed). A section of the method left out is filled with its defaults; a section another method reads is None,
+    absent from config.json and refused in one line when set to anything but its defaults (``--set
+    cond.mask_mode=...`` on a joint run was silently ignored before). Config files written before this carry all
+    six sections; loading drops the ones their method does not read (:func:`method_sections_only`)."""
 
     _omit_when_none = tuple(METHOD_SECTIONS)  # config.to_dict leaves these keys out when None
 
@@ -96,7 +96,7 @@ class TrainConfig:
     augment_flips: bool = True      # random horizontal/vertical flips of image and mask together
     net: UNetConfig = field(default_factory=UNetConfig)
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
-    cond: CondConfig | None = None          # dsdm, mask2image: the mask conditioning (mask2image fixes parts)
+    cond: CondConfig | None = None          # dsdm: the mask conditioning (mask2image's is fixed: MASK2IMAGE_COND)
     control: ControlConfig | None = None    # controlnet: the edge branch over a prompt base
     pig: PigConfig | None = None            # pig: reuse/freeze a mask2image image model
     prompt: PromptConfig | None = None      # prompt: prompt encoder, CFG, augmentation phrases

@@ -150,11 +150,11 @@ def validation_cases(ds: PreparedDataset, train_ids: list[str], fraction: float,
 
 def _summary(per: dict[str, np.ndarray], patients: list[str]) -> dict[str, Any]:
     """Per metric: mean ± sd over slices, and over patients (each patient's slice mean)."""
+    by_patient = _patient_rows(per, patients, fold=0)
     out: dict[str, Any] = {}
-    pats = sorted(set(patients))
     for k, v in per.items():
         out[k] = mean_sd(v.tolist())
-        out[f"{k}_patients"] = mean_sd([float(np.mean([x for x, p in zip(v, patients) if p == q])) for q in pats])
+        out[f"{k}_patients"] = mean_sd([r[k] for r in by_patient])
     return out
 
 
