@@ -148,12 +148,11 @@ def apply_overrides(cfg: T, overrides: list[str] | tuple[str, ...]) -> T:
             raise fail(f"--set {item!r}: expected key=value, e.g. --set train.steps=500")
         key, _, raw = item.partition("=")
         parts = key.strip().split(".")
+        section = _optional_section(type(cfg), parts[0]) if len(parts) > 1 else None
+        if section is not None and data.get(parts[0]) is None:
+            data[parts[0]] = to_dict(section())  # an optional section left out (None): set keys on its defaults
         node: Any = data
-        cls: Any = type(cfg)
         for i, part in enumerate(parts):
-            section = _optional_section(type(cfg), part) if i == 0 and i < len(parts) - 1 else None
-            if section is not None and isinstance(node, dict) and node.get(part) is None:
-                node[part] = to_dict(section())  # an optional section left out (None): set keys on its defaults
             if not isinstance(node, dict) or part not in node:
                 valid = ", ".join(sorted(node)) if isinstance(node, dict) else "(none)"
                 raise fail(f"--set {key}: unknown key {'.'.join(parts[:i + 1])!r}; valid keys here: {valid}")
@@ -161,7 +160,6 @@ def apply_overrides(cfg: T, overrides: list[str] | tuple[str, ...]) -> T:
                 node[part] = _parse_scalar(raw)
             else:
                 node = node[part]
-        del cls
     return from_dict(type(cfg), data, where="config")
 
 
