@@ -47,8 +47,11 @@ def snapshot_steps(run: Path) -> list[int]:
 
 
 def evaluate_snapshot(run: Path, step: int, data: Path, work: Path, n: int, sampler_steps: int, seed: int,
-                      stages: StageCosts, arm: str, spacing: str = "uniform") -> dict[str, Any]:
-    """Generate ``n`` images from snapshot ``step`` of ``run`` and score them (cached in WORK/eval_step_<S>.json)."""
+                      stages: StageCosts, arm: str, spacing: str = "uniform", segmenter: Path | None = None
+                      ) -> dict[str, Any]:
+    """Generate ``n`` images (pairs, for a joint generator) from snapshot ``step`` of ``run`` and score them (cached
+    in WORK/eval_step_<S>.json). With ``segmenter`` (a real-only SEG folder of the same fold) every pair's mask
+    faithfulness is scored too: Dice of that segmenter's prediction on the synthetic image vs the synthetic mask."""
     from synthpair.evaluation.images import evaluate_images
     from synthpair.io import write_json_atomic
     from synthpair.synthesis.generate import GenerateConfig, generate
@@ -59,7 +62,8 @@ def evaluate_snapshot(run: Path, step: int, data: Path, work: Path, n: int, samp
     syn = work / f"samples_step_{step}"
     if not (syn / "dataset.json").is_file():
         stages.run(f"{arm}: generate step {step}", generate, run, syn,
-                   GenerateConfig(n=n, steps=sampler_steps, sampler="ddim", eta=0.0, seed=seed, segmenter="off",
+                   GenerateConfig(n=n, steps=sampler_steps, sampler="ddim", eta=0.0, seed=seed,
+                                  segmenter=str(segmenter) if segmenter else "off",
                                   spacing=spacing,  # type: ignore[arg-type]
                                   keep_empty=True, min_area=0, min_component=1, snapshot=step), progress=False)
     res = stages.run(f"{arm}: evaluate step {step}", evaluate_images, data, syn, fold=0)
@@ -69,7 +73,24 @@ def evaluate_snapshot(run: Path, step: int, data: Path, work: Path, n: int, samp
            "fd": d["synthetic_vs_real"]["fd"], "kid": d["synthetic_vs_real"]["kid"]["mean"],
            "kid_sd": d["synthetic_vs_real"]["kid"]["sd"], "fd_half": d["synthetic_vs_real_half"]["fd"],
            "fd_real_real": d["real_half_vs_real_half"]["fd"], "kid_real_real": d["real_half_vs_real_half"]["kid"]["mean"]}
+    out.update(mask_summary(res))
     write_json_atomic(cached, out)
+    return out
+
+
+def mask_summary(res: dict[str, Any]) -> dict[str, Any]:
+    """The pair figures of one evaluation (empty for image-only generators): the mean mask faithfulness (Dice, see
+    :func:`evaluate_snapshot`), the share of synthetic masks with no foreground, and the 1-D Wasserstein distance
+    between real and synthetic lesion area (fraction of the image) and compactness (4π·area/perimeter²)."""
+    out: dict[str, Any] = {}
+    if res.get("faithfulness"):
+        out["faithfulness"] = res["faithfulness"]["mean"]
+    lesion = (res.get("masks") or {}).get("class_1")
+    if lesion:
+        out["mask_area_w1"] = lesion["area"]["wasserstein"]
+        out["mask_compactness_w1"] = lesion["compactness"]["wasserstein"]
+        n_syn, n_drawn = lesion["compactness"]["synthetic"]["n"], res["counts"]["synthetic"]
+        out["empty_mask_share"] = 1.0 - n_syn / n_drawn  # compactness is NaN (left out) exactly for empty masks
     return out
 
 
@@ -118,6 +139,10 @@ def main() -> None:
                     help="timestep grid of the evaluation sampler (the same for every arm)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1, help="torch threads (the same for every arm)")
+    ap.add_argument("--faithfulness", action="store_true",
+                    help="joint (image+mask) generators: score every pair's mask faithfulness with one real-only "
+                         "reference segmenter of fold 0, trained once into WORK/reference_segmenter")
+    ap.add_argument("--segmenter-steps", type=int, default=300, help="training steps of that reference segmenter")
     ap.add_argument("--name", default="busi64_image")
     ap.add_argument("--results-dir", type=Path, default=Path(__file__).parent / "results")
     ap.add_argument("--smoke", action="store_true", help="tiny phantom data and 4-step arms (checks the script)")
@@ -134,6 +159,7 @@ def main() -> None:
     import torch
 
     from synthpair.config import apply_overrides, to_dict
+    from synthpair.methods import get_method
     from synthpair.io import write_bytes_atomic, write_json_atomic, write_text_atomic
     from synthpair.training.trainer import TrainConfig, load_train_config, train_or_resume
 
@@ -153,6 +179,14 @@ def main() -> None:
                                                               "net.num_head_channels=8", "net.norm_num_groups=8",
                                                               "batch_size=4"] if args.smoke else []))
     stages = StageCosts(args.work, "convergence")
+    segmenter = None
+    if args.faithfulness:
+        from synthpair.segmentation.reference import train_reference_segmenter
+
+        segmenter = args.work / "reference_segmenter"
+        if not (segmenter / "results.json").is_file():
+            stages.run("reference segmenter: train", train_reference_segmenter, args.data, segmenter, fold=0,
+                       steps=4 if args.smoke else args.segmenter_steps)
     runs: dict[str, Path] = {n: Path(rest[0]) for n, rest in existing}
     configs: dict[str, dict[str, Any]] = {}
     for name, overrides in arms:
@@ -165,9 +199,10 @@ def main() -> None:
     for name, run in runs.items():
         steps = [s for s in snapshot_steps(run) if not args.eval_steps or s in args.eval_steps]
         cache = args.work / (f"eval_{name}" + ("" if args.spacing == "uniform" else f"_{args.spacing}"))
-        pts = [evaluate_snapshot(run, s, args.data, cache, args.n, args.sampler_steps, args.seed, stages, name,
-                                 args.spacing) for s in steps]
         cfg = to_dict(load_train_config(run / "config.json"))  # legacy keys and sections as the trainer reads them
+        scorer = segmenter if get_method(cfg["method"]).uses_masks else None  # image-only arms have no masks
+        pts = [evaluate_snapshot(run, s, args.data, cache, args.n, args.sampler_steps, args.seed, stages, name,
+                                 args.spacing, scorer) for s in steps]
         results[name] = {"run": str(run), "points": pts, **configs.get(name, {"overrides": settings_diff(to_dict(base), cfg)}),
                          "config": {k: cfg.get(k) for k in ("lr", "batch_size", "ema_decay", "warmup_steps", "amp")}
                          | {"diffusion": cfg.get("diffusion"), "net": cfg.get("net")}}
@@ -182,6 +217,8 @@ def main() -> None:
         summary[name] = {"cpu_min_to_reference_fd": reach,
                          "fraction_of_reference": (reach / target["train_cpu_min"]) if reach and target else None}
     meta = {"command": "python " + " ".join(sys.argv), "data": str(args.data), "base": to_dict(base),
+            "segmenter": None if segmenter is None else {"folder": str(segmenter), "steps": args.segmenter_steps,
+                                                         "trained_on": "fold 0 real training pairs"},
             "n": args.n, "sampler": f"ddim-{args.sampler_steps} ({args.spacing} grid)", "seed": args.seed, "threads": args.threads,
             "reference": ref_name, "target": target, "stage_costs": stages.costs}
     args.results_dir.mkdir(parents=True, exist_ok=True)
@@ -196,19 +233,38 @@ def main() -> None:
 
 def table(meta: dict[str, Any], results: dict[str, Any], summary: dict[str, Any]) -> str:
     t = meta["target"]
-    lines = [f"# Generator quality per CPU-minute ({Path(meta['data']).name})", "",
-             f"Image-only generator, one arm per recipe; every snapshot sampled with {meta['sampler']} "
-             f"({meta['n']} images, seeds {meta['seed']}..) and scored as `synthpair evaluate images --fold 0` "
-             f"(radiomics FD/KID vs the fold-0 training images); {meta['threads']} thread(s). Training CPU-minutes "
-             f"from each snapshot's `cpu_seconds`.", "", f"Command: `{meta['command']}`", ""]
+    method = meta["base"].get("method", "image")
+    pairs = any("empty_mask_share" in p for r in results.values() for p in r["points"])
+    lines = [f"# Generator quality per CPU-minute ({Path(meta['data']).name}, method {method})", "",
+             f"One arm per recipe; every snapshot sampled with {meta['sampler']} "
+             f"({meta['n']} {'pairs' if pairs else 'images'}, seeds {meta['seed']}..) and scored as "
+             f"`synthpair evaluate images --fold 0` (radiomics FD/KID of the images vs the fold-0 training images); "
+             f"{meta['threads']} thread(s). Training CPU-minutes from each snapshot's `cpu_seconds`.", ""]
+    if pairs:
+        seg = meta.get("segmenter")
+        lines += ["Pair columns: *faithfulness* = mean Dice between a real-only reference segmenter's prediction on "
+                  "the synthetic image and the synthetic mask" + (f" (U-Net, {seg['steps']} steps, {seg['trained_on']})"
+                                                                  if seg else " (not scored: no --faithfulness)") +
+                  "; *empty* = share of synthetic masks with no lesion; *area W1* / *compactness W1* = Wasserstein "
+                  "distance of the lesion-area fraction / isoperimetric compactness, synthetic vs real training masks.",
+                  ""]
+    lines += [f"Command: `{meta['command']}`", ""]
     if t:
         lines += [f"Target: the final FD of `{meta['reference']}` — **{t['fd']:.1f}** at step {t['step']} "
                   f"({t['train_cpu_min']} CPU-min). Real-vs-real FD (half vs half): {t['fd_real_real']:.2f}.", ""]
-    lines += ["| arm | settings | step | train CPU-min | FD | KID (± sd) | FD vs real half |", "|---|---|---|---|---|---|---|"]
+    head = "| arm | settings | step | train CPU-min | FD | KID (± sd) | FD vs real half |"
+    if pairs:
+        head += " faithfulness | empty | area W1 | compactness W1 |"
+    lines += [head, "|" + "---|" * (head.count("|") - 1)]
+    fmt = lambda v, d: "–" if v is None else f"{v:.{d}f}"  # noqa: E731
     for name, r in results.items():
         for p in r["points"]:
-            lines.append(f"| {name} | {'; '.join(r['overrides']) or '(base)'} | {p['step']} | {p['train_cpu_min']} | "
-                         f"{p['fd']:.1f} | {p['kid']:.2f} ± {p['kid_sd']:.2f} | {p['fd_half']:.1f} |")
+            row = (f"| {name} | {'; '.join(r['overrides']) or '(base)'} | {p['step']} | {p['train_cpu_min']} | "
+                   f"{p['fd']:.1f} | {p['kid']:.2f} ± {p['kid_sd']:.2f} | {p['fd_half']:.1f} |")
+            if pairs:
+                row += (f" {fmt(p.get('faithfulness'), 3)} | {fmt(p.get('empty_mask_share'), 3)} | "
+                        f"{fmt(p.get('mask_area_w1'), 4)} | {fmt(p.get('mask_compactness_w1'), 3)} |")
+            lines.append(row)
     lines += ["", "| arm | CPU-min to reach the target FD | fraction of the reference's CPU-min |", "|---|---|---|"]
     for name, s in summary.items():
         reach, frac = s["cpu_min_to_reference_fd"], s["fraction_of_reference"]
@@ -227,10 +283,19 @@ def figure(results: dict[str, Any], target: dict[str, Any] | None) -> bytes | No
 
     if not any(r["points"] for r in results.values()):
         return None
-    fig, ax = plt.subplots(figsize=(6.0, 4.0), dpi=110)
+    faith = any(p.get("faithfulness") is not None for r in results.values() for p in r["points"])
+    fig, axes = plt.subplots(1, 2 if faith else 1, figsize=(11.0 if faith else 6.0, 4.0), dpi=110, squeeze=False)
+    ax = axes[0, 0]
     for name, r in results.items():
         pts = sorted(r["points"], key=lambda p: p["step"])
         ax.plot([p["train_cpu_min"] for p in pts], [p["fd"] for p in pts], marker="o", label=name)
+        if faith:
+            axes[0, 1].plot([p["train_cpu_min"] for p in pts], [p.get("faithfulness") for p in pts], marker="o",
+                            label=name)
+    if faith:
+        axes[0, 1].set_xlabel("training CPU-minutes")
+        axes[0, 1].set_ylabel("mask faithfulness (Dice) ↑")
+        axes[0, 1].grid(alpha=0.3)
     if target:
         ax.axhline(target["fd"], color="grey", ls="--", lw=0.8, label="target FD")
     ax.set_xlabel("training CPU-minutes")

@@ -84,9 +84,12 @@ def prepare_once(src: Path | str, out: Path, size: int, **overrides: Any) -> Pat
 
 def smoke_source(work: Path, contrasts: tuple[str, ...] = ("T2w",), n: int = 24, lesion_fraction: float = 0.5
                  ) -> Path:
-    """A phantom nnU-Net source (grouped by patient) standing in for the real data in --smoke mode."""
+    """A phantom nnU-Net source (grouped by patient) standing in for the real data in --smoke mode (the one already
+    written there is reused, so an interrupted smoke run resumes)."""
     from synthpair.data.phantoms import write_phantom_nnunet
 
+    if (work / "phantom_src" / "dataset.json").is_file():
+        return work / "phantom_src"
     return write_phantom_nnunet(work / "phantom_src", n, size=16, contrasts=contrasts, per_patient=2,
                                 lesion_fraction=lesion_fraction)
 
