@@ -3,16 +3,18 @@
 Each measurement runs in a fresh subprocess (so OpenMP reads its environment at start): the generator
 training step of the default network (MONAI DiffusionModelUNet (32, 64, 64), 64×64, batch 16, bf16 autocast
 where the CPU has it, AdamW) for ``--seconds`` after warm-up, reporting steps/s. "Loaded" runs the same with
-one competing CPU-bound process (a pure-Python busy loop, one core) started first. Policies:
+``--competitors`` CPU-bound processes (pure-Python busy loops, one core each) started first. Policies:
 
 * ``default``   — PyTorch's defaults (threads = cores, libgomp's active spin-waiting);
 * ``passive``   — same threads, ``OMP_WAIT_POLICY=PASSIVE`` (threads sleep instead of spinning at barriers);
+* ``spin:N``    — same threads, ``GOMP_SPINCOUNT=N``: an idle thread spins N iterations at a barrier, then sleeps
+  (libgomp's default is 300000 — of the order of a millisecond — and 0 under PASSIVE);
 * ``one``       — ``torch.set_num_threads(1)``;
 * ``auto``      — ``--threads auto`` (:func:`synthpair.env.configure_threads`: the cores not busy at start);
 * ``synthpair`` — what a plain ``synthpair`` command does: the package imported before torch (its environment
   defaults apply, e.g. the OpenMP wait policy), then :func:`synthpair.env.configure_threads` with no setting.
 
-Usage: ``python bench/threads.py [--seconds 20] [--out bench/results/threads]``. Ratios are measured side by
+Usage: ``python bench/threads.py [--seconds 20] [--competitors 1 3] [--out bench/results/threads]``. Ratios are measured side by
 side in one run on the same machine; the absolute speeds depend on it.
 """
 from __future__ import annotations
@@ -31,7 +33,9 @@ policy, seconds = sys.argv[1], float(sys.argv[2])
 if policy == "synthpair":
     import synthpair  # before torch, as the CLI does
 import torch
-if policy == "one":
+if policy in ("default", "passive", "spin"):
+    pass
+elif policy == "one":
     torch.set_num_threads(1)
 elif policy == "auto":
     from synthpair.env import configure_threads
@@ -66,53 +70,69 @@ print(json.dumps({"policy": policy, "threads": torch.get_num_threads(), "steps":
 SPIN = "import time\nt=time.time()\nwhile time.time()-t < 3600: pass\n"
 
 
-def measure(policy: str, seconds: float, loaded: bool) -> dict:
-    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY",
+def measure(policy: str, seconds: float, competitors: int) -> dict:
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT",
                                                             "SYNTHPAIR_THREADS")}
     if policy == "passive":
         env["OMP_WAIT_POLICY"] = "PASSIVE"
-    spinner = subprocess.Popen([sys.executable, "-c", SPIN]) if loaded else None
+    if policy.startswith("spin:"):
+        env["GOMP_SPINCOUNT"] = policy.split(":", 1)[1]
+    spinners = [subprocess.Popen([sys.executable, "-c", SPIN]) for _ in range(competitors)]
     try:
-        time.sleep(1.0 if loaded else 0.0)
-        out = subprocess.run([sys.executable, "-c", WORKER, policy, str(seconds)], env=env, check=True,
-                             capture_output=True, text=True)
+        time.sleep(1.0 if competitors else 0.0)
+        out = subprocess.run([sys.executable, "-c", WORKER, policy.split(":")[0], str(seconds)], env=env,
+                             check=True, capture_output=True, text=True)
     finally:
-        if spinner is not None:
+        for spinner in spinners:
             spinner.kill()
             spinner.wait()
     rec = json.loads(out.stdout.strip().splitlines()[-1])
-    rec["loaded"] = loaded
+    rec["competitors"] = competitors
     return rec
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--seconds", type=float, default=20.0)
-    ap.add_argument("--policies", nargs="+", default=["default", "passive", "one", "auto", "synthpair"])
+    ap.add_argument("--policies", nargs="+", default=["default", "passive", "spin:10000", "one", "auto", "synthpair"])
+    ap.add_argument("--competitors", type=int, nargs="+", default=[1], help="busy processes beside the loaded runs")
     ap.add_argument("--out", default="bench/results/threads")
     a = ap.parse_args()
+    if any(c < 1 for c in a.competitors):
+        raise SystemExit("--competitors: counts >= 1 (the run alone is always measured)")
     load1 = os.getloadavg()[0]
     rows = []
     for policy in a.policies:
-        alone = measure(policy, a.seconds, False)
-        loaded = measure(policy, a.seconds, True)
-        rows.append({"policy": policy, "threads_alone": alone["threads"], "threads_loaded": loaded["threads"],
-                     "steps_per_s_alone": round(alone["steps_per_s"], 3),
-                     "steps_per_s_loaded": round(loaded["steps_per_s"], 3),
-                     "slowdown": round(alone["steps_per_s"] / max(loaded["steps_per_s"], 1e-9), 2)})
-        print(rows[-1], flush=True)
+        alone = measure(policy, a.seconds, 0)
+        row = {"policy": policy, "threads_alone": alone["threads"], "steps_per_s_alone": round(alone["steps_per_s"], 3),
+               "loaded": {}}
+        for c in a.competitors:
+            loaded = measure(policy, a.seconds, c)
+            row["loaded"][str(c)] = {"threads": loaded["threads"], "steps_per_s": round(loaded["steps_per_s"], 3),
+                                     "slowdown": round(alone["steps_per_s"] / max(loaded["steps_per_s"], 1e-9), 2)}
+        rows.append(row)
+        print(row, flush=True)
     best_alone = max(r["steps_per_s_alone"] for r in rows)
     for r in rows:
-        r["slowdown_vs_best_alone"] = round(best_alone / max(r["steps_per_s_loaded"], 1e-9), 2)
-    res = {"cpus": os.cpu_count(), "load_before": load1, "seconds": a.seconds, "rows": rows,
+        for c in r["loaded"].values():
+            c["slowdown_vs_best_alone"] = round(best_alone / max(c["steps_per_s"], 1e-9), 2)
+    res = {"cpus": os.cpu_count(), "load_before": load1, "seconds": a.seconds, "competitors": a.competitors,
+           "rows": rows, "command": "python " + " ".join(sys.argv),
            "workload": "DiffusionModelUNet (32,64,64) 64x64 batch 16 training step, bf16 autocast when available"}
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(res, indent=1))
-    lines = ["| policy | threads alone / loaded | steps/s alone | steps/s beside 1 busy process | slowdown | "
-             "slowdown vs best alone |", "|---|---|---|---|---|---|"]
-    lines += [f"| {r['policy']} | {r['threads_alone']} / {r['threads_loaded']} | {r['steps_per_s_alone']} | "
-              f"{r['steps_per_s_loaded']} | {r['slowdown']}× | {r['slowdown_vs_best_alone']}× |" for r in rows]
+    head = "| policy | threads alone | steps/s alone |"
+    for c in a.competitors:
+        head += f" beside {c} busy: threads, steps/s | slowdown | vs best alone |"
+    lines = [f"Command: `{res['command']}` ({res['cpus']} CPUs, load {load1:.2f} before; {a.seconds:g} s per "
+             "measurement, each in a fresh process).", "", head, "|" + "---|" * (head.count("|") - 1)]
+    for r in rows:
+        line = f"| {r['policy']} | {r['threads_alone']} | {r['steps_per_s_alone']} |"
+        for c in a.competitors:
+            x = r["loaded"][str(c)]
+            line += f" {x['threads']}, {x['steps_per_s']} | {x['slowdown']}× | {x['slowdown_vs_best_alone']}× |"
+        lines.append(line)
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0
