@@ -10,7 +10,7 @@ from PIL import Image
 from data_helpers import textured, write_nifti_folder, write_nnunet_folder, write_png_folder
 from synthpair.config import from_dict, to_dict
 from synthpair.data.dataset import PreparedDataset
-from synthpair.data.dedup import find_duplicate_pairs, thumbnail, union_groups
+from synthpair.data.dedup import case_level_pairs, find_duplicate_pairs, thumbnail, union_groups
 from synthpair.data.normalise import apply_range, intensity_range
 from synthpair.data.phantoms import write_phantom_source
 from synthpair.data.prepare import PrepareConfig, prepare_dataset
@@ -145,6 +145,37 @@ def test_dedup_finds_planted_near_duplicates_only():
     # same-case pairs are ignored
     assert find_duplicate_pairs(th, 0.9, 12, groups=[str(i) for i in range(10)] + ["2", "x"]) == \
         [p for p in pairs if p[:2] == (7, 11)]
+
+
+def test_dedup_does_not_chain_near_blank_images():
+    """Near-blank images (empty MR slices of different patients) become ≈ −mean once the dataset mean is
+    subtracted, so they correlated ≈ 1 and were grouped; their raw thumbnails share nothing, so they are not."""
+    rng = np.random.default_rng(1)
+    imgs = [textured(rng, 48, 48).astype(np.float32) / 127.5 - 1 for _ in range(10)]
+    blank_a = np.full((48, 48), -1.0, np.float32) + rng.normal(0, 0.01, (48, 48)).astype(np.float32)
+    blank_b = np.full((48, 48), -1.0, np.float32) + rng.normal(0, 0.01, (48, 48)).astype(np.float32)
+    th = np.stack([thumbnail(i) for i in imgs + [blank_a, blank_b]])
+    centred = th - th.mean(axis=0, keepdims=True)
+    z = (centred - centred.mean(axis=(1, 2), keepdims=True)).reshape(12, -1)
+    z /= np.linalg.norm(z, axis=1, keepdims=True)
+    assert float(z[10] @ z[11]) > 0.99  # what the mean-subtracted check alone saw: a "duplicate"
+    assert find_duplicate_pairs(th, 0.9, 12) == []
+    # a real copy of a near-blank image is still found
+    th2 = np.stack([thumbnail(i) for i in imgs + [blank_a, blank_a + 0.001]])
+    assert [(i, j) for i, j, _ in find_duplicate_pairs(th2, 0.9, 12)] == [(10, 11)]
+
+
+def test_case_level_pairs_merges_volumes_only_when_they_match_as_a_whole():
+    # items 0-3: patient A (4 slices), 4-7: patient B (4 slices), 8-9: patient C (2 slices), 10, 11: 2-D images
+    cases = ["A"] * 4 + ["B"] * 4 + ["C"] * 2 + ["x", "y"]
+    one_level = [(1, 5, 0.95)]                           # A and B alike at one level: 1 of 4 slices each
+    copied = [(0, 8, 0.97), (1, 9, 0.96)]                 # C copies two of A's slices: all of C
+    within = [(2, 3, 0.99)]                               # inside A: kept as is
+    two_d = [(10, 11, 0.93)]                              # one-image cases: one match is the whole case
+    assert case_level_pairs(one_level + copied + within + two_d, cases) == copied + within + two_d
+    assert case_level_pairs([(0, 4, 0.9), (1, 5, 0.9)], cases) == [(0, 4, 0.9), (1, 5, 0.9)]  # half of A: kept
+    assert case_level_pairs([(0, 4, 0.9), (0, 5, 0.9)], cases) == [(0, 4, 0.9), (0, 5, 0.9)]  # half of B: kept
+    assert case_level_pairs([(0, 4, 0.9)], cases, min_share=0.3) == []                     # 1/4 < 0.3
 
 
 def test_prepare_groups_duplicates_into_one_case(tmp_path):

@@ -32,7 +32,7 @@ from ..config import to_dict
 from ..errors import fail
 from ..io import atomic_output_dir, write_json_atomic
 from .dataset import dataset_info, write_dataset_json, write_pair
-from .dedup import THUMB, find_duplicate_pairs, thumbnail, union_groups
+from .dedup import THUMB, case_level_pairs, find_duplicate_pairs, thumbnail, union_groups
 from .normalise import apply_range, describe, intensity_range, resolve_method
 from .readers import detect_source, iter_source, iter_unlabelled, list_unlabelled
 from .resize import resize_image, resize_mask, resized_spacing
@@ -399,8 +399,9 @@ def _deduplicate(pending: list[tuple[dict[str, Any], np.ndarray, Any]], cfg: Pre
     span test and pool of a split file). Unlabelled members of a group with a labelled member are dropped;
     with a split file, merging never joins a test case and a pool case (the file's split is kept)."""
     th = np.stack([thumbnail(img) for _, img, _ in pending])
-    pairs = find_duplicate_pairs(th, cfg.dedup_threshold, cfg.dedup_max_hamming,
-                                 groups=[m["case"] for m, _, _ in pending])
+    cases = [m["case"] for m, _, _ in pending]
+    pairs = case_level_pairs(find_duplicate_pairs(th, cfg.dedup_threshold, cfg.dedup_max_hamming, groups=cases),
+                             cases)  # slices of different patients match only when the volumes do
     del th
     ids = [m["id"] for m, _, _ in pending]
     labelled = [m.get("labelled", True) for m, _, _ in pending]
