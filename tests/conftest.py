@@ -9,6 +9,8 @@ import pytest
 import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# a fixed count: the CLI's default (--threads auto) follows the load, and tests compare runs bit for bit
+os.environ.setdefault("SYNTHPAIR_THREADS", "2")
 torch.set_num_threads(2)
 
 

@@ -155,3 +155,43 @@ def test_lines_without_a_recipe_are_refused_with_one_line(runs: dict[str, Path],
     with pytest.raises(SynthpairError, match="inpaint again"):
         verify_pair(syn, lines[0]["id"])
     assert main(["replay", str(syn), lines[0]["id"]]) == 2
+
+
+def test_replay_runs_with_the_threads_the_line_was_written_with(runs: dict[str, Path], tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every writer records its CPU threads (``cpu_threads``: ``--threads auto`` picks them by load, and the count
+    changes float reductions); replay switches to them for the pair and restores the caller's count after. A line
+    without the key (older folders) replays with the caller's count."""
+    import torch
+
+    import synthpair.synthesis.replay as replay
+    from synthpair.synthesis.generate import GenerateConfig, generate, verify_pair
+    from synthpair.synthesis.harmonise import HarmoniseConfig, harmonise
+    from synthpair.synthesis.inpaint import InpaintConfig, inpaint
+    from synthpair.synthesis.manifest import read_manifest
+
+    torch.set_num_threads(1)  # the writers run with one thread (the module's fixture)
+    syn = generate(runs["joint"], tmp_path / "gen", GenerateConfig(n=2, steps=2, sampler="ddim", seed=0,
+                                                                   segmenter="off", keep_empty=True, min_area=0),
+                   progress=False)
+    inp = inpaint(runs["data"], [runs["joint"]], tmp_path / "inp", InpaintConfig(**{**INPAINT, "items": "1"}),
+                  progress=False)
+    torch.set_num_threads(2)
+    har = harmonise(inp, runs["joint"], tmp_path / "har", HarmoniseConfig(strength=0.5, steps=2, batch_size=2,
+                                                                           device="cpu", seed=0), progress=False)
+    assert {r["cpu_threads"] for r in read_manifest(syn) + read_manifest(inp)} == {1}
+    assert {r["cpu_threads"] for r in read_manifest(har)} == {2}  # harmonise's own count replaces the input's
+    seen: list[int] = []
+    inner = replay._replay
+    monkeypatch.setattr(replay, "_replay", lambda rec: (seen.append(torch.get_num_threads()), inner(rec))[1])
+    torch.set_num_threads(2)
+    for folder in (syn, inp):
+        assert verify_pair(folder, read_manifest(folder)[0]["id"])
+    torch.set_num_threads(1)
+    assert verify_pair(har, read_manifest(har)[0]["id"])
+    assert seen == [1, 1, 2] and torch.get_num_threads() == 1  # the recorded counts; the caller's count restored
+    lines = read_manifest(syn)
+    (syn / "manifest.jsonl").write_text("".join(json.dumps({k: v for k, v in r.items() if k != "cpu_threads"}) + "\n"
+                                                for r in lines))
+    torch.set_num_threads(1)
+    assert verify_pair(syn, lines[0]["id"]) and seen[-1] == 1

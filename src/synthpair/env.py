@@ -75,21 +75,38 @@ def busy_cores(samples: int = 5, interval: float = 0.05) -> int:
     return min(counts[len(counts) // 2], os.cpu_count() or 1)
 
 
+# ``auto`` threads are re-chosen while a long loop runs (:func:`rebalance_threads`); None = a fixed count
+_auto_threads: dict[str, float] | None = None
+REBALANCE_SECONDS = 15.0  # how often a training loop re-reads the load under ``auto``
+
+
+def free_cores(interval: float = 0.05) -> int:
+    """The cores other processes leave free right now (at least 1; :func:`busy_cores` with 5 readings
+    ``interval`` seconds apart)."""
+    import os
+
+    return max(1, (os.cpu_count() or 1) - busy_cores(interval=interval))
+
+
 def configure_threads(threads: int | str | None) -> int:
     """Set PyTorch's CPU thread count; returns the count in use.
 
-    ``threads``: an integer >= 1; ``"auto"`` = the cores not busy with other processes right now
-    (:func:`busy_cores`, at least 1); None = ``$SYNTHPAIR_THREADS`` (an integer or ``auto``) when set, else
-    PyTorch's default (all cores). Anything else is a one-line error. Thread counts change the order of
-    floating-point reductions, so bit-for-bit comparisons need the same count on both sides.
+    ``threads``: an integer >= 1, or ``"auto"``; None = ``$SYNTHPAIR_THREADS`` (an integer or ``auto``) when set,
+    else ``auto`` — the default of every ``synthpair`` command. ``auto`` = the cores not busy with other processes
+    (:func:`free_cores`), chosen now and re-chosen every :data:`REBALANCE_SECONDS` by the training loops
+    (:func:`rebalance_threads`): PyTorch's own default (all cores, spin-waiting OpenMP threads) runs 3.4× slower
+    beside one busy process on 2 cores and 8.8× beside three (``bench/results/threads.md``). Anything else is a
+    one-line error. Thread counts change the order of floating-point reductions, so a bit-for-bit rerun of
+    training needs a fixed count (``--threads N``); generated pairs record theirs and replay uses it.
     """
     import os
+    import time
 
+    global _auto_threads
     raw: Any = threads if threads is not None else os.environ.get("SYNTHPAIR_THREADS")
-    if raw in (None, ""):
-        return torch.get_num_threads()
-    if str(raw).strip().lower() == "auto":
-        n = max(1, (os.cpu_count() or 1) - busy_cores())
+    if raw in (None, "") or str(raw).strip().lower() == "auto":
+        n = free_cores()
+        _auto_threads = {"checked": time.monotonic()}
     else:
         try:
             n = int(raw)
@@ -97,8 +114,30 @@ def configure_threads(threads: int | str | None) -> int:
             n = 0
         if n < 1:
             raise fail(f"--threads / SYNTHPAIR_THREADS={raw!r}: must be an integer >= 1 or 'auto'")
+        _auto_threads = None
     torch.set_num_threads(n)
     return n
+
+
+def rebalance_threads(now: float | None = None) -> tuple[int, int] | None:
+    """Under ``auto`` threads (:func:`configure_threads`), at most every :data:`REBALANCE_SECONDS`: re-read the
+    load and set the thread count to the cores other processes leave free. Returns (old, new) when the count
+    changed, else None (also when the count is fixed). Called between steps by the generator and segmenter
+    training loops, so a run started on a quiet machine gives way when a second job starts, and takes the
+    cores back when it ends."""
+    import time
+
+    if _auto_threads is None:
+        return None
+    now = time.monotonic() if now is None else now
+    if now - _auto_threads["checked"] < REBALANCE_SECONDS:
+        return None
+    _auto_threads["checked"] = now
+    old, new = torch.get_num_threads(), free_cores(interval=0.01)  # 50 ms of readings per 15 s: < 0.4 % of the time
+    if new == old:
+        return None
+    torch.set_num_threads(new)
+    return old, new
 
 
 def resolve_device(spec: str) -> torch.device:

@@ -191,8 +191,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="synthpair", description=__doc__.split("\n")[0])
     p.add_argument("--version", action="version", version=_version())
     p.add_argument("--threads", metavar="N|auto",
-                   help="CPU threads for PyTorch: a number, or 'auto' = the cores other processes leave free "
-                        "(default: $SYNTHPAIR_THREADS, else PyTorch's choice); use 1 or auto on a shared machine")
+                   help="CPU threads for PyTorch: a number (fixed: bit-for-bit reruns), or 'auto' = the cores other "
+                        "processes leave free, re-read every 15 s while training (default: $SYNTHPAIR_THREADS, "
+                        "else auto)")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     def preset(sp: argparse.ArgumentParser) -> None:

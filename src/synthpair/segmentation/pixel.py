@@ -18,6 +18,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from ..env import rebalance_threads
 from ..errors import fail
 from .ddfeatures import CACHE_DTYPE, DiffusionFeatures, FeatureCache, dihedral, dihedral_transforms, stack_features
 from .ddmodels import PixelEnsemble, PixelSegmenter
@@ -111,6 +112,7 @@ def train_pixel(model: PixelSegmenter, images: torch.Tensor, masks: torch.Tensor
     losses = []
     bar = tqdm(range(steps), desc=desc, disable=not progress, leave=False)
     for step in bar:
+        rebalance_threads()  # only under --threads auto (the default), every REBALANCE_SECONDS
         idx = torch.randint(0, n, (batch_size,), generator=generator)
         x = stack_features({c: v[idx].float() for c, v in feat_rows.items()}, model.cells, size)
         y = labels[idx].unsqueeze(1)

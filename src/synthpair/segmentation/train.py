@@ -39,7 +39,7 @@ import torch
 from ..config import save_config, to_dict
 from ..data.budget import training_items  # noqa: F401 (re-export: segment's subset rule)
 from ..data.dataset import PreparedDataset
-from ..env import resolve_autocast, resolve_device
+from ..env import rebalance_threads, resolve_autocast, resolve_device
 from ..errors import fail
 from ..io import atomic_output_dir, write_json_atomic, write_text_atomic
 from ..metrics.segmentation import METRICS, distance_unit, per_case_metrics, summarize
@@ -292,6 +292,7 @@ def _train_fold(ds: PreparedDataset, fold: int, cfg: SegmentConfig, syn_pool: Sy
 
         tb = TensorBoardLog(fold_dir / "tensorboard")
     for step in bar:
+        rebalance_threads()  # only under --threads auto (the default), every REBALANCE_SECONDS
         batch = augment_batch(augment, mixing.batch(step, gen), gen)
         batch = Batch(**{k: None if v is None else v.to(device) for k, v in vars(batch).items()})
         loss = batch_loss(forward, loss_fn, batch)

@@ -240,12 +240,14 @@ def sample_record(pid: str, seed: int, batch_seeds: list[int], prov: dict[str, A
     """The manifest record of a SAMPLED pair (recipe ``sample``, :mod:`.manifest`): the generator's provenance
     ``prov`` (:func:`generator_provenance`), the batch and sampler settings that replay it, and the writer's
     ``fields`` (condition records; a ``source_case`` among them sets the typed key)."""
+    import torch
+
     return PairRecord(
         id=pid, seed=int(seed), method=prov["method"], generator_run=prov["generator_run"],
         model_sha256=prov["model_sha256"], fold=prov["fold"], train_cases=train_cases,
         source_case=fields.pop("source_case", None), mask_area=mask_area, faithfulness=faithfulness,
         fields={"batch_seeds": list(batch_seeds), "sampler": sampler, "steps": steps, "eta": eta, "spacing": spacing,
-                "device": device,
+                "device": device, "cpu_threads": torch.get_num_threads(),  # replay uses the same (float reductions)
                 "amp": amp, "min_component": min_component,
                 **({"generator_export": prov["generator_export"]} if prov.get("generator_export") else {}),
                 **fields})

@@ -176,6 +176,8 @@ def harmonise(syn_dir: Path | str, run: Path | str, out_dir: Path | str, cfg: Ha
     SYN2's manifest lines are SYN's plus ``harmonise`` (settings, seed, metrics) and the harmonising generator's
     provenance (``harmonise_generator_run``, ``harmonise_model_sha256``; its cases join ``train_cases``).
     """
+    import torch
+
     from ..env import resolve_device
     from ..methods import get_method
 
@@ -237,7 +239,7 @@ def harmonise(syn_dir: Path | str, run: Path | str, out_dir: Path | str, cfg: Ha
                     harmonise={"seed": seeds[r], "nfe": res["nfe"], **to_dict(cfg), **metrics},
                     harmonise_generator_run=prov["generator_run"], harmonise_model_sha256=prov["model_sha256"],
                     harmonise_input=str(syn_dir.resolve()), harmonise_batch_ids=list(block),
-                    harmonise_batch_seeds=seeds)
+                    harmonise_batch_seeds=seeds, cpu_threads=torch.get_num_threads())  # replay uses the same
                 writer.pair(out, res["images"][r], res["masks"][r], res["regions"][r])
                 lines.append(out)
             bar.update(len(block))

@@ -338,6 +338,8 @@ def inpaint(data_dir: Path | str, runs: Sequence[Path | str], out_dir: Path | st
     ``dataset.json`` (with an ``inpaint`` summary: attempted, kept, rejected by reason, empty sources skipped,
     NFE per pair, seconds). Returns ``out_dir``.
     """
+    import torch
+
     from ..env import resolve_autocast, resolve_device
 
     ds = PreparedDataset.open(data_dir)
@@ -406,6 +408,7 @@ def inpaint(data_dir: Path | str, runs: Sequence[Path | str], out_dir: Path | st
                         "dilate_px": cfg.dilate_px, "dilate_px_prepared": [round(cfg.dilate_px / sc[0], 4),
                                                                            round(cfg.dilate_px / sc[1], 4)],
                         "region_area": int(region.sum()), "nfe": res["nfe"], "amp": cfg.amp, "device": device,
+                        "cpu_threads": torch.get_num_threads(),
                         "min_component": cfg.min_component, "batch_seeds": seeds, "batch_items": block_items})
                 writer.pair(rec, res["images"][r], mask, region)
                 lines.append(rec)

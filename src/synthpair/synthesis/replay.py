@@ -10,12 +10,14 @@ The line's recipe (:func:`synthpair.synthesis.manifest.recipe_of`) says how the 
   (:func:`synthpair.synthesis.harmonise.replay_harmonised`).
 
 Every recipe refuses (one line) a generator whose weights changed and a line written before its recipe was
-recorded. Bit-exact on CPU (same torch build and threads).
+recorded. Bit-exact on CPU (same torch build): a line records the CPU threads it was written with
+(``cpu_threads``; ``--threads auto`` picks them by load) and the replay runs with them.
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -23,8 +25,28 @@ from ..errors import fail
 from .manifest import MANIFEST, read_manifest, recipe_of
 
 
+@contextmanager
+def recorded_threads(rec: dict[str, Any]) -> Iterator[None]:
+    """Run with the line's ``cpu_threads`` (when it has them), then restore the caller's count."""
+    import torch
+
+    before, want = torch.get_num_threads(), rec.get("cpu_threads")
+    if want:
+        torch.set_num_threads(int(want))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def replay_record(rec: dict[str, Any], syn_dir: Path | str) -> tuple[np.ndarray, np.ndarray | None]:
-    """One manifest line → (image float32 (C, H, W) in [-1, 1], mask int64 (H, W) or None)."""
+    """One manifest line → (image float32 (C, H, W) in [-1, 1], mask int64 (H, W) or None), computed with the
+    CPU threads the line was written with (:func:`recorded_threads`)."""
+    with recorded_threads(rec):
+        return _replay(rec)
+
+
+def _replay(rec: dict[str, Any]) -> tuple[np.ndarray, np.ndarray | None]:
     recipe = recipe_of(rec)
     if recipe == "inpaint":
         from .inpaint import replay_inpainted

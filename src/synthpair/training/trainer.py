@@ -31,7 +31,7 @@ from torch import nn
 
 from ..config import save_config, to_dict
 from ..data.dataset import PreparedDataset
-from ..env import resolve_autocast, resolve_device, write_env
+from ..env import rebalance_threads, resolve_autocast, resolve_device, write_env
 from ..diffusion.schedule import DiffusionConfig, NoiseSchedule
 from ..errors import fail
 from ..io import ensure_dir, save_png_atomic, translate_os_errors, write_bytes_atomic, write_json_atomic
@@ -617,6 +617,9 @@ def train_generator(data_dir: Path | str, out_dir: Path | str, cfg: TrainConfig 
                     loss_sum, n_loss, t_last = 0.0, 0, now
             if bar is not None:
                 bar.update(1)
+            changed = rebalance_threads()  # only under --threads auto (the default), every REBALANCE_SECONDS
+            if changed and is_main:
+                log.line(f"step {step}: CPU threads {changed[0]} -> {changed[1]} (cores other processes leave free)")
             if cfg.preview_every and step % cfg.preview_every == 0 and step != cfg.steps:
                 preview(step)
             if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step != cfg.steps:
