@@ -88,6 +88,38 @@ def test_edm_with_unit_sigma_data_is_minus_v_and_its_target_has_unit_variance():
         assert f.var().item() == pytest.approx(1.0, abs=0.03)
 
 
+def test_per_channel_sigma_data_is_the_scalar_schedule_channel_by_channel():
+    """channel_sigma_data (0.5, 1): channel 0 behaves as sigma_d = 0.5, channel 1 as sigma_d = 1 (= -v) — in the
+    target, in to_x0_eps (a round trip) and in output_for_eps; a tensor of another channel count is refused."""
+    from synthpair.diffusion.schedule import joint_channel_sigma_data
+    from synthpair.errors import SynthpairError
+
+    per = NoiseSchedule(DiffusionConfig(num_timesteps=100, prediction="edm", channel_sigma_data=(0.5, 1.0)))
+    half = NoiseSchedule(DiffusionConfig(num_timesteps=100, prediction="edm", sigma_data=0.5))
+    v = NoiseSchedule(DiffusionConfig(num_timesteps=100, prediction="v"))
+    g = torch.Generator().manual_seed(2)
+    x0, eps = torch.randn(5, 2, 4, 4, generator=g), torch.randn(5, 2, 4, 4, generator=g)
+    t = torch.tensor([0, 10, 50, 90, 99])
+    f = per.target(x0, t, eps)
+    assert torch.allclose(f[:, :1], half.target(x0[:, :1], t, eps[:, :1]), atol=1e-6)
+    assert torch.allclose(f[:, 1:], -v.target(x0[:, 1:], t, eps[:, 1:]), atol=1e-6)
+    x_t = per.q_sample(x0, t, eps)
+    x0_hat, eps_hat = per.to_x0_eps(f, x_t, t)
+    assert torch.allclose(x0_hat, x0, atol=1e-4) and torch.allclose(eps_hat, eps, atol=1e-4)
+    out = per.output_for_eps(eps, x_t, t)
+    assert torch.allclose(out[:, :1], half.output_for_eps(eps[:, :1], x_t[:, :1], t), atol=1e-6)
+    assert torch.allclose(out[:, 1:], -v.output_for_eps(eps[:, 1:], x_t[:, 1:], t), atol=1e-5)
+    with pytest.raises(SynthpairError, match="2 values but the tensor has 3 channels"):
+        per.target(torch.zeros(1, 3, 2, 2), torch.tensor([1]), torch.zeros(1, 3, 2, 2))
+    # the trainer's fill for a joint state: images sigma_data, masks mask_sigma_data; only under edm
+    cfg = joint_channel_sigma_data(DiffusionConfig(), image_channels=3, mask_channels=2)
+    assert cfg.channel_sigma_data == (0.5, 0.5, 0.5, 1.0, 1.0)
+    assert joint_channel_sigma_data(DiffusionConfig(prediction="v"), 1, 1).channel_sigma_data == ()
+    assert joint_channel_sigma_data(DiffusionConfig(mask_sigma_data=None), 1, 1).channel_sigma_data == ()
+    with pytest.raises(SynthpairError, match="min_snr"):
+        DiffusionConfig(channel_sigma_data=(0.5, 1.0), loss_weighting="min_snr")
+
+
 def test_v_target_by_hand():
     s = NoiseSchedule(DiffusionConfig(schedule="linear", num_timesteps=3, beta_start=0.1, beta_end=0.3, prediction="v"))
     x0, eps, t = torch.ones(1, 1, 1, 1), torch.full((1, 1, 1, 1), 2.0), torch.tensor([1])

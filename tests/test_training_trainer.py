@@ -431,3 +431,23 @@ def test_a_run_config_without_prediction_keeps_v_while_new_runs_default_to_edm(t
     del d["diffusion"]["prediction"]
     (tmp_path / "config.json").write_text(json.dumps(d))
     assert load_train_config(tmp_path / "config.json").diffusion.prediction == "v"
+
+
+def test_a_joint_edm_run_preconditions_masks_with_their_own_sigma_data(straight_run, data, tmp_path):
+    """A joint state's one-hot mask channels ({-1, +1}, RMS 1) get sigma_d = mask_sigma_data (1: v's
+    preconditioning) and the image channels sigma_data: the trainer writes the per-channel values into the run's
+    config and export (what sampling reads); a run config written before mask_sigma_data existed loads it as None
+    (every channel sigma_data, as those runs trained); an image-only run has no per-channel values. config.json
+    keeps the user's settings (resume compares those)."""
+    from synthpair.config import to_dict
+    from synthpair.training.trainer import load_train_config
+
+    saved = json.loads((straight_run / "export" / "config.json").read_text())["diffusion"]
+    assert saved["prediction"] == "edm" and saved["channel_sigma_data"] == [0.5, 1.0]
+    assert json.loads((straight_run / "config.json").read_text())["diffusion"]["channel_sigma_data"] == []
+    d = to_dict(TINY)
+    del d["diffusion"]["mask_sigma_data"]
+    (tmp_path / "config.json").write_text(json.dumps(d))
+    assert load_train_config(tmp_path / "config.json").diffusion.mask_sigma_data is None
+    img = train_generator(data, tmp_path / "image", dataclasses.replace(TINY, method="image", steps=1), progress=False)
+    assert json.loads((img / "export" / "config.json").read_text())["diffusion"]["channel_sigma_data"] == []

@@ -35,6 +35,11 @@ taken over: EDM's input scaling ``c_in`` (the network sees ``x_t``, of variance 
 for every other prediction type — the one sampling loop and every method call the network on ``x_t``) and its
 ``c_noise = ln(sigma) / 4`` (the network embeds the integer timestep). ``diffusion.timestep_sampling=lognormal``
 adds EDM's noise-level distribution.
+
+``sigma_d`` may differ per channel (``diffusion.channel_sigma_data``, one value per channel of the diffused tensor,
+broadcast as (1, C, 1, 1)): a joint image+mask state has image channels of std ≈ 0.5 and one-hot mask channels in
+{−1, +1} of RMS 1, whose matching preconditioning is ``sigma_d = 1`` (= v). The trainer fills it for methods whose
+state holds masks from ``sigma_data`` and ``mask_sigma_data`` (:func:`joint_channel_sigma_data`).
 """
 from __future__ import annotations
 
@@ -64,12 +69,23 @@ class DiffusionConfig:
     lognormal_mean: float = -1.2
     lognormal_std: float = 1.2
     sigma_data: float = 0.5  # EDM's sigma_d (prediction="edm" only; module docstring)
+    mask_sigma_data: float | None = 1.0  # sigma_d of mask channels of a joint state (None: sigma_data for all)
+    channel_sigma_data: tuple[float, ...] = ()  # explicit per-channel sigma_d (filled by the trainer; () = scalar)
 
     def __post_init__(self) -> None:
         if self.prediction not in ("eps", "v", "x0", "edm"):
             raise fail(f"diffusion.prediction={self.prediction!r}: choose eps, v, x0 or edm")
         if not self.sigma_data > 0:
             raise fail(f"diffusion.sigma_data={self.sigma_data}: must be > 0 (EDM uses 0.5 for images in [-1, 1])")
+        if self.mask_sigma_data is not None and not self.mask_sigma_data > 0:
+            raise fail(f"diffusion.mask_sigma_data={self.mask_sigma_data}: must be > 0 (1 suits masks in {{-1, 1}}) "
+                       f"or null")
+        object.__setattr__(self, "channel_sigma_data", tuple(float(v) for v in self.channel_sigma_data))
+        if any(not v > 0 for v in self.channel_sigma_data):
+            raise fail(f"diffusion.channel_sigma_data={list(self.channel_sigma_data)}: every value must be > 0")
+        if self.channel_sigma_data and self.loss_weighting == "min_snr":
+            raise fail("diffusion.loss_weighting=min_snr with per-channel sigma_data (a joint edm run) is not "
+                       "supported; use loss_weighting=uniform or mask_sigma_data=null")
         if self.num_timesteps < 1:
             raise fail(f"diffusion.num_timesteps={self.num_timesteps}: must be >= 1")
         if not self.min_snr_gamma > 0:
@@ -89,6 +105,20 @@ def diffusion_differences(saved: dict, cfg: DiffusionConfig) -> list[str]:
 
     old, new = to_dict(from_dict(DiffusionConfig, dict(saved), where="diffusion")), to_dict(cfg)
     return sorted(k for k in new if old.get(k) != new[k])
+
+
+def joint_channel_sigma_data(cfg: DiffusionConfig, image_channels: int, mask_channels: int) -> DiffusionConfig:
+    """``cfg`` with ``channel_sigma_data`` filled for a joint state of ``image_channels`` image and ``mask_channels``
+    mask channels: ``sigma_data`` for the images, ``mask_sigma_data`` for the masks. Unchanged when the prediction
+    is not edm, ``mask_sigma_data`` is None, the values are already set, or the loss is min-SNR weighted (its
+    per-timestep weight assumes one sigma_d)."""
+    import dataclasses
+
+    if (cfg.prediction != "edm" or cfg.mask_sigma_data is None or cfg.channel_sigma_data or mask_channels < 1
+            or cfg.loss_weighting != "uniform"):
+        return cfg
+    return dataclasses.replace(cfg, channel_sigma_data=(cfg.sigma_data,) * image_channels
+                               + (cfg.mask_sigma_data,) * mask_channels)
 
 
 def linear_betas(T: int, beta_start: float, beta_end: float) -> torch.Tensor:
@@ -180,9 +210,21 @@ class NoiseSchedule:
         """
         return self._coef(self.sqrt_ab, t, x0.ndim) * x0 + self._coef(self.sqrt_1mab, t, x0.ndim) * noise
 
-    def _edm_r(self, a: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
-        """``r = sqrt(s^2 + a^2 sigma_d^2)`` of the edm prediction (module docstring), broadcast like ``a``."""
-        return torch.sqrt(s * s + a * a * self.cfg.sigma_data ** 2)
+    def _sd(self, x: torch.Tensor) -> float | torch.Tensor:
+        """``sigma_d``: the scalar, or the per-channel values as a (1, C, 1, ...) tensor on ``x``'s device."""
+        per = self.cfg.channel_sigma_data
+        if not per:
+            return self.cfg.sigma_data
+        if x.ndim < 2 or x.shape[1] != len(per):
+            raise fail(f"diffusion.channel_sigma_data has {len(per)} values but the tensor has "
+                       f"{x.shape[1] if x.ndim > 1 else 0} channels")
+        return torch.tensor(per, dtype=torch.float32, device=x.device).reshape(1, -1, *([1] * (x.ndim - 2)))
+
+    def _edm_r(self, a: torch.Tensor, s: torch.Tensor, sd: float | torch.Tensor | None = None) -> torch.Tensor:
+        """``r = sqrt(s^2 + a^2 sigma_d^2)`` of the edm prediction (module docstring), broadcast like ``a`` (and
+        ``sd``; default: the scalar ``sigma_data``)."""
+        sd = self.cfg.sigma_data if sd is None else sd
+        return torch.sqrt(s * s + a * a * sd * sd)
 
     def target(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """The regression target of the configured prediction type: eps, x0, ``v`` (Salimans & Ho, sec. 4) or the
@@ -193,8 +235,8 @@ class NoiseSchedule:
             return x0
         a, s = self._coef(self.sqrt_ab, t, x0.ndim), self._coef(self.sqrt_1mab, t, x0.ndim)
         if self.prediction == "edm":
-            sd = self.cfg.sigma_data
-            return (s * x0 - a * sd * sd * noise) / (self._edm_r(a, s) * sd)
+            sd = self._sd(x0)
+            return (s * x0 - a * sd * sd * noise) / (self._edm_r(a, s, sd) * sd)
         return a * noise - s * x0
 
     def to_x0_eps(self, out: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -214,7 +256,8 @@ class NoiseSchedule:
         if self.prediction == "x0":
             return out, (x_t - a * out) / s
         if self.prediction == "edm":
-            sd, r = self.cfg.sigma_data, self._edm_r(a, s)
+            sd = self._sd(x_t)
+            r = self._edm_r(a, s, sd)
             return (a * sd * sd / (r * r)) * x_t + (s * sd / r) * out, (s / (r * r)) * x_t - (a * sd / r) * out
         return a * x_t - s * out, s * x_t + a * out
 
@@ -231,6 +274,7 @@ class NoiseSchedule:
         if self.prediction == "x0":
             return (x_t - s * eps) / a
         if self.prediction == "edm":
-            sd, r = self.cfg.sigma_data, self._edm_r(a, s)
+            sd = self._sd(x_t)
+            r = self._edm_r(a, s, sd)
             return ((s / (r * r)) * x_t - eps) * r / (a * sd)
         return (eps - s * x_t) / a

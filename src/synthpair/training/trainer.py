@@ -13,6 +13,7 @@ straight run see identical batches and, on CPU, give identical losses and weight
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import io
 import json
@@ -32,7 +33,7 @@ from torch import nn
 from ..config import save_config, to_dict
 from ..data.dataset import PreparedDataset
 from ..env import rebalance_threads, resolve_autocast, resolve_device, write_env
-from ..diffusion.schedule import DiffusionConfig, NoiseSchedule
+from ..diffusion.schedule import DiffusionConfig, NoiseSchedule, joint_channel_sigma_data
 from ..errors import fail
 from ..io import ensure_dir, save_png_atomic, translate_os_errors, write_bytes_atomic, write_json_atomic
 from ..methods import DataInfo, available_methods, get_method
@@ -49,7 +50,8 @@ from .lr import LR_SCHEDULES, LRSchedule, lr_factor
 # Settings added to TrainConfig after runs were written, with the value those runs trained with (their default
 # may change: a run's config.json or checkpoint without the key resumes with this value, never today's default).
 TRAIN_LEGACY: dict[str, Any] = {"diffusion.loss_weighting": "uniform", "diffusion.timestep_sampling": "uniform",
-                                "lr_schedule": "constant", "lr_min_ratio": 0.0, "diffusion.prediction": "v"}
+                                "lr_schedule": "constant", "lr_min_ratio": 0.0, "diffusion.prediction": "v",
+                                "diffusion.mask_sigma_data": None}
 
 # The method-specific sections of TrainConfig: a run's config carries only those its method reads
 # (``Method.config_sections``); the others are None and left out of config.json (:func:`method_sections_only`).
@@ -420,12 +422,16 @@ def train_generator(data_dir: Path | str, out_dir: Path | str, cfg: TrainConfig 
     non_empty = out.is_file() or (out.is_dir() and any(out.iterdir()))
     if non_empty and not resume:
         raise fail(f"{out}: output folder already exists and is not empty; choose a new --out or pass --resume")
+    ds = PreparedDataset.open(data_dir)
+    method = get_method(cfg.method)
+    # the diffusion the network is trained and exported with: for a joint state under edm, sigma_d per channel —
+    # images sigma_data, one-hot masks mask_sigma_data (config.json keeps the user's settings, the export the values)
+    diffusion = (joint_channel_sigma_data(cfg.diffusion, ds.channels, ds.num_classes - 1) if method.joint_state
+                 else cfg.diffusion)
     state = _load_checkpoint(ckpt_path, cfg) if resume else None
     if world > 1:
         dist.barrier()
 
-    ds = PreparedDataset.open(data_dir)
-    method = get_method(cfg.method)
     if cfg.finetune is not None and cfg.finetune.enabled and cfg.finetune.mode not in method.finetune_modes:
         raise fail(f"finetune.mode={cfg.finetune.mode}: method {cfg.method} does not implement it; use --method "
                    f"prompt or --set finetune.mode=off")
@@ -470,7 +476,7 @@ def train_generator(data_dir: Path | str, out_dir: Path | str, cfg: TrainConfig 
                  run_dir=out if is_main else None)
     model = model.to(device)  # setup may add modules (adapters, control branches)
     ema = make_ema(model)
-    schedule = NoiseSchedule(cfg.diffusion, device=device)
+    schedule = NoiseSchedule(diffusion, device=device)
     trainable = [p for p in model.parameters() if p.requires_grad]  # frozen bases (LoRA, ControlNet) excluded
     if not trainable:
         raise fail(f"method {cfg.method}: no trainable parameters after setup; check the method's settings")
@@ -549,7 +555,7 @@ def train_generator(data_dir: Path | str, out_dir: Path | str, cfg: TrainConfig 
         extra.update(method.export_extra(ema, cfg))  # method-specific sections (vocabulary, base run, clusters, ...)
         save_export(folder, ema, export_config={  # the weights: the network's saved_state (partial ones too)
             **extra, "method": cfg.method, "init_from": None if init is None else init["export"],
-            "net": to_dict(cfg.net), "diffusion": to_dict(cfg.diffusion), "data": info.to_dict(), "labels": ds.labels,
+            "net": to_dict(cfg.net), "diffusion": to_dict(diffusion), "data": info.to_dict(), "labels": ds.labels,
             "fold": cfg.fold, "step": at_step, "cpu_seconds": round(cpu_seconds(), 1),
             "train_config_hash": config_hash(cfg)})
 
