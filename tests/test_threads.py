@@ -40,6 +40,14 @@ def test_a_fixed_count_is_never_rebalanced(monkeypatch, restore_threads):
     assert env.configure_threads(None) == 1 and env.rebalance_threads(now=2e9) is None
 
 
+def test_keep_leaves_the_count_alone(monkeypatch, restore_threads):
+    monkeypatch.setattr(env, "free_cores", lambda **kw: pytest.fail("keep must not read the load"))
+    torch.set_num_threads(1)
+    monkeypatch.setenv("SYNTHPAIR_THREADS", "keep")
+    assert env.configure_threads(None) == 1 and env._auto_threads is None
+    assert env.configure_threads("keep") == 1 and torch.get_num_threads() == 1
+
+
 def test_the_cli_default_is_auto(tmp_path: Path, monkeypatch, restore_threads):
     from synthpair.cli.main import main
 

@@ -91,8 +91,9 @@ def free_cores(interval: float = 0.05) -> int:
 def configure_threads(threads: int | str | None) -> int:
     """Set PyTorch's CPU thread count; returns the count in use.
 
-    ``threads``: an integer >= 1, or ``"auto"``; None = ``$SYNTHPAIR_THREADS`` (an integer or ``auto``) when set,
-    else ``auto`` — the default of every ``synthpair`` command. ``auto`` = the cores not busy with other processes
+    ``threads``: an integer >= 1, ``"auto"`` or ``"keep"`` (PyTorch's count as the caller left it: for code that
+    embeds the CLI, and the test suite); None = ``$SYNTHPAIR_THREADS`` (any of those) when set, else ``auto`` — the
+    default of every ``synthpair`` command. ``auto`` = the cores not busy with other processes
     (:func:`free_cores`), chosen now and re-chosen every :data:`REBALANCE_SECONDS` by the training loops
     (:func:`rebalance_threads`): PyTorch's own default (all cores, spin-waiting OpenMP threads) runs 3.4× slower
     beside one busy process on 2 cores and 8.8× beside three (``bench/results/threads.md``). Anything else is a
@@ -104,6 +105,9 @@ def configure_threads(threads: int | str | None) -> int:
 
     global _auto_threads
     raw: Any = threads if threads is not None else os.environ.get("SYNTHPAIR_THREADS")
+    if str(raw).strip().lower() == "keep":  # leave the count as the caller set it (embedding; the test suite)
+        _auto_threads = None
+        return torch.get_num_threads()
     if raw in (None, "") or str(raw).strip().lower() == "auto":
         n = free_cores()
         _auto_threads = {"checked": time.monotonic()}
@@ -113,7 +117,7 @@ def configure_threads(threads: int | str | None) -> int:
         except (TypeError, ValueError):
             n = 0
         if n < 1:
-            raise fail(f"--threads / SYNTHPAIR_THREADS={raw!r}: must be an integer >= 1 or 'auto'")
+            raise fail(f"--threads / SYNTHPAIR_THREADS={raw!r}: must be an integer >= 1, 'auto' or 'keep'")
         _auto_threads = None
     torch.set_num_threads(n)
     return n
