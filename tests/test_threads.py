@@ -24,7 +24,7 @@ def test_rebalance_follows_the_free_cores_at_most_every_interval(monkeypatch, re
     free = iter([2, 1, 1, 2])  # at configure, then at each read
     monkeypatch.setattr(env, "free_cores", lambda **kw: next(free))
     assert env.configure_threads("auto") == 2 and torch.get_num_threads() == 2
-    t0, dt = env._auto_threads["checked"], env.REBALANCE_SECONDS
+    t0, dt = env._auto_checked_at, env.REBALANCE_SECONDS
     assert env.rebalance_threads(now=t0 + dt / 2) is None  # too early: the load is not even read
     assert env.rebalance_threads(now=t0 + dt) == (2, 1) and torch.get_num_threads() == 1
     assert env.rebalance_threads(now=t0 + 1.5 * dt) is None  # too early again (the clock restarted at t0 + dt)
@@ -44,7 +44,7 @@ def test_keep_leaves_the_count_alone(monkeypatch, restore_threads):
     monkeypatch.setattr(env, "free_cores", lambda **kw: pytest.fail("keep must not read the load"))
     torch.set_num_threads(1)
     monkeypatch.setenv("SYNTHPAIR_THREADS", "keep")
-    assert env.configure_threads(None) == 1 and env._auto_threads is None
+    assert env.configure_threads(None) == 1 and env._auto_checked_at is None
     assert env.configure_threads("keep") == 1 and torch.get_num_threads() == 1
 
 
@@ -56,7 +56,7 @@ def test_the_cli_default_is_auto(tmp_path: Path, monkeypatch, restore_threads):
     torch.set_num_threads(2)
     data = write_tiny_prepared(tmp_path / "d", n=6, folds=2)
     assert main(["budget", str(data), "--out", str(tmp_path / "v"), "--n", "2"]) == 0
-    assert torch.get_num_threads() == 1 and env._auto_threads is not None
+    assert torch.get_num_threads() == 1 and env._auto_checked_at is not None
 
 
 def test_the_trainer_gives_way_and_logs_it(tmp_path: Path, monkeypatch, restore_threads):

@@ -75,8 +75,8 @@ def busy_cores(samples: int = 5, interval: float = 0.05) -> int:
     return min(counts[len(counts) // 2], os.cpu_count() or 1)
 
 
-# ``auto`` threads are re-chosen while a long loop runs (:func:`rebalance_threads`); None = a fixed count
-_auto_threads: dict[str, float] | None = None
+# under ``auto`` threads: when the load was last read (time.monotonic); None = a fixed count, never re-chosen
+_auto_checked_at: float | None = None
 REBALANCE_SECONDS = 15.0  # how often a training loop re-reads the load under ``auto``
 
 
@@ -95,22 +95,22 @@ def configure_threads(threads: int | str | None) -> int:
     embeds the CLI, and the test suite); None = ``$SYNTHPAIR_THREADS`` (any of those) when set, else ``auto`` — the
     default of every ``synthpair`` command. ``auto`` = the cores not busy with other processes
     (:func:`free_cores`), chosen now and re-chosen every :data:`REBALANCE_SECONDS` by the training loops
-    (:func:`rebalance_threads`): PyTorch's own default (all cores, spin-waiting OpenMP threads) runs 3.4× slower
-    beside one busy process on 2 cores and 8.8× beside three (``bench/results/threads.md``). Anything else is a
+    (:func:`rebalance_threads`): PyTorch's own default (all cores, spin-waiting OpenMP threads) runs 3.1× slower
+    beside one busy process on 2 cores and 7.3–7.9× beside three (``bench/results/threads.md``). Anything else is a
     one-line error. Thread counts change the order of floating-point reductions, so a bit-for-bit rerun of
     training needs a fixed count (``--threads N``); generated pairs record theirs and replay uses it.
     """
     import os
     import time
 
-    global _auto_threads
+    global _auto_checked_at
     raw: Any = threads if threads is not None else os.environ.get("SYNTHPAIR_THREADS")
     if str(raw).strip().lower() == "keep":  # leave the count as the caller set it (embedding; the test suite)
-        _auto_threads = None
+        _auto_checked_at = None
         return torch.get_num_threads()
     if raw in (None, "") or str(raw).strip().lower() == "auto":
         n = free_cores()
-        _auto_threads = {"checked": time.monotonic()}
+        _auto_checked_at = time.monotonic()
     else:
         try:
             n = int(raw)
@@ -118,7 +118,7 @@ def configure_threads(threads: int | str | None) -> int:
             n = 0
         if n < 1:
             raise fail(f"--threads / SYNTHPAIR_THREADS={raw!r}: must be an integer >= 1, 'auto' or 'keep'")
-        _auto_threads = None
+        _auto_checked_at = None
     torch.set_num_threads(n)
     return n
 
@@ -131,12 +131,13 @@ def rebalance_threads(now: float | None = None) -> tuple[int, int] | None:
     cores back when it ends."""
     import time
 
-    if _auto_threads is None:
+    global _auto_checked_at
+    if _auto_checked_at is None:
         return None
     now = time.monotonic() if now is None else now
-    if now - _auto_threads["checked"] < REBALANCE_SECONDS:
+    if now - _auto_checked_at < REBALANCE_SECONDS:
         return None
-    _auto_threads["checked"] = now
+    _auto_checked_at = now
     old, new = torch.get_num_threads(), free_cores(interval=0.01)  # 50 ms of readings per 15 s: < 0.4 % of the time
     if new == old:
         return None

@@ -13,7 +13,6 @@ straight run see identical batches and, on CPU, give identical losses and weight
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import hashlib
 import io
 import json
